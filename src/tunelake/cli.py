@@ -1,0 +1,137 @@
+"""The `tunelake` command: thin wrappers over build, lake and ledger queries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from tunelake.build import build as run_build
+from tunelake.lake import Lake
+from tunelake.recipe import RecipeError, example_recipe, load_recipe
+
+app = typer.Typer(
+    help="tunelake: raw post-training data -> clean, deduplicated, audited, versioned, training-ready datasets.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console(stderr=True)
+out = Console()
+LakeOption = Annotated[Path, typer.Option("--lake", help="The lake directory (the recipe's `lake:`).")]
+
+
+class _RichProgress:
+    """One progress bar per stage."""
+
+    def __init__(self) -> None:
+        self._bar: Progress | None = None
+
+    def start(self, stage: str, total: int | None) -> None:
+        self._bar = Progress(TextColumn(f"[bold]{stage:<13}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                             console=console, transient=False)
+        self._bar.start()
+        self._task = self._bar.add_task(stage, total=total)
+
+    def advance(self, amount: int) -> None:
+        self._bar.advance(self._task, amount)
+
+    def finish(self) -> None:
+        task = self._bar.tasks[0]
+        self._bar.update(self._task, completed=task.total or task.completed)
+        self._bar.stop()
+
+
+@app.command()
+def init(path: Annotated[Path, typer.Argument(help="Where to write the example recipe.")] = Path("recipe.yaml")) -> None:
+    """Write a commented example recipe to PATH."""
+    if path.exists():
+        console.print(f"[red]{path} exists; not overwriting it.[/red]")
+        raise typer.Exit(1)
+    path.write_text(example_recipe())
+    console.print(f"Wrote {path}. Edit the sources, then: tunelake build {path}")
+
+
+@app.command()
+def build(recipe: Annotated[Path, typer.Argument(help="The recipe YAML file.")]) -> None:
+    """Build the lake: raw sources -> bronze -> silver -> gold and exports, with a manifest."""
+    try:
+        cfg, sha = load_recipe(recipe)
+        manifest = run_build(cfg, sha, _RichProgress())
+    except RecipeError as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from None
+    table = Table(title=f"build {manifest['run_id']}")
+    for col in ("source", "bronze", "silver", "quarantined", "dropped", "file issues"):
+        table.add_column(col, justify="left" if col == "source" else "right")
+    for source, c in manifest["counts"].items():
+        table.add_row(source, *(str(c[k]) for k in ("bronze", "silver", "quarantined", "dropped", "file_issues")))
+    out.print(table)
+    for item in manifest["inputs"]:
+        for issue in item["issues"]:
+            console.print(f"[yellow]{item['path']}: {issue['reason']}: {issue['detail']}[/yellow]")
+    gold = ", ".join(f"{k.removeprefix('gold/')}={v}" for k, v in manifest["gold"].items() if v)
+    out.print(f"gold: {gold or 'empty'}")
+    out.print(f"lake: {cfg.lake}  manifest: {cfg.lake / 'manifests' / (manifest['run_id'] + '.json')}")
+
+
+@app.command()
+def status(lake: LakeOption) -> None:
+    """Tables with their Delta versions and row counts, and the counts of the last builds."""
+    lk = Lake(lake)
+    table = Table(title=f"lake {lake}")
+    for col in ("table", "version", "rows"):
+        table.add_column(col)
+    for name in lk.tables():
+        rows = lk.query("select count(*) from t", t=name)[0][0]
+        table.add_row(name, str(lk.version(name)), str(rows))
+    out.print(table)
+    for manifest in lk.manifests()[-5:]:
+        totals = {k: sum(c[k] for c in manifest["counts"].values()) for k in ("bronze", "silver", "quarantined", "dropped")}
+        out.print(f"{manifest['run_id']}  " + "  ".join(f"{k}={v}" for k, v in totals.items()))
+
+
+@app.command()
+def explain(
+    lake: LakeOption,
+    record: Annotated[str, typer.Argument(help="A record id, or an input address SOURCE:ROW or SOURCE:FILE:ROW.")],
+) -> None:
+    """What happened to one input record, stage by stage, and why."""
+    lk = Lake(lake)
+    if ":" in record:
+        source, *file, row = record.split(":")
+        where = "source = $source and row = $row" + (" and file like $file" if file else "")
+        params = {"source": source, "row": int(row)} | ({"file": f"%{file[0]}"} if file else {})
+    else:
+        where, params = "id = $id", {"id": record}
+    rows = lk.query(f"select * from l where {where} order by source, file, row, stage", params, l="ledger")
+    if not rows:
+        console.print(f"[red]No ledger entry for {record} in the last build.[/red]")
+        raise typer.Exit(1)
+    table = Table(title=f"ledger: {record}")
+    for col in ("id", "source", "file", "row", "stage", "action", "reason", "detail"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(*(("" if v is None else str(v)) for v in r[:8]))
+    out.print(table)
+
+
+@app.command()
+def quarantine(
+    lake: LakeOption,
+    examples: Annotated[int, typer.Option(help="Examples shown per reason.")] = 2,
+) -> None:
+    """Quarantined rows grouped by reason code, with examples."""
+    lk = Lake(lake)
+    groups = lk.query("select reason, count(*) n from q group by reason order by n desc, reason", q="silver/quarantine")
+    for reason, n in groups:
+        out.print(f"[bold]{reason}[/bold]  {n}")
+        sample = lk.query(
+            "select source, file, row, field, detail from q where reason = $reason order by source, file, row "
+            "limit $n", {"reason": reason, "n": examples}, q="silver/quarantine")
+        for source, file, row, field, detail in sample:
+            where = f"{source}:{Path(file).name}:{row if row is not None else '-'}"
+            out.print(f"  {where}  {field or ''}  {detail[:200]}", markup=False, highlight=False)

@@ -1,0 +1,1 @@
+"""Engines run stages; stages never know which engine runs them."""

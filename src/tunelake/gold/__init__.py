@@ -1,0 +1,1 @@
+"""Gold: silver projected per regime, split by prompt group, and exported in the formats trainers read."""

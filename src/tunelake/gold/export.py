@@ -1,0 +1,68 @@
+"""Exports that trainers load as they are, written by DuckDB from the gold tables.
+
+- SFT: `messages` in TRL's conversational format (+ `tools` when any record has them).
+- Preference: `prompt`, `chosen`, `rejected` as message lists (TRL's explicit-prompt conversational format).
+- RL: verl's layout: `data_source`, `prompt` (messages), `ability`, `reward_model {style, ground_truth}`,
+  `extra_info`.
+Message fields that no record of a table uses are left out, so trainers see plain {role, content} turns.
+Tool calls are JSON objects in jsonl and JSON text in parquet.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import duckdb
+
+from tunelake.schema import MESSAGE_FIELDS, Regime
+
+FORMATS = {"jsonl": "(format json)", "parquet": "(format parquet, compression zstd)"}
+
+
+def _messages(con: duckdb.DuckDBPyConnection, column: str) -> str:
+    """A DuckDB expression for a message-list column, keeping role, content and the optional fields in use."""
+    optional = [f for f in MESSAGE_FIELDS if f not in ("role", "content")]
+    used = con.execute(
+        "select " + ", ".join(f"coalesce(bool_or(list_bool_or(list_transform({column}, lambda m: m.{f} is not null))), false)"
+                              for f in optional) + " from gold"
+    ).fetchone()
+    fields = ["'role': m.role", "'content': m.content"]
+    fields += [f"'{f}': json(m.{f})" if f == "tool_calls" else f"'{f}': m.{f}" for f, u in zip(optional, used) if u]
+    return f"list_transform({column}, lambda m: {{{', '.join(fields)}}}) as {column}"
+
+
+def _select(con: duckdb.DuckDBPyConnection, regime: Regime, split: str) -> str:
+    if regime == Regime.sft:
+        has_tools = con.execute("select count(tools) > 0 from gold").fetchone()[0]
+        return f"select id, {_messages(con, 'messages')}{', json(tools) as tools' if has_tools else ''} from gold"
+    if regime == Regime.preference:
+        sides = ", ".join(_messages(con, c) for c in ("prompt", "chosen", "rejected"))
+        return f"select id, {sides}, score_chosen, score_rejected from gold"
+    return f"""
+        select source as data_source, {_messages(con, 'prompt')}, coalesce(domain, 'general') as ability,
+               {{'style': 'rule',
+                 'ground_truth': case when verifier = 'python_tests' then verifier_config else answer end}}
+                 as reward_model,
+               {{'split': '{split}', 'index': row_number() over () - 1, 'id': id, 'answer': answer,
+                 'verifier': verifier, 'verifier_config': verifier_config, 'difficulty': difficulty}} as extra_info
+        from gold"""
+
+
+def export_table(files: list[str], regime: Regime, split: str, out_dir: Path, formats: list[str]) -> list[Path]:
+    """Write one gold table in each format to out_dir/<regime>/<split>.<fmt>; returns the paths written."""
+    if not files:
+        return []
+    con = duckdb.connect(config={"memory_limit": "512MB", "preserve_insertion_order": True})
+    con.execute(f"create view gold as select * from read_parquet({files!r})")
+    query = _select(con, regime, split)
+    folder = out_dir / regime.value
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fmt in formats:
+        path = folder / f"{split}.{fmt}"
+        tmp = folder / f".{split}.{fmt}.tmp"
+        con.execute(f"copy ({query}) to '{tmp}' {FORMATS[fmt]}")
+        os.replace(tmp, path)
+        written.append(path)
+    return written

@@ -1,0 +1,24 @@
+"""Which canonical columns each regime's gold table keeps (the others are null for that regime)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from tunelake.schema import RECORD, Regime
+
+COMMON = ("id", "source", "origin", "license", "prompt_id", "lang", "domain", "difficulty", "token_count",
+          "created_at", "meta")
+REGIME_COLUMNS = {
+    Regime.sft: ("messages", "tools"),
+    Regime.preference: ("prompt", "chosen", "rejected", "score_chosen", "score_rejected"),
+    Regime.rl: ("prompt", "answer", "verifier", "verifier_config"),
+}
+
+
+def gold_schema(regime: Regime) -> pa.Schema:
+    names = COMMON[:5] + REGIME_COLUMNS[regime] + COMMON[5:]
+    return pa.schema([RECORD.field(n) for n in names])
+
+
+def gold_table(regime: Regime, split: str) -> str:
+    return f"gold/{regime.value}/{split}"

@@ -1,0 +1,60 @@
+"""Format adapters: one raw row of a known format -> the fields of one canonical record.
+
+An adapter is a plain function plus the facts needed to pick it: the fields a row must have, a check on
+their values (to tell apart formats with the same field names), and the regimes it can produce.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tunelake.schema import Regime
+
+
+@dataclass(frozen=True)
+class Adapter:
+    name: str
+    regimes: tuple[Regime, ...]  # the first is the default
+    required: frozenset[str]
+    convert: Callable[[dict, Regime], dict]  # row, regime -> canonical fields (+ "meta" extras)
+    consumes: frozenset[str]  # fields mapped into the record; the rest of the row goes to meta
+    matches: Callable[[dict], bool] = lambda row: True
+
+    def fits(self, row: dict) -> bool:
+        return self.required <= row.keys() and self.matches(row)
+
+
+def _registry() -> dict[str, Adapter]:
+    from tunelake.ingest.adapters import preference, rl, sft
+
+    adapters = [*sft.ADAPTERS, *preference.ADAPTERS, *rl.ADAPTERS]
+    return {a.name: a for a in adapters}
+
+
+ADAPTERS: dict[str, Adapter] = _registry()
+
+
+class FormatError(ValueError):
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def detect_format(rows: list[dict]) -> Adapter:
+    """The one adapter that fits most sampled rows and is not a less specific form of another that fits.
+
+    Raises FormatError (unknown_format / ambiguous_format) naming the fields it saw.
+    """
+    seen = sorted({k for row in rows for k in row})
+    if not rows:
+        raise FormatError("unknown_format", "no JSON object rows to detect the format from")
+    fitting = [a for a in ADAPTERS.values() if sum(a.fits(r) for r in rows) * 2 > len(rows)]
+    # Prefer the most specific: drop an adapter whose required fields are a strict subset of another's.
+    best = [a for a in fitting if not any(a.required < b.required for b in fitting)]
+    if len(best) == 1:
+        return best[0]
+    if not best:
+        raise FormatError("unknown_format", f"no known format fits; fields seen: {', '.join(seen)}")
+    names = " and ".join(sorted(a.name for a in best))
+    raise FormatError("ambiguous_format", f"fits {names}; set `format:` in the recipe. Fields seen: {', '.join(seen)}")

@@ -1,0 +1,111 @@
+"""Turning the many spellings of a chat message into the canonical message dict."""
+
+from __future__ import annotations
+
+import orjson
+
+from tunelake.schema import MESSAGE_FIELDS, Reason, Rejected
+
+
+def text_field(row: dict, key: str) -> str:
+    """row[key] as a string, or a Rejected naming the field."""
+    if key not in row or row[key] is None:
+        raise Rejected(Reason.missing_field, key, "expected a string, the field is missing")
+    value = row[key]
+    if not isinstance(value, str):
+        raise Rejected(Reason.wrong_type, key, f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def list_field(row: dict, key: str) -> list:
+    if key not in row or row[key] is None:
+        raise Rejected(Reason.missing_field, key, "expected a list, the field is missing")
+    value = row[key]
+    if not isinstance(value, list):
+        raise Rejected(Reason.wrong_type, key, f"expected a list, got {type(value).__name__}")
+    return value
+
+
+def as_json(value: object) -> str | None:
+    """Keep structured values (tool calls, tool schemas, configs) as JSON text; JSON strings pass as they are."""
+    if value is None or isinstance(value, str):
+        return value
+    return orjson.dumps(value).decode()
+
+
+def message(role: str, content: str | None, **extra: str | None) -> dict:
+    msg = dict.fromkeys(MESSAGE_FIELDS)
+    msg.update(role=role, content=content, **extra)
+    return msg
+
+
+def _content(value: object, where: str) -> tuple[str | None, str | None, list]:
+    """Text, reasoning and tool calls from a message content: a string, or a list of typed parts."""
+    if value is None or isinstance(value, str):
+        return value, None, []
+    if not isinstance(value, list):
+        raise Rejected(Reason.wrong_type, where, f"expected a string or a list of parts, got {type(value).__name__}")
+    texts, reasoning, calls = [], [], []
+    for i, part in enumerate(value):
+        if isinstance(part, str):
+            texts.append(part)
+            continue
+        if not isinstance(part, dict):
+            raise Rejected(Reason.wrong_type, f"{where}[{i}]", f"expected a part object, got {type(part).__name__}")
+        kind = part.get("type", "text")
+        body = part.get("text", part.get("value"))
+        if kind == "tool_call":
+            calls.append(orjson.loads(body) if isinstance(body, str) else body)
+        elif not isinstance(body, str):
+            raise Rejected(Reason.wrong_type, f"{where}[{i}]", f"expected text in a {kind!r} part")
+        elif kind == "reasoning":
+            reasoning.append(body)
+        elif kind == "text":
+            texts.append(body)
+        else:
+            raise Rejected(Reason.wrong_type, f"{where}[{i}].type", f"expected text, reasoning or tool_call, got {kind!r}")
+    return "".join(texts), ("\n".join(reasoning) or None), calls
+
+
+def chat_message(value: object, where: str) -> dict:
+    """A canonical message from an OpenAI-style {role, content, ...} or ShareGPT-style {from, value} object."""
+    if not isinstance(value, dict):
+        raise Rejected(Reason.wrong_type, where, f"expected a message object, got {type(value).__name__}")
+    role = value.get("role", value.get("from"))
+    if not isinstance(role, str):
+        raise Rejected(Reason.missing_field if role is None else Reason.wrong_type, f"{where}.role", "expected a role string")
+    raw_content = value.get("content", value.get("value"))
+    try:
+        content, reasoning, calls = _content(raw_content, f"{where}.content")
+    except orjson.JSONDecodeError as e:
+        raise Rejected(Reason.invalid_json, f"{where}.content", f"tool_call part is not JSON: {e}") from None
+    tool_calls = value.get("tool_calls") or calls or None
+    reasoning = value.get("reasoning_content", reasoning)
+    for key, val in (("name", value.get("name")), ("tool_call_id", value.get("tool_call_id")), ("reasoning_content", reasoning)):
+        if val is not None and not isinstance(val, str):
+            raise Rejected(Reason.wrong_type, f"{where}.{key}", f"expected a string, got {type(val).__name__}")
+    return message(
+        role,
+        content,
+        name=value.get("name"),
+        tool_calls=as_json(tool_calls),
+        tool_call_id=value.get("tool_call_id"),
+        reasoning_content=reasoning,
+    )
+
+
+def chat_messages(value: object, where: str) -> list[dict]:
+    if not isinstance(value, list):
+        raise Rejected(Reason.wrong_type, where, f"expected a list of messages, got {type(value).__name__}")
+    return [chat_message(m, f"{where}[{i}]") for i, m in enumerate(value)]
+
+
+def split_shared_prefix(chosen: list[dict], rejected: list[dict]) -> tuple[list[dict], list[dict], list[dict]]:
+    """(prompt, chosen, rejected) from two whole conversations: the prompt is their longest shared run of
+    messages that ends before an assistant turn, so both responses start with the assistant."""
+    n = 0
+    while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+        n += 1
+    while n > 0 and chosen[n - 1]["role"] in ("assistant", "gpt"):
+        n -= 1
+    return chosen[:n], chosen[n:], rejected[n:]

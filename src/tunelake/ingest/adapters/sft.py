@@ -1,0 +1,91 @@
+"""SFT formats: OpenAI messages, ShareGPT, Alpaca, Dolly, prompt/completion."""
+
+from __future__ import annotations
+
+import orjson
+
+from tunelake.ingest.adapters import Adapter
+from tunelake.ingest.adapters.messages import as_json, chat_message, chat_messages, list_field, message, text_field
+from tunelake.schema import Reason, Regime, Rejected
+
+
+def openai_messages(row: dict, regime: Regime) -> dict:
+    return {"messages": chat_messages(row["messages"], "messages"), "tools": as_json(row.get("tools"))}
+
+
+def _sharegpt_turn(turn: object, where: str) -> dict:
+    """A ShareGPT turn; `function_call` turns become assistant tool calls, `observation` turns tool results."""
+    msg = chat_message(turn, where)
+    if msg["role"] == "function_call":
+        try:
+            call = orjson.loads(msg["content"] or "")
+        except orjson.JSONDecodeError as e:
+            raise Rejected(Reason.invalid_json, f"{where}.value", f"function_call is not JSON: {e}") from None
+        return message("assistant", "", tool_calls=as_json([{"type": "function", "function": call}]))
+    if msg["role"] == "observation":
+        msg["role"] = "tool"
+    return msg
+
+
+def sharegpt(row: dict, regime: Regime) -> dict:
+    turns = list_field(row, "conversations")
+    messages = [_sharegpt_turn(t, f"conversations[{i}]") for i, t in enumerate(turns)]
+    if isinstance(row.get("system"), str) and row["system"]:
+        messages.insert(0, message("system", row["system"]))
+    return {"messages": messages, "tools": as_json(row.get("tools"))}
+
+
+def _history(row: dict) -> list[dict]:
+    """Alpaca-style `history`: earlier [instruction, response] pairs."""
+    out = []
+    for i, pair in enumerate(row.get("history") or []):
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+            raise Rejected(Reason.wrong_type, f"history[{i}]", "expected a [user, assistant] pair of strings")
+        out += [message("user", pair[0]), message("assistant", pair[1])]
+    return out
+
+
+def _instruction(row: dict, context_key: str) -> str:
+    instruction = text_field(row, "instruction")
+    context = row.get(context_key) or ""
+    if not isinstance(context, str):
+        raise Rejected(Reason.wrong_type, context_key, f"expected a string, got {type(context).__name__}")
+    return f"{instruction}\n\n{context}" if context.strip() else instruction
+
+
+def alpaca(row: dict, regime: Regime) -> dict:
+    system = [message("system", row["system"])] if isinstance(row.get("system"), str) and row["system"] else []
+    user = message("user", _instruction(row, "input"))
+    return {"messages": [*system, *_history(row), user, message("assistant", text_field(row, "output"))]}
+
+
+def dolly(row: dict, regime: Regime) -> dict:
+    user = message("user", _instruction(row, "context"))
+    return {"messages": [user, message("assistant", text_field(row, "response"))], "domain": row.get("category")}
+
+
+def _turns(row: dict, key: str, role: str) -> list[dict]:
+    value = row.get(key)
+    if isinstance(value, str):
+        return [message(role, value)]
+    if value is None:
+        raise Rejected(Reason.missing_field, key, "expected a string or a list of messages")
+    return chat_messages(value, key)
+
+
+def prompt_completion(row: dict, regime: Regime) -> dict:
+    return {"messages": _turns(row, "prompt", "user") + _turns(row, "completion", "assistant")}
+
+
+ADAPTERS = [
+    Adapter("openai", (Regime.sft,), frozenset({"messages"}), openai_messages, frozenset({"messages", "tools"}),
+            matches=lambda r: isinstance(r["messages"], list)),
+    Adapter("sharegpt", (Regime.sft,), frozenset({"conversations"}), sharegpt,
+            frozenset({"conversations", "system", "tools"}), matches=lambda r: isinstance(r["conversations"], list)),
+    Adapter("alpaca", (Regime.sft,), frozenset({"instruction", "output"}), alpaca,
+            frozenset({"instruction", "input", "output", "system", "history"})),
+    Adapter("dolly", (Regime.sft,), frozenset({"instruction", "response"}), dolly,
+            frozenset({"instruction", "context", "response", "category"})),
+    Adapter("prompt_completion", (Regime.sft,), frozenset({"prompt", "completion"}), prompt_completion,
+            frozenset({"prompt", "completion"})),
+]

@@ -1,0 +1,166 @@
+"""The recipe: what a build reads, how it cleans, what gold it writes. Every field documents itself."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tunelake.ingest.adapters import ADAPTERS
+from tunelake.schema import Regime
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message names the file, the field and what was expected."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Source(_Strict):
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9_.-]+$", description="Unique name of the source, used in the ledger and table names."
+    )
+    path: str = Field(description="File path or glob, relative to the recipe file. jsonl(.gz/.zst), json, parquet, csv.")
+    format: str = Field("auto", description=f"'auto' or one of: {', '.join(sorted(ADAPTERS))}.")
+    regime: Regime | None = Field(None, description="sft | preference | rl. Optional when the format implies it.")
+    license: str | None = Field(
+        description="License of the data (e.g. mit, cc-by-4.0). null only if every record has its own `license`."
+    )
+    origin: str = Field(description="human | synthetic | distilled | production | ...")
+    meta: dict = Field(default_factory=dict, description="Copied into every record's meta.")
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if value != "auto" and value not in ADAPTERS:
+            raise ValueError(f"unknown format {value!r}; expected 'auto' or one of {sorted(ADAPTERS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _format_makes_regime(self) -> Source:
+        if self.format != "auto" and self.regime is not None:
+            adapter = ADAPTERS[self.format]
+            if self.regime not in adapter.regimes:
+                raise ValueError(
+                    f"format {self.format!r} gives regime {' or '.join(adapter.regimes)}, not {self.regime.value!r}"
+                )
+        return self
+
+
+class Silver(_Strict):
+    max_chars: int = Field(
+        1_000_000, gt=0, description="A record whose text content is longer than this is quarantined as too_long."
+    )
+
+
+class Split(_Strict):
+    validation: float = Field(0.02, ge=0, le=1, description="Fraction of prompt groups in the validation split.")
+    test: float = Field(0.02, ge=0, le=1, description="Fraction of prompt groups in the test split.")
+    seed: int = Field(0, description="Changes which prompt groups land in which split.")
+
+    @model_validator(mode="after")
+    def _fractions_fit(self) -> Split:
+        if self.validation + self.test >= 1:
+            raise ValueError("validation + test must be below 1 (the rest is train)")
+        return self
+
+
+class Gold(_Strict):
+    split: Split = Field(default_factory=Split, description="Split by a hash of the prompt, never by row.")
+    export: list[Literal["jsonl", "parquet"]] = Field(
+        default_factory=lambda: ["jsonl", "parquet"], description="Trainer-ready exports written under <lake>/exports."
+    )
+
+
+class Engine(_Strict):
+    workers: int = Field(0, ge=0, description="Processes for row-local stages; 0 means one per CPU core.")
+    chunk_bytes: int = Field(4 << 20, gt=0, description="Raw bytes handed to a worker at a time (bounds memory).")
+
+    def resolved_workers(self) -> int:
+        return self.workers or os.cpu_count() or 1
+
+
+class Recipe(_Strict):
+    lake: Path = Field(description="Directory of the lake (Delta tables, manifests, exports), relative to the recipe.")
+    sources: list[Source] = Field(min_length=1, description="The raw inputs.")
+    silver: Silver = Field(default_factory=Silver, description="Validation limits.")
+    gold: Gold = Field(default_factory=Gold, description="Splits and exports.")
+    engine: Engine = Field(default_factory=Engine, description="How row-local stages run.")
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_names(cls, sources: list[Source]) -> list[Source]:
+        names = [s.name for s in sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"source names must be unique; repeated: {', '.join(dupes)}")
+        return sources
+
+
+def load_recipe(path: str | Path) -> tuple[Recipe, str]:
+    """The validated recipe with paths made absolute, and the sha256 of the recipe file."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise RecipeError(f"{path}: cannot read recipe ({e.strerror})") from e
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as e:
+        lines = [f"{path}: invalid recipe"]
+        for err in e.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            lines.append(f"  {where}: {msg}")
+        raise RecipeError("\n".join(lines)) from None
+    base = path.resolve().parent
+    recipe.lake = (base / recipe.lake).resolve()
+    for source in recipe.sources:
+        source.path = str(base / source.path)
+    return recipe, hashlib.sha256(raw).hexdigest()
+
+
+EXAMPLE = """\
+# A tunelake recipe. Paths are relative to this file. `tunelake build` validates every key.
+lake: ./lake                       # Delta tables, manifests and exports go here
+
+sources:
+  - name: hh                       # unique; used in the ledger and in bronze/<name>
+    path: data/hh/*.jsonl.gz       # a file or a glob: jsonl(.gz/.zst), json, parquet, csv
+    format: auto                   # or: {formats}
+    license: mit                   # required (null only if every record carries `license`)
+    origin: human                  # human | synthetic | distilled | production | ...
+    meta: {{collection: harmless-base}}  # optional, copied into every record's meta
+  - name: gsm8k
+    path: data/gsm8k/train.jsonl.gz
+    format: gsm8k
+    regime: rl                     # optional when the format implies it
+    license: mit
+    origin: human
+
+silver:
+  max_chars: 1000000               # longer records are quarantined as too_long
+
+gold:
+  split: {{validation: 0.02, test: 0.02, seed: 0}}   # by prompt group, never by row
+  export: [jsonl, parquet]
+
+engine:
+  workers: 0                       # 0 = one process per CPU core
+"""
+
+
+def example_recipe() -> str:
+    return EXAMPLE.format(formats=", ".join(sorted(ADAPTERS)))

@@ -1,0 +1,124 @@
+"""The canonical record: one Arrow schema for all regimes, record ids, and the reason codes."""
+
+from __future__ import annotations
+
+import hashlib
+from enum import StrEnum
+
+import orjson
+import pyarrow as pa
+
+
+class Regime(StrEnum):
+    sft = "sft"
+    preference = "preference"
+    rl = "rl"
+
+
+ROLES = ("system", "user", "assistant", "tool")
+
+# Verifier names an RL record may carry; their implementations arrive with the RL data plane.
+VERIFIERS = ("exact_match", "numeric", "math", "python_tests")
+
+# Tool calls are kept as a JSON string: their argument schemas differ per tool, a fixed struct would lose them.
+MESSAGE = pa.struct(
+    [
+        ("role", pa.string()),
+        ("content", pa.string()),
+        ("name", pa.string()),
+        ("tool_calls", pa.string()),
+        ("tool_call_id", pa.string()),
+        ("reasoning_content", pa.string()),
+    ]
+)
+MESSAGE_FIELDS = tuple(f.name for f in MESSAGE)
+MESSAGES = pa.list_(MESSAGE)
+
+RECORD = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("regime", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("origin", pa.string(), nullable=False),
+        pa.field("license", pa.string(), nullable=False),
+        # Hash of the normalised prompt (system + first user turn for SFT): the unit of splitting.
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("messages", MESSAGES),
+        pa.field("prompt", MESSAGES),
+        pa.field("chosen", MESSAGES),
+        pa.field("rejected", MESSAGES),
+        pa.field("answer", pa.string()),
+        pa.field("verifier", pa.string()),
+        pa.field("verifier_config", pa.string()),  # JSON object
+        pa.field("tools", pa.string()),  # JSON list of tool schemas
+        pa.field("lang", pa.string()),
+        pa.field("domain", pa.string()),
+        pa.field("difficulty", pa.float64()),
+        pa.field("token_count", pa.int64()),
+        pa.field("score_chosen", pa.float64()),
+        pa.field("score_rejected", pa.float64()),
+        pa.field("created_at", pa.string()),  # ISO 8601, as the source gave it
+        pa.field("meta", pa.string()),  # JSON object
+    ]
+)
+
+# Fields that make up a record's content, and so its id.
+CONTENT_FIELDS = ("regime", "messages", "prompt", "chosen", "rejected", "answer", "verifier", "verifier_config", "tools")
+
+
+class Reason(StrEnum):
+    """Why a record was quarantined or dropped. Each code is documented in docs/reasons.md."""
+
+    invalid_json = "invalid_json"
+    invalid_utf8 = "invalid_utf8"
+    wrong_type = "wrong_type"
+    missing_field = "missing_field"
+    missing_license = "missing_license"
+    unknown_format = "unknown_format"
+    ambiguous_format = "ambiguous_format"
+    unknown_role = "unknown_role"
+    empty_turn = "empty_turn"
+    no_assistant_turn = "no_assistant_turn"
+    last_turn_not_assistant = "last_turn_not_assistant"
+    bad_role_order = "bad_role_order"
+    chosen_equals_rejected = "chosen_equals_rejected"
+    empty_response = "empty_response"
+    missing_answer = "missing_answer"
+    unknown_verifier = "unknown_verifier"
+    too_long = "too_long"
+    truncated_file = "truncated_file"
+    unreadable_file = "unreadable_file"
+    empty_file = "empty_file"
+    duplicate = "duplicate_of"  # written as duplicate_of:<id>
+
+
+def content_hash(value: object) -> str:
+    """A 128-bit hex digest of a JSON-serialisable value (orjson: keys as given, no whitespace)."""
+    return hashlib.blake2b(orjson.dumps(value), digest_size=16).hexdigest()
+
+
+def record_id(record: dict) -> str:
+    """The stable id of a canonical record: the hash of its normalised content, nothing else."""
+    return content_hash([record.get(f) for f in CONTENT_FIELDS])
+
+
+def prompt_messages(record: dict) -> list[dict]:
+    """The messages that define a record's prompt group (what must never sit in two splits)."""
+    if record["regime"] == Regime.sft:
+        msgs = record["messages"]
+        system = [m for m in msgs[:1] if m["role"] == "system"]
+        first_user = next((m for m in msgs if m["role"] == "user"), None)
+        return system + ([first_user] if first_user else [])
+    return record["prompt"]
+
+
+def prompt_id(record: dict) -> str:
+    return content_hash([[m["role"], m["content"]] for m in prompt_messages(record)])
+
+
+class Rejected(Exception):
+    """A record that cannot be handled correctly: quarantined with a reason code, the field, and what was wrong."""
+
+    def __init__(self, reason: Reason, field: str | None, detail: str):
+        super().__init__(f"{reason.value}: {field + ': ' if field else ''}{detail}")
+        self.reason, self.field, self.detail = reason, field, detail

@@ -1,0 +1,1 @@
+"""Silver: canonical records made clean (normalised, validated) and deduplicated across the corpus."""

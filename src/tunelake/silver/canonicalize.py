@@ -1,0 +1,150 @@
+"""The row-local stage from bronze to silver: raw rows -> normalised, validated canonical records.
+
+One call handles one chunk of one file and gives back Arrow batches for four tables: the bronze rows,
+the candidate records (deduplicated later, globally), the quarantined rows and the ledger rows. Parsing,
+adapting and validating nested chat data has no vectorised form, so this is the per-row Python of a build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import orjson
+import pyarrow as pa
+
+from tunelake.ingest.adapters import ADAPTERS
+from tunelake.ingest.readers import RawChunk
+from tunelake.lake import BRONZE, LEDGER, QUARANTINE
+from tunelake.schema import RECORD, Reason, Regime, Rejected, prompt_id, record_id
+from tunelake.silver.normalize import normalize_record
+from tunelake.silver.validate import validate
+
+# Candidate records carry their input position so dedup can keep the first occurrence of each duplicate.
+CANDIDATE = RECORD.append(pa.field("_ord", pa.int64(), nullable=False))
+STAGE = "canonicalize"
+# Canonical fields a raw row may give directly, whatever its format.
+_PASSTHROUGH = ("license", "lang", "created_at")
+
+
+@dataclass(frozen=True)
+class SourcePlan:
+    """What the stage needs to know about the source a chunk came from."""
+
+    index: int
+    name: str
+    regime: Regime | None
+    license: str | None
+    origin: str
+    meta: dict
+    max_chars: int
+
+
+@dataclass(frozen=True)
+class FilePlan:
+    source: SourcePlan
+    index: int  # position of the file in the source, for the ordering key
+    adapter: str | None  # None when no format could be chosen for the file
+    format_error: tuple[Reason, str] | None = None
+
+
+@dataclass
+class ChunkResult:
+    bronze: pa.RecordBatch
+    candidates: pa.RecordBatch
+    quarantine: pa.RecordBatch
+    ledger: pa.RecordBatch
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def ordinal(source: int, file: int, row: int) -> int:
+    """A sortable int64 for an input position: source, then file, then row."""
+    return (source << 44) | (file << 32) | row
+
+
+def canonical_record(obj: object, plan: FilePlan) -> tuple[dict, set[str]]:
+    """The normalised, validated record for one parsed row, and what normalisation changed."""
+    if not isinstance(obj, dict):
+        raise Rejected(Reason.wrong_type, None, f"expected a JSON object per row, got {type(obj).__name__}")
+    if plan.format_error:
+        raise Rejected(plan.format_error[0], None, plan.format_error[1])
+    source = plan.source
+    adapter = ADAPTERS[plan.adapter]
+    regime = source.regime or adapter.regimes[0]
+    missing = sorted(adapter.required - obj.keys())
+    if missing:
+        raise Rejected(Reason.missing_field, missing[0], f"the {adapter.name} format needs {', '.join(missing)}")
+    fields = adapter.convert(obj, regime)
+    leftovers = {k: v for k, v in obj.items() if k not in adapter.consumes and k not in _PASSTHROUGH}
+    meta = {**source.meta, **leftovers, **(fields.pop("meta", None) or {})}
+    record = dict.fromkeys(RECORD.names) | fields
+    license_ = obj.get("license") if isinstance(obj.get("license"), str) else source.license
+    if not license_:
+        raise Rejected(Reason.missing_license, "license", "neither the recipe source nor the record gives a license")
+    record.update(
+        regime=regime.value,
+        source=source.name,
+        origin=source.origin,
+        license=license_,
+        meta=orjson.dumps(meta, default=str).decode() if meta else None,
+        **{k: obj[k] for k in ("lang", "created_at") if isinstance(obj.get(k), str)},
+    )
+    changes = normalize_record(record)
+    validate(record, source.max_chars)
+    record["id"] = record_id(record)
+    record["prompt_id"] = prompt_id(record)
+    return record, changes
+
+
+def canonicalize(chunk: RawChunk, plan: FilePlan, run_id: str) -> ChunkResult:
+    source = plan.source
+    bronze = {k: [] for k in BRONZE.names}
+    quarantine = {k: [] for k in QUARANTINE.names}
+    ledger = {k: [] for k in LEDGER.names}
+    candidates: list[dict] = []
+
+    def log(row: int, id_: str | None, action: str, reason: str | None, detail: str | None) -> None:
+        for k, v in zip(LEDGER.names, (id_, source.name, chunk.file, row, STAGE, action, reason, detail, run_id)):
+            ledger[k].append(v)
+
+    lines = chunk.data.split(b"\n")
+    if chunk.data.endswith(b"\n"):
+        lines.pop()
+    for offset, line in enumerate(lines):
+        row = chunk.first_row + offset
+        text = line.removesuffix(b"\r")
+        if not text.strip():
+            continue  # a blank line is not a row
+        for k, v in zip(BRONZE.names, (source.name, chunk.file, row, hashlib.blake2b(line, digest_size=16).hexdigest(), line)):
+            bronze[k].append(v)
+        try:
+            try:
+                obj = orjson.loads(text.removeprefix(b"\xef\xbb\xbf"))
+            except orjson.JSONDecodeError as e:
+                try:
+                    text.decode("utf-8")
+                except UnicodeDecodeError as u:
+                    raise Rejected(Reason.invalid_utf8, None, f"byte {u.start} is not UTF-8") from None
+                raise Rejected(Reason.invalid_json, None, str(e)) from None
+            try:
+                record, changes = canonical_record(obj, plan)
+            except (TypeError, KeyError, AttributeError, ValueError) as e:  # a value of a shape no check foresaw
+                raise Rejected(Reason.wrong_type, None, f"the {plan.adapter} format cannot read this row: {e!r}") from None
+        except Rejected as r:
+            for k, v in zip(QUARANTINE.names, (source.name, chunk.file, row, STAGE, r.reason.value, r.field, r.detail, line)):
+                quarantine[k].append(v)
+            where = f"{r.field}: " if r.field else ""
+            log(row, None, "quarantine", r.reason.value, where + r.detail)
+            continue
+        record["_ord"] = ordinal(source.index, plan.index, row)
+        candidates.append(record)
+        log(row, record["id"], "keep", None, f"format={plan.adapter}")
+        if changes:
+            log(row, record["id"], "modify", "normalized", ",".join(sorted(changes)))
+    return ChunkResult(
+        bronze=pa.RecordBatch.from_pydict(bronze, schema=BRONZE),
+        candidates=pa.RecordBatch.from_pylist(candidates, schema=CANDIDATE),
+        quarantine=pa.RecordBatch.from_pydict(quarantine, schema=QUARANTINE),
+        ledger=pa.RecordBatch.from_pydict(ledger, schema=LEDGER),
+        counts={"bronze": len(bronze["row"]), "quarantined": len(quarantine["row"]), "candidates": len(candidates)},
+    )

@@ -1,0 +1,51 @@
+"""Normalisation that never changes meaning: Unicode NFC, whitespace at turn edges, role aliases."""
+
+from __future__ import annotations
+
+import unicodedata
+
+ROLE_ALIASES = {
+    "system": "system",
+    "user": "user",
+    "human": "user",
+    "prompter": "user",
+    "assistant": "assistant",
+    "gpt": "assistant",
+    "bot": "assistant",
+    "model": "assistant",
+    "chatgpt": "assistant",
+    "tool": "tool",
+    "function": "tool",
+    "observation": "tool",
+    "ipython": "tool",
+}
+
+MESSAGE_LISTS = ("messages", "prompt", "chosen", "rejected")
+
+
+def normalize_text(text: str, changes: set[str]) -> str:
+    if not text.isascii() and not unicodedata.is_normalized("NFC", text):
+        text = unicodedata.normalize("NFC", text)
+        changes.add("nfc")
+    stripped = text.strip()
+    if stripped != text:
+        changes.add("strip")
+    return stripped
+
+
+def normalize_record(record: dict) -> set[str]:
+    """Normalise a canonical record in place; returns what changed ("nfc", "strip", "role")."""
+    changes: set[str] = set()
+    for key in MESSAGE_LISTS:
+        for msg in record.get(key) or ():
+            role = msg["role"].strip().lower()
+            role = ROLE_ALIASES.get(role, role)  # an unknown role stays as it is, for validation to name
+            if role != msg["role"]:
+                changes.add("role")
+                msg["role"] = role
+            for field in ("content", "reasoning_content"):
+                if msg[field] is not None:
+                    msg[field] = normalize_text(msg[field], changes)
+    if record.get("answer") is not None:
+        record["answer"] = normalize_text(record["answer"], changes)
+    return changes
