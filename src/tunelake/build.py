@@ -13,7 +13,6 @@ previous version, and re-running it gives the same result.
 from __future__ import annotations
 
 import functools
-import os
 import resource
 import shutil
 import time
@@ -80,8 +79,11 @@ class _Run:
 
     def timed(self, stage: str, records: int, started: float) -> None:
         seconds = time.perf_counter() - started
-        self.stages[stage] = {"records": records, "seconds": round(seconds, 3),
-                              "records_per_s": round(records / seconds) if seconds > 0 else None}
+        self.stages[stage] = {
+            "records": records,
+            "seconds": round(seconds, 3),
+            "records_per_s": round(records / seconds) if seconds > 0 else None,
+        }
 
 
 def peak_rss_mb() -> int:
@@ -111,25 +113,31 @@ def build(recipe: Recipe, recipe_sha256: str, progress: Progress | None = None) 
     started_at = datetime.now(UTC).isoformat()
     lake = Lake(recipe.lake)
     run = _Run(recipe, lake, new_run_id(), plan_files(recipe))
-    lake.clear_staging()  # leftovers of a killed build
-    staging = lake.staging(run.run_id)
-    ledger = lake.writer("ledger", LEDGER, run.run_id)
-
-    candidate_files = _canonicalize(run, staging, ledger, progress)
-    duplicates = _dedup(run, candidate_files, ledger)
-    _publish(run, candidate_files, duplicates, ledger, progress)
-    run.tables["ledger"] = ledger.commit()
-    _export(run, progress)
-    lake.clear_staging()
-
-    manifest = _manifest(run, recipe_sha256, started_at)
-    lake.write_manifest(manifest)
+    with lake.lock():
+        lake.clear_staging()  # leftovers of a killed build
+        staging = lake.staging(run.run_id)
+        ledger = lake.writer("ledger", LEDGER, run.run_id)
+        candidate_files = _canonicalize(run, staging, ledger, progress)
+        duplicates = _dedup(run, candidate_files, ledger)
+        _publish(run, candidate_files, duplicates, ledger, progress)
+        run.tables["ledger"] = ledger.commit()
+        _export(run, progress)
+        lake.clear_staging()
+        manifest = _manifest(run, recipe_sha256, started_at)
+        lake.write_manifest(manifest)
     return manifest
 
 
 def _chunks(run: _Run, source_index: int, source: Source) -> Iterator[tuple[RawChunk, FilePlan]]:
-    plan = SourcePlan(source_index, source.name, source.regime, source.license, source.origin, source.meta,
-                      run.recipe.silver.max_chars)
+    plan = SourcePlan(
+        source_index,
+        source.name,
+        source.regime,
+        source.license,
+        source.origin,
+        source.meta,
+        run.recipe.silver.max_chars,
+    )
     for file_index, path in enumerate(run.files[source_index]):
         report = run.reports[path] = FileReport(path)
         file_plan = None
@@ -174,7 +182,7 @@ def _canonicalize(run: _Run, staging: Path, ledger: TableWriter, progress: Progr
     items = (item for i, s in enumerate(recipe.sources) for item in _chunks(run, i, s))
     candidate_path = staging / "candidates.parquet"
     candidates = pq.ParquetWriter(candidate_path, CANDIDATE, compression="lz4")
-    progress.start("canonicalize", sum(os.path.getsize(f) for files in run.files for f in files))
+    progress.start("canonicalize", None)  # rows are counted as they are read; the total is unknown up front
     fn = functools.partial(_canonicalize_chunk, run_id=run.run_id)
     for source, result in ordered_map(fn, items, recipe.engine.resolved_workers()):
         bronze[source].write(result.bronze)
@@ -182,7 +190,7 @@ def _canonicalize(run: _Run, staging: Path, ledger: TableWriter, progress: Progr
         ledger.write(result.ledger)
         candidates.write(result.candidates)
         run.counts[source].update(bronze=result.counts["bronze"], quarantined=result.counts["quarantined"])
-        progress.advance(int(result.bronze.nbytes))
+        progress.advance(result.counts["bronze"])
     candidates.close()
     progress.finish()
     _file_issues(run, quarantine, ledger)
@@ -205,13 +213,37 @@ def _file_issues(run: _Run, quarantine: TableWriter, ledger: TableWriter) -> Non
         return
     n = len(rows)
     src, paths, reasons, details = (list(c) for c in zip(*rows, strict=True))
-    quarantine.write(pa.RecordBatch.from_pydict(
-        {"source": src, "file": paths, "row": [None] * n, "stage": ["read"] * n, "reason": reasons,
-         "field": [None] * n, "detail": details, "raw": [None] * n}, schema=QUARANTINE))
-    ledger.write(pa.RecordBatch.from_pydict(
-        {"id": [None] * n, "source": src, "file": paths, "row": [None] * n, "stage": ["read"] * n,
-         "action": ["quarantine"] * n, "reason": reasons, "detail": details, "run_id": [run.run_id] * n},
-        schema=LEDGER))
+    quarantine.write(
+        pa.RecordBatch.from_pydict(
+            {
+                "source": src,
+                "file": paths,
+                "row": [None] * n,
+                "stage": ["read"] * n,
+                "reason": reasons,
+                "field": [None] * n,
+                "detail": details,
+                "raw": [None] * n,
+            },
+            schema=QUARANTINE,
+        )
+    )
+    ledger.write(
+        pa.RecordBatch.from_pydict(
+            {
+                "id": [None] * n,
+                "source": src,
+                "file": paths,
+                "row": [None] * n,
+                "stage": ["read"] * n,
+                "action": ["quarantine"] * n,
+                "reason": reasons,
+                "detail": details,
+                "run_id": [run.run_id] * n,
+            },
+            schema=LEDGER,
+        )
+    )
 
 
 def _ledger_batch(run: _Run, ords: pa.Array, ids: pa.Array, stage: str, action: str, reason, detail) -> pa.RecordBatch:
@@ -229,11 +261,13 @@ def _dedup(run: _Run, candidate_files: list[str], ledger: TableWriter) -> pa.Tab
     dups = exact_duplicates(candidate_files)
     if dups.num_rows:
         kept_source, kept_file, kept_row = run.address(dups["kept_ord"].combine_chunks())
-        detail = pc.binary_join_element_wise("kept ", kept_source, ":", kept_file, ":",
-                                             pc.cast(kept_row, pa.string()), "")
+        detail = pc.binary_join_element_wise(
+            "kept ", kept_source, ":", kept_file, ":", pc.cast(kept_row, pa.string()), ""
+        )
         reason = pc.binary_join_element_wise("duplicate_of:", dups["kept_id"].combine_chunks(), "")
-        batch = _ledger_batch(run, dups["_ord"].combine_chunks(), dups["id"].combine_chunks(), "dedup", "drop",
-                              reason, detail)
+        batch = _ledger_batch(
+            run, dups["_ord"].combine_chunks(), dups["id"].combine_chunks(), "dedup", "drop", reason, detail
+        )
         ledger.write(batch)
         for source, n in Counter(batch.column("source").to_pylist()).items():
             run.counts[source]["dropped"] += n
@@ -267,11 +301,20 @@ def _publish(run: _Run, candidate_files: list[str], dups: pa.Table, ledger: Tabl
             for source, n in Counter(batch.column("source").to_pylist()).items():
                 run.counts[source]["silver"] += n
     progress.finish()
+    _reconcile(run)
     run.tables["silver/records"] = silver.commit()
     for (regime, split), writer in gold.items():
         run.tables[gold_table(regime, split)] = writer.commit()
         run.counts["_gold"][gold_table(regime, split)] = writer.rows
     run.timed("publish", silver.rows, started)
+
+
+def _reconcile(run: _Run) -> None:
+    """Every bronze row is in silver, quarantined or dropped with a reason; else nothing is published."""
+    for source in run.recipe.sources:
+        c = run.counts[source.name]
+        if c["bronze"] != c["silver"] + c["quarantined"] + c["dropped"]:
+            raise RuntimeError(f"counts do not reconcile for source {source.name}: {dict(c)}; nothing was published")
 
 
 def _export(run: _Run, progress: Progress) -> None:
@@ -293,13 +336,18 @@ def _manifest(run: _Run, recipe_sha256: str, started_at: str) -> dict:
     for source in run.recipe.sources:
         c = run.counts[source.name]
         counts[source.name] = {k: c[k] for k in ("bronze", "silver", "quarantined", "dropped", "file_issues")}
-        if c["bronze"] != c["silver"] + c["quarantined"] + c["dropped"]:
-            raise RuntimeError(f"counts do not reconcile for source {source.name}: {counts[source.name]}")
     inputs = [
-        {"source": s.name, "path": p, "sha256": run.reports[p].sha256, "bytes": run.reports[p].bytes,
-         "rows": run.reports[p].rows, "format": run.formats.get(p),
-         "issues": [{"reason": r.value, "detail": d} for r, d in run.reports[p].issues]}
-        for i, s in enumerate(run.recipe.sources) for p in run.files[i]
+        {
+            "source": s.name,
+            "path": p,
+            "sha256": run.reports[p].sha256,
+            "bytes": run.reports[p].bytes,
+            "rows": run.reports[p].rows,
+            "format": run.formats.get(p),
+            "issues": [{"reason": r.value, "detail": d} for r, d in run.reports[p].issues],
+        }
+        for i, s in enumerate(run.recipe.sources)
+        for p in run.files[i]
     ]
     return {
         "run_id": run.run_id,

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from tunelake.build import build as run_build
-from tunelake.lake import Lake
+from tunelake.lake import Lake, LakeBusy
 from tunelake.recipe import RecipeError, example_recipe, load_recipe
 
 app = typer.Typer(
@@ -31,8 +31,14 @@ class _RichProgress:
         self._bar: Progress | None = None
 
     def start(self, stage: str, total: int | None) -> None:
-        self._bar = Progress(TextColumn(f"[bold]{stage:<13}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                             console=console, transient=False)
+        self._bar = Progress(
+            TextColumn(f"[bold]{stage:<13}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
         self._bar.start()
         self._task = self._bar.add_task(stage, total=total)
 
@@ -46,7 +52,9 @@ class _RichProgress:
 
 
 @app.command()
-def init(path: Annotated[Path, typer.Argument(help="Where to write the example recipe.")] = Path("recipe.yaml")) -> None:
+def init(
+    path: Annotated[Path, typer.Argument(help="Where to write the example recipe.")] = Path("recipe.yaml"),
+) -> None:
     """Write a commented example recipe to PATH."""
     if path.exists():
         console.print(f"[red]{path} exists; not overwriting it.[/red]")
@@ -61,7 +69,7 @@ def build(recipe: Annotated[Path, typer.Argument(help="The recipe YAML file.")])
     try:
         cfg, sha = load_recipe(recipe)
         manifest = run_build(cfg, sha, _RichProgress())
-    except RecipeError as e:
+    except (RecipeError, LakeBusy) as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(2) from None
     table = Table(title=f"build {manifest['run_id']}")
@@ -90,7 +98,9 @@ def status(lake: LakeOption) -> None:
         table.add_row(name, str(lk.version(name)), str(rows))
     out.print(table)
     for manifest in lk.manifests()[-5:]:
-        totals = {k: sum(c[k] for c in manifest["counts"].values()) for k in ("bronze", "silver", "quarantined", "dropped")}
+        totals = {
+            k: sum(c[k] for c in manifest["counts"].values()) for k in ("bronze", "silver", "quarantined", "dropped")
+        }
         out.print(f"{manifest['run_id']}  " + "  ".join(f"{k}={v}" for k, v in totals.items()))
 
 
@@ -111,12 +121,14 @@ def explain(
     if not rows:
         console.print(f"[red]No ledger entry for {record} in the last build.[/red]")
         raise typer.Exit(1)
-    table = Table(title=f"ledger: {record}")
-    for col in ("id", "source", "file", "row", "stage", "action", "reason", "detail"):
-        table.add_column(col, overflow="fold")
-    for r in rows:
-        table.add_row(*(("" if v is None else str(v)) for v in r[:8]))
-    out.print(table)
+    for address in dict.fromkeys((r[1], r[2], r[3]) for r in rows):
+        source, file, row = address
+        entries = [r for r in rows if (r[1], r[2], r[3]) == address]
+        id_ = next((r[0] for r in entries if r[0]), None)
+        head = f"[bold]{source}[/bold] {file} row {row if row is not None else '-'}"
+        out.print(head + (f"  id {id_}" if id_ else ""), highlight=False)
+        for _id, _source, _file, _row, stage, action, reason, detail, _run in entries:
+            out.print(f"  {stage:<13} {action:<10} {reason or '':<22} {detail or ''}", markup=False, highlight=False)
 
 
 @app.command()
@@ -126,12 +138,17 @@ def quarantine(
 ) -> None:
     """Quarantined rows grouped by reason code, with examples."""
     lk = Lake(lake)
-    groups = lk.query("select reason, count(*) n from q group by reason order by n desc, reason", q="silver/quarantine")
+    groups = lk.query(
+        "select reason, count(*) n from q group by reason order by n desc, reason", q="silver/quarantine"
+    )
     for reason, n in groups:
         out.print(f"[bold]{reason}[/bold]  {n}")
         sample = lk.query(
             "select source, file, row, field, detail from q where reason = $reason order by source, file, row "
-            "limit $n", {"reason": reason, "n": examples}, q="silver/quarantine")
+            "limit $n",
+            {"reason": reason, "n": examples},
+            q="silver/quarantine",
+        )
         for source, file, row, field, detail in sample:
             where = f"{source}:{Path(file).name}:{row if row is not None else '-'}"
             out.print(f"  {where}  {field or ''}  {detail[:200]}", markup=False, highlight=False)

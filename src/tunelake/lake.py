@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -54,11 +56,26 @@ LEDGER = pa.schema(
 )
 
 
+class LakeBusy(RuntimeError):
+    """Another build holds the lake."""
+
+
 class Lake:
     """A directory of Delta tables named like `silver/records`, plus `manifests/` and `exports/`."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the lake for one build; a second build on the same lake fails at once instead of interleaving."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "w") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise LakeBusy(f"another tunelake build is running on {self.root}") from None
+            yield
 
     def path(self, table: str) -> Path:
         return self.root / table
@@ -85,7 +102,9 @@ class Lake:
 
     # Reads go through pyarrow.parquet on the version's file list: deltalake's to_pyarrow_table was seen
     # to abort the interpreter at exit, and the file list keeps write order.
-    def batches(self, table: str, columns: list[str] | None = None, version: int | None = None) -> Iterator[pa.RecordBatch]:
+    def batches(
+        self, table: str, columns: list[str] | None = None, version: int | None = None
+    ) -> Iterator[pa.RecordBatch]:
         for f in self.files(table, version):
             yield from pq.ParquetFile(f).iter_batches(columns=columns, batch_size=8192)
 
@@ -183,7 +202,11 @@ class TableWriter:
         props = CommitProperties(custom_metadata={"tunelake_run_id": self.run_id})
         uri = str(self.folder)
         if DeltaTable.is_deltatable(uri):
-            DeltaTable(uri).create_write_transaction(actions, mode="overwrite", schema=self.schema, commit_properties=props)
+            DeltaTable(uri).create_write_transaction(
+                actions, mode="overwrite", schema=self.schema, commit_properties=props
+            )
         else:
-            create_table_with_add_actions(uri, Schema.from_arrow(self.schema), actions, mode="error", commit_properties=props)
+            create_table_with_add_actions(
+                uri, Schema.from_arrow(self.schema), actions, mode="error", commit_properties=props
+            )
         return DeltaTable(uri).version()

@@ -26,7 +26,9 @@ class Source(_Strict):
     name: str = Field(
         pattern=r"^[A-Za-z0-9_.-]+$", description="Unique name of the source, used in the ledger and table names."
     )
-    path: str = Field(description="File path or glob, relative to the recipe file. jsonl(.gz/.zst), json, parquet, csv.")
+    path: str = Field(
+        description="File path or glob, relative to the recipe file. jsonl(.gz/.zst), json, parquet, csv."
+    )
     format: str = Field("auto", description=f"'auto' or one of: {', '.join(sorted(ADAPTERS))}.")
     regime: Regime | None = Field(None, description="sft | preference | rl. Optional when the format implies it.")
     license: str | None = Field(

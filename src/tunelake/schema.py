@@ -63,7 +63,17 @@ RECORD = pa.schema(
 )
 
 # Fields that make up a record's content, and so its id.
-CONTENT_FIELDS = ("regime", "messages", "prompt", "chosen", "rejected", "answer", "verifier", "verifier_config", "tools")
+CONTENT_FIELDS = (
+    "regime",
+    "messages",
+    "prompt",
+    "chosen",
+    "rejected",
+    "answer",
+    "verifier",
+    "verifier_config",
+    "tools",
+)
 
 
 class Reason(StrEnum):

@@ -24,11 +24,17 @@ def _messages(con: duckdb.DuckDBPyConnection, column: str) -> str:
     """A DuckDB expression for a message-list column, keeping role, content and the optional fields in use."""
     optional = [f for f in MESSAGE_FIELDS if f not in ("role", "content")]
     used = con.execute(
-        "select " + ", ".join(f"coalesce(bool_or(list_bool_or(list_transform({column}, lambda m: m.{f} is not null))), false)"
-                              for f in optional) + " from gold"
+        "select "
+        + ", ".join(
+            f"coalesce(bool_or(list_bool_or(list_transform({column}, lambda m: m.{f} is not null))), false)"
+            for f in optional
+        )
+        + " from gold"
     ).fetchone()
     fields = ["'role': m.role", "'content': m.content"]
-    fields += [f"'{f}': json(m.{f})" if f == "tool_calls" else f"'{f}': m.{f}" for f, u in zip(optional, used) if u]
+    for name, in_use in zip(optional, used, strict=True):
+        if in_use:
+            fields.append(f"'{name}': json(m.{name})" if name == "tool_calls" else f"'{name}': m.{name}")
     return f"list_transform({column}, lambda m: {{{', '.join(fields)}}}) as {column}"
 
 
@@ -40,7 +46,7 @@ def _select(con: duckdb.DuckDBPyConnection, regime: Regime, split: str) -> str:
         sides = ", ".join(_messages(con, c) for c in ("prompt", "chosen", "rejected"))
         return f"select id, {sides}, score_chosen, score_rejected from gold"
     return f"""
-        select source as data_source, {_messages(con, 'prompt')}, coalesce(domain, 'general') as ability,
+        select source as data_source, {_messages(con, "prompt")}, coalesce(domain, 'general') as ability,
                {{'style': 'rule',
                  'ground_truth': case when verifier = 'python_tests' then verifier_config else answer end}}
                  as reward_model,

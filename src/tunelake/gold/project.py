@@ -6,8 +6,19 @@ import pyarrow as pa
 
 from tunelake.schema import RECORD, Regime
 
-COMMON = ("id", "source", "origin", "license", "prompt_id", "lang", "domain", "difficulty", "token_count",
-          "created_at", "meta")
+COMMON = (
+    "id",
+    "source",
+    "origin",
+    "license",
+    "prompt_id",
+    "lang",
+    "domain",
+    "difficulty",
+    "token_count",
+    "created_at",
+    "meta",
+)
 REGIME_COLUMNS = {
     Regime.sft: ("messages", "tools"),
     Regime.preference: ("prompt", "chosen", "rejected", "score_chosen", "score_rejected"),

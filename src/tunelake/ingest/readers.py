@@ -156,10 +156,7 @@ def _table_chunks(path: str, kind: str, report: FileReport, chunk_bytes: int) ->
             sha.update(block)
     report.sha256, report.bytes = sha.hexdigest(), Path(path).stat().st_size
     try:
-        if kind == "parquet":
-            batches = pq.ParquetFile(path).iter_batches(batch_size=4096)
-        else:
-            batches = pacsv.open_csv(path)
+        batches = pq.ParquetFile(path).iter_batches(batch_size=4096) if kind == "parquet" else pacsv.open_csv(path)
         rows = (row for batch in batches for row in batch.to_pylist())
         yield from _serialised(path, rows, report, chunk_bytes)
     except Exception as e:  # noqa: BLE001 - any reader failure is a property of this file, not of the build

@@ -96,6 +96,11 @@ def canonical_record(obj: object, plan: FilePlan) -> tuple[dict, set[str]]:
     return record, changes
 
 
+def _append(columns: dict[str, list], values: tuple) -> None:
+    for column, value in zip(columns.values(), values, strict=True):
+        column.append(value)
+
+
 def canonicalize(chunk: RawChunk, plan: FilePlan, run_id: str) -> ChunkResult:
     source = plan.source
     bronze = {k: [] for k in BRONZE.names}
@@ -104,8 +109,7 @@ def canonicalize(chunk: RawChunk, plan: FilePlan, run_id: str) -> ChunkResult:
     candidates: list[dict] = []
 
     def log(row: int, id_: str | None, action: str, reason: str | None, detail: str | None) -> None:
-        for k, v in zip(LEDGER.names, (id_, source.name, chunk.file, row, STAGE, action, reason, detail, run_id)):
-            ledger[k].append(v)
+        _append(ledger, (id_, source.name, chunk.file, row, STAGE, action, reason, detail, run_id))
 
     lines = chunk.data.split(b"\n")
     if chunk.data.endswith(b"\n"):
@@ -115,8 +119,7 @@ def canonicalize(chunk: RawChunk, plan: FilePlan, run_id: str) -> ChunkResult:
         text = line.removesuffix(b"\r")
         if not text.strip():
             continue  # a blank line is not a row
-        for k, v in zip(BRONZE.names, (source.name, chunk.file, row, hashlib.blake2b(line, digest_size=16).hexdigest(), line)):
-            bronze[k].append(v)
+        _append(bronze, (source.name, chunk.file, row, hashlib.blake2b(line, digest_size=16).hexdigest(), line))
         try:
             try:
                 obj = orjson.loads(text.removeprefix(b"\xef\xbb\xbf"))
@@ -129,10 +132,11 @@ def canonicalize(chunk: RawChunk, plan: FilePlan, run_id: str) -> ChunkResult:
             try:
                 record, changes = canonical_record(obj, plan)
             except (TypeError, KeyError, AttributeError, ValueError) as e:  # a value of a shape no check foresaw
-                raise Rejected(Reason.wrong_type, None, f"the {plan.adapter} format cannot read this row: {e!r}") from None
+                raise Rejected(
+                    Reason.wrong_type, None, f"the {plan.adapter} format cannot read this row: {e!r}"
+                ) from None
         except Rejected as r:
-            for k, v in zip(QUARANTINE.names, (source.name, chunk.file, row, STAGE, r.reason.value, r.field, r.detail, line)):
-                quarantine[k].append(v)
+            _append(quarantine, (source.name, chunk.file, row, STAGE, r.reason.value, r.field, r.detail, line))
             where = f"{r.field}: " if r.field else ""
             log(row, None, "quarantine", r.reason.value, where + r.detail)
             continue

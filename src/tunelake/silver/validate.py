@@ -8,7 +8,9 @@ from tunelake.schema import ROLES, VERIFIERS, Reason, Regime, Rejected
 def _check_turns(messages: list[dict], field: str) -> None:
     for i, msg in enumerate(messages):
         if msg["role"] not in ROLES:
-            raise Rejected(Reason.unknown_role, f"{field}[{i}].role", f"expected one of {', '.join(ROLES)}, got {msg['role']!r}")
+            raise Rejected(
+                Reason.unknown_role, f"{field}[{i}].role", f"expected one of {', '.join(ROLES)}, got {msg['role']!r}"
+            )
         if not msg["content"] and not msg["tool_calls"]:
             raise Rejected(Reason.empty_turn, f"{field}[{i}].content", f"the {msg['role']} turn is empty")
 
@@ -30,7 +32,9 @@ def _check_order(messages: list[dict], field: str) -> None:
 
 
 def _text_size(record: dict) -> int:
-    size = sum(len(m["content"] or "") for key in ("messages", "prompt", "chosen", "rejected") for m in record.get(key) or ())
+    size = sum(
+        len(m["content"] or "") for key in ("messages", "prompt", "chosen", "rejected") for m in record.get(key) or ()
+    )
     return size + len(record.get("answer") or "")
 
 
@@ -43,7 +47,9 @@ def validate(record: dict, max_chars: int) -> None:
             raise Rejected(Reason.no_assistant_turn, "messages", "expected at least one assistant turn")
         _check_order(msgs, "messages")
         if msgs[-1]["role"] != "assistant":
-            raise Rejected(Reason.last_turn_not_assistant, f"messages[{len(msgs) - 1}].role", f"ends with {msgs[-1]['role']}")
+            raise Rejected(
+                Reason.last_turn_not_assistant, f"messages[{len(msgs) - 1}].role", f"ends with {msgs[-1]['role']}"
+            )
     elif regime == Regime.preference:
         prompt = record["prompt"]
         if not prompt:
@@ -68,7 +74,13 @@ def validate(record: dict, max_chars: int) -> None:
         if not record.get("answer"):
             raise Rejected(Reason.missing_answer, "answer", "expected a gold answer")
         if record.get("verifier") not in VERIFIERS:
-            raise Rejected(Reason.unknown_verifier, "verifier", f"expected one of {', '.join(VERIFIERS)}, got {record.get('verifier')!r}")
+            raise Rejected(
+                Reason.unknown_verifier,
+                "verifier",
+                f"expected one of {', '.join(VERIFIERS)}, got {record.get('verifier')!r}",
+            )
     size = _text_size(record)
     if size > max_chars:
-        raise Rejected(Reason.too_long, None, f"{size} characters of text; the limit (silver.max_chars) is {max_chars}")
+        raise Rejected(
+            Reason.too_long, None, f"{size} characters of text; the limit (silver.max_chars) is {max_chars}"
+        )

@@ -63,7 +63,9 @@ def _content(value: object, where: str) -> tuple[str | None, str | None, list]:
         elif kind == "text":
             texts.append(body)
         else:
-            raise Rejected(Reason.wrong_type, f"{where}[{i}].type", f"expected text, reasoning or tool_call, got {kind!r}")
+            raise Rejected(
+                Reason.wrong_type, f"{where}[{i}].type", f"expected text, reasoning or tool_call, got {kind!r}"
+            )
     return "".join(texts), ("\n".join(reasoning) or None), calls
 
 
@@ -73,7 +75,9 @@ def chat_message(value: object, where: str) -> dict:
         raise Rejected(Reason.wrong_type, where, f"expected a message object, got {type(value).__name__}")
     role = value.get("role", value.get("from"))
     if not isinstance(role, str):
-        raise Rejected(Reason.missing_field if role is None else Reason.wrong_type, f"{where}.role", "expected a role string")
+        raise Rejected(
+            Reason.missing_field if role is None else Reason.wrong_type, f"{where}.role", "expected a role string"
+        )
     raw_content = value.get("content", value.get("value"))
     try:
         content, reasoning, calls = _content(raw_content, f"{where}.content")
@@ -81,7 +85,11 @@ def chat_message(value: object, where: str) -> dict:
         raise Rejected(Reason.invalid_json, f"{where}.content", f"tool_call part is not JSON: {e}") from None
     tool_calls = value.get("tool_calls") or calls or None
     reasoning = value.get("reasoning_content", reasoning)
-    for key, val in (("name", value.get("name")), ("tool_call_id", value.get("tool_call_id")), ("reasoning_content", reasoning)):
+    for key, val in (
+        ("name", value.get("name")),
+        ("tool_call_id", value.get("tool_call_id")),
+        ("reasoning_content", reasoning),
+    ):
         if val is not None and not isinstance(val, str):
             raise Rejected(Reason.wrong_type, f"{where}.{key}", f"expected a string, got {type(val).__name__}")
     return message(

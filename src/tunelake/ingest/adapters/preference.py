@@ -72,12 +72,28 @@ def _is_hh(row: dict) -> bool:
 
 
 ADAPTERS = [
-    Adapter("trl_preference", (Regime.preference,), frozenset({"chosen", "rejected"}), trl_preference,
-            frozenset({"prompt", "chosen", "rejected", "score_chosen", "score_rejected"}),
-            matches=lambda r: not _is_hh(r) and ("prompt" in r or isinstance(r["chosen"], list))),
-    Adapter("hh_rlhf", (Regime.preference,), frozenset({"chosen", "rejected"}), hh_rlhf,
-            frozenset({"chosen", "rejected"}), matches=_is_hh),
-    Adapter("sharegpt_preference", (Regime.preference,), frozenset({"conversations", "chosen", "rejected"}),
-            sharegpt_preference, frozenset({"conversations", "chosen", "rejected", "system"}),
-            matches=lambda r: isinstance(r["chosen"], dict)),
+    Adapter(
+        "trl_preference",
+        (Regime.preference,),
+        frozenset({"chosen", "rejected"}),
+        trl_preference,
+        frozenset({"prompt", "chosen", "rejected", "score_chosen", "score_rejected"}),
+        matches=lambda r: not _is_hh(r) and ("prompt" in r or isinstance(r["chosen"], list)),
+    ),
+    Adapter(
+        "hh_rlhf",
+        (Regime.preference,),
+        frozenset({"chosen", "rejected"}),
+        hh_rlhf,
+        frozenset({"chosen", "rejected"}),
+        matches=_is_hh,
+    ),
+    Adapter(
+        "sharegpt_preference",
+        (Regime.preference,),
+        frozenset({"conversations", "chosen", "rejected"}),
+        sharegpt_preference,
+        frozenset({"conversations", "chosen", "rejected", "system"}),
+        matches=lambda r: isinstance(r["chosen"], dict),
+    ),
 ]

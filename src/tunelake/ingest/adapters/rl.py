@@ -61,8 +61,14 @@ def math(row: dict, regime: Regime) -> dict:
     if answer is None:
         raise Rejected(Reason.missing_answer, "solution", "expected a \\boxed{...} answer in the solution")
     meta |= {"solution": solution, "given_answer": row.get("answer")}
-    return {"prompt": [message("user", problem)], "answer": answer, "verifier": "math", "domain": "math",
-            "difficulty": _level(row), "meta": meta}
+    return {
+        "prompt": [message("user", problem)],
+        "answer": answer,
+        "verifier": "math",
+        "domain": "math",
+        "difficulty": _level(row),
+        "meta": meta,
+    }
 
 
 def humaneval(row: dict, regime: Regime) -> dict:
@@ -106,20 +112,52 @@ def generic_rl(row: dict, regime: Regime) -> dict:
     difficulty = row.get("difficulty")
     if difficulty is not None and (isinstance(difficulty, bool) or not isinstance(difficulty, int | float)):
         raise Rejected(Reason.wrong_type, "difficulty", f"expected a number, got {type(difficulty).__name__}")
-    return {"prompt": prompt, "answer": answer, "verifier": text_field(row, "verifier"),
-            "verifier_config": as_json(row.get("verifier_config")), "domain": row.get("domain"),
-            "difficulty": None if difficulty is None else float(difficulty)}
+    return {
+        "prompt": prompt,
+        "answer": answer,
+        "verifier": text_field(row, "verifier"),
+        "verifier_config": as_json(row.get("verifier_config")),
+        "domain": row.get("domain"),
+        "difficulty": None if difficulty is None else float(difficulty),
+    }
 
 
 ADAPTERS = [
-    Adapter("gsm8k", (Regime.rl, Regime.sft), frozenset({"question", "answer"}), gsm8k,
-            frozenset({"question", "answer"}), matches=lambda r: isinstance(r["answer"], str) and "####" in r["answer"]),
-    Adapter("math", (Regime.rl, Regime.sft), frozenset({"problem", "solution"}), math,
-            frozenset({"problem", "solution", "answer", "level", "subject", "unique_id"})),
-    Adapter("humaneval", (Regime.rl,), frozenset({"task_id", "prompt", "canonical_solution", "test", "entry_point"}),
-            humaneval, frozenset({"task_id", "prompt", "canonical_solution", "test", "entry_point"})),
-    Adapter("mbpp", (Regime.rl,), frozenset({"code", "test_list"}), mbpp,
-            frozenset({"text", "prompt", "code", "test_list", "test_setup_code", "test_imports", "task_id"}), matches=lambda r: "text" in r or "prompt" in r),
-    Adapter("rl", (Regime.rl,), frozenset({"prompt", "answer", "verifier"}), generic_rl,
-            frozenset({"prompt", "answer", "verifier", "verifier_config", "domain", "difficulty"})),
+    Adapter(
+        "gsm8k",
+        (Regime.rl, Regime.sft),
+        frozenset({"question", "answer"}),
+        gsm8k,
+        frozenset({"question", "answer"}),
+        matches=lambda r: isinstance(r["answer"], str) and "####" in r["answer"],
+    ),
+    Adapter(
+        "math",
+        (Regime.rl, Regime.sft),
+        frozenset({"problem", "solution"}),
+        math,
+        frozenset({"problem", "solution", "answer", "level", "subject", "unique_id"}),
+    ),
+    Adapter(
+        "humaneval",
+        (Regime.rl,),
+        frozenset({"task_id", "prompt", "canonical_solution", "test", "entry_point"}),
+        humaneval,
+        frozenset({"task_id", "prompt", "canonical_solution", "test", "entry_point"}),
+    ),
+    Adapter(
+        "mbpp",
+        (Regime.rl,),
+        frozenset({"code", "test_list"}),
+        mbpp,
+        frozenset({"text", "prompt", "code", "test_list", "test_setup_code", "test_imports", "task_id"}),
+        matches=lambda r: "text" in r or "prompt" in r,
+    ),
+    Adapter(
+        "rl",
+        (Regime.rl,),
+        frozenset({"prompt", "answer", "verifier"}),
+        generic_rl,
+        frozenset({"prompt", "answer", "verifier", "verifier_config", "domain", "difficulty"}),
+    ),
 ]

@@ -78,14 +78,41 @@ def prompt_completion(row: dict, regime: Regime) -> dict:
 
 
 ADAPTERS = [
-    Adapter("openai", (Regime.sft,), frozenset({"messages"}), openai_messages, frozenset({"messages", "tools"}),
-            matches=lambda r: isinstance(r["messages"], list)),
-    Adapter("sharegpt", (Regime.sft,), frozenset({"conversations"}), sharegpt,
-            frozenset({"conversations", "system", "tools"}), matches=lambda r: isinstance(r["conversations"], list)),
-    Adapter("alpaca", (Regime.sft,), frozenset({"instruction", "output"}), alpaca,
-            frozenset({"instruction", "input", "output", "system", "history"})),
-    Adapter("dolly", (Regime.sft,), frozenset({"instruction", "response"}), dolly,
-            frozenset({"instruction", "context", "response", "category"})),
-    Adapter("prompt_completion", (Regime.sft,), frozenset({"prompt", "completion"}), prompt_completion,
-            frozenset({"prompt", "completion"})),
+    Adapter(
+        "openai",
+        (Regime.sft,),
+        frozenset({"messages"}),
+        openai_messages,
+        frozenset({"messages", "tools"}),
+        matches=lambda r: isinstance(r["messages"], list),
+    ),
+    Adapter(
+        "sharegpt",
+        (Regime.sft,),
+        frozenset({"conversations"}),
+        sharegpt,
+        frozenset({"conversations", "system", "tools"}),
+        matches=lambda r: isinstance(r["conversations"], list),
+    ),
+    Adapter(
+        "alpaca",
+        (Regime.sft,),
+        frozenset({"instruction", "output"}),
+        alpaca,
+        frozenset({"instruction", "input", "output", "system", "history"}),
+    ),
+    Adapter(
+        "dolly",
+        (Regime.sft,),
+        frozenset({"instruction", "response"}),
+        dolly,
+        frozenset({"instruction", "context", "response", "category"}),
+    ),
+    Adapter(
+        "prompt_completion",
+        (Regime.sft,),
+        frozenset({"prompt", "completion"}),
+        prompt_completion,
+        frozenset({"prompt", "completion"}),
+    ),
 ]
