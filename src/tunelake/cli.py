@@ -126,9 +126,14 @@ def explain(
         entries = [r for r in rows if (r[1], r[2], r[3]) == address]
         id_ = next((r[0] for r in entries if r[0]), None)
         head = f"[bold]{source}[/bold] {file} row {row if row is not None else '-'}"
-        out.print(head + (f"  id {id_}" if id_ else ""), highlight=False)
+        out.print(head + (f"  id {id_}" if id_ else ""), highlight=False, soft_wrap=True)
         for _id, _source, _file, _row, stage, action, reason, detail, _run in entries:
-            out.print(f"  {stage:<13} {action:<10} {reason or '':<22} {detail or ''}", markup=False, highlight=False)
+            out.print(
+                f"  {stage:<13} {action:<10} {reason or '':<22} {detail or ''}",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
 
 
 @app.command()
@@ -151,4 +156,4 @@ def quarantine(
         )
         for source, file, row, field, detail in sample:
             where = f"{source}:{Path(file).name}:{row if row is not None else '-'}"
-            out.print(f"  {where}  {field or ''}  {detail[:200]}", markup=False, highlight=False)
+            out.print(f"  {where}  {field or ''}  {detail[:200]}", markup=False, highlight=False, soft_wrap=True)

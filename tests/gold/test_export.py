@@ -1,0 +1,78 @@
+"""Exports load as they are in HF `datasets` and have the layouts TRL and verl read."""
+
+from __future__ import annotations
+
+import json
+
+import datasets
+import pytest
+
+from tests.conftest import run_build, write_recipe
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, request):
+    folder = tmp_path_factory.mktemp("export")
+    example = request.getfixturevalue("example_sources_module")
+    manifest, lake = run_build(write_recipe(folder, example))
+    return manifest, lake, lake.root / "exports"
+
+
+@pytest.fixture(scope="module")
+def example_sources_module():
+    import yaml
+
+    from tests.conftest import EXAMPLES
+
+    recipe = yaml.safe_load((EXAMPLES / "recipe.yaml").read_text())
+    for source in recipe["sources"]:
+        source["path"] = str(EXAMPLES / source["path"])
+    return recipe["sources"]
+
+
+@pytest.mark.parametrize("fmt,builder", [("jsonl", "json"), ("parquet", "parquet")])
+@pytest.mark.parametrize("regime", ["sft", "preference", "rl"])
+def test_every_export_loads_with_hf_datasets(built, regime, fmt, builder):
+    manifest, _, exports = built
+    path = exports / regime / f"train.{fmt}"
+    ds = datasets.load_dataset(builder, data_files=str(path), split="train")
+    assert len(ds) == manifest["gold"][f"gold/{regime}/train"]
+
+
+def test_sft_export_is_trl_conversational_and_keeps_tool_calls(built):
+    _, _, exports = built
+    rows = [json.loads(line) for line in (exports / "sft" / "train.jsonl").open()]
+    assert all(m["role"] in ("system", "user", "assistant", "tool") for r in rows for m in r["messages"])
+    assert all(r["messages"][-1]["role"] == "assistant" for r in rows)
+    calls = [m["tool_calls"] for r in rows for m in r["messages"] if m.get("tool_calls")]
+    assert calls, "the Glaive tool-call sample must keep its calls in the export"
+    # Tool calls are JSON objects in jsonl, in the OpenAI shape that chat templates read.
+    assert calls[0][0]["type"] == "function" and isinstance(calls[0][0]["function"]["name"], str)
+    with_tools = [r for r in rows if r.get("tools")]
+    assert with_tools and isinstance(with_tools[0]["tools"], list)
+
+
+def test_preference_export_has_message_lists_ending_in_user_then_assistant(built):
+    _, _, exports = built
+    ds = datasets.load_dataset("parquet", data_files=str(exports / "preference" / "train.parquet"), split="train")
+    assert {"prompt", "chosen", "rejected"} <= set(ds.column_names)
+    for row in ds.select(range(50)):
+        assert row["prompt"][-1]["role"] == "user"
+        assert row["chosen"][0]["role"] == row["rejected"][0]["role"] == "assistant"
+        assert row["chosen"] != row["rejected"]
+
+
+def test_rl_export_has_verl_layout(built):
+    _, _, exports = built
+    ds = datasets.load_dataset("parquet", data_files=str(exports / "rl" / "train.parquet"), split="train")
+    assert {"data_source", "prompt", "ability", "reward_model", "extra_info"} <= set(ds.column_names)
+    gsm8k = [r for r in ds if r["data_source"] == "gsm8k"]
+    first = gsm8k[0]
+    # GSM8K train row 1 (Natalia's clips): gold answer 72, numeric verifier.
+    assert first["prompt"][0]["content"].startswith("Natalia sold clips")
+    assert first["reward_model"] == {"style": "rule", "ground_truth": "72"}
+    assert first["ability"] == "math" and first["extra_info"]["verifier"] == "numeric"
+    code = next(r for r in ds if r["data_source"] == "humaneval")
+    config = json.loads(code["reward_model"]["ground_truth"])
+    assert {"prompt", "test", "entry_point"} <= config.keys()
+    assert [r["extra_info"]["index"] for r in ds] == list(range(len(ds)))

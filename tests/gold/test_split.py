@@ -1,0 +1,56 @@
+"""Splits are by prompt group: a prompt never sits in two splits, and new data never moves old records."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import run_build, write_recipe
+from tunelake.gold.split import SPLITS, split_of
+from tunelake.recipe import Split
+
+
+def _sft(question: str, answer: str) -> dict:
+    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_records_sharing_a_prompt_land_in_one_split(tmp_path):
+    rows = [_sft(f"question {i % 50}", f"answer variant {i}") for i in range(400)]
+    source = {"name": "s", "path": _write(tmp_path / "s.jsonl", rows), "license": "mit", "origin": "human"}
+    _, lake = run_build(write_recipe(tmp_path, [source], gold={"split": {"validation": 0.2, "test": 0.2}}))
+    per_prompt = lake.query(
+        "select prompt_id, count(distinct split) from ("
+        " select prompt_id, 'train' split from tr union all select prompt_id, 'validation' from va"
+        " union all select prompt_id, 'test' from te) group by prompt_id",
+        tr="gold/sft/train",
+        va="gold/sft/validation",
+        te="gold/sft/test",
+    )
+    assert len(per_prompt) == 50
+    assert all(n == 1 for _, n in per_prompt)
+    assert sum(lake.query("select count(*) from t", t=f"gold/sft/{s}")[0][0] for s in SPLITS) == 400
+
+
+def test_adding_data_never_moves_an_existing_record(tmp_path):
+    old = [_sft(f"old question {i}", "a") for i in range(300)]
+    new = [_sft(f"new question {i}", "b") for i in range(300)]
+    splits = {}
+    for name, rows in (("before", old), ("after", new + old)):
+        (tmp_path / name).mkdir()
+        source = {"name": "s", "path": _write(tmp_path / name / "s.jsonl", rows), "license": "mit", "origin": "human"}
+        _, lake = run_build(write_recipe(tmp_path / name, [source], gold={"split": {"validation": 0.1, "test": 0.1}}))
+        splits[name] = {id_: s for s in SPLITS for (id_,) in lake.query("select id from t", t=f"gold/sft/{s}")}
+    assert splits["before"].items() <= splits["after"].items()
+
+
+def test_split_fractions_follow_the_recipe_and_the_seed_changes_them():
+    cfg = Split(validation=0.1, test=0.05, seed=0)
+    names = [split_of(f"{i:032x}", cfg) for i in range(20000)]
+    assert abs(names.count("validation") / 20000 - 0.1) < 0.01
+    assert abs(names.count("test") / 20000 - 0.05) < 0.01
+    reseeded = [split_of(f"{i:032x}", Split(validation=0.1, test=0.05, seed=1)) for i in range(20000)]
+    assert names != reseeded
