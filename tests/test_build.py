@@ -39,3 +39,20 @@ def test_same_inputs_give_identical_gold_in_two_lakes(tmp_path, example_sources)
     _, lake_a = run_build(write_recipe(tmp_path / "a", example_sources))
     _, lake_b = run_build(write_recipe(tmp_path / "b", example_sources, engine={"workers": 2}))
     assert gold_digest(lake_a) == gold_digest(lake_b)
+
+
+def test_detected_format_that_cannot_give_the_recipe_regime_quarantines_the_file(tmp_path):
+    from tests.conftest import EXAMPLES
+
+    source = {
+        "name": "g",
+        "path": str(EXAMPLES / "data" / "gsm8k_train_300.jsonl.gz"),
+        "regime": "preference",
+        "license": "mit",
+        "origin": "human",
+    }
+    manifest, lake = run_build(write_recipe(tmp_path, [source]))
+    assert manifest["counts"]["g"]["quarantined"] == 300
+    reasons = lake.query("select distinct reason, detail from q", q="silver/quarantine")
+    assert len(reasons) == 1 and reasons[0][0] == "unknown_format"
+    assert "detected format gsm8k gives rl, sft, not preference" in reasons[0][1]

@@ -37,7 +37,7 @@ from tunelake.ingest.adapters import FormatError, detect_format
 from tunelake.ingest.readers import FileReport, RawChunk, expand, read_chunks
 from tunelake.lake import BRONZE, LEDGER, QUARANTINE, Lake, TableWriter
 from tunelake.recipe import Recipe, RecipeError, Source
-from tunelake.schema import RECORD, Regime
+from tunelake.schema import RECORD, Reason, Regime
 from tunelake.silver.canonicalize import CANDIDATE, ChunkResult, FilePlan, SourcePlan, canonicalize
 from tunelake.silver.dedup import exact_duplicates
 
@@ -165,7 +165,7 @@ def _file_plan(plan: SourcePlan, file_index: int, fmt: str, first: RawChunk) -> 
         return FilePlan(plan, file_index, None, (e.reason, f"{first.file}: {e}"))
     if plan.regime and plan.regime not in adapter.regimes:
         detail = f"{first.file}: detected format {adapter.name} gives {', '.join(adapter.regimes)}, not {plan.regime}"
-        return FilePlan(plan, file_index, None, ("unknown_format", detail))
+        return FilePlan(plan, file_index, None, (Reason.unknown_format, detail))
     return FilePlan(plan, file_index, adapter.name)
 
 
