@@ -50,20 +50,27 @@ def test_sigkill_at_any_point_leaves_tables_readable_and_rerun_converges(tmp_pat
     recipe = write_recipe(folder, sources, engine={"workers": 2})
     run_build(recipe)
     killed = Lake(folder / "lake")
-    kills = 0
-    for delay in (0.5, 1.5, 2.5, 3.5):
+    lake_dir = folder / "lake"
+    silver_v = killed.version("silver/records")
+    moments = {
+        # Each moment is a state of the lake on disk, so the kills land mid-build however fast the machine is.
+        "canonicalize": lambda: (lake_dir / "_staging").exists() and any((lake_dir / "_staging").iterdir()),
+        "publish": lambda: len(list((lake_dir / "silver/records").glob("*.parquet"))) > 1 + silver_v,
+        "after silver commit": lambda: killed.version("silver/records") > silver_v,
+    }
+    for name, reached in moments.items():
         proc = subprocess.Popen(
             [sys.executable, "-c", BUILD, str(recipe)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        time.sleep(delay)
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # the build and its workers, with no chance to clean up
-            kills += 1
+        while proc.poll() is None and not reached():
+            time.sleep(0.002)
+        assert proc.poll() is None, f"the build ended before the {name} moment was seen"
+        os.killpg(proc.pid, signal.SIGKILL)  # the build and its workers, with no chance to clean up
         proc.wait()
         _all_versions_readable(killed)
-    assert kills >= 3, "the build finished before most kills: make the corpus larger"
+        silver_v = killed.version("silver/records")
     run_build(recipe)
     assert gold_digest(killed) == expected

@@ -38,7 +38,15 @@ from tunelake.ingest.readers import FileReport, RawChunk, expand, read_chunks
 from tunelake.lake import BRONZE, LEDGER, QUARANTINE, Lake, TableWriter
 from tunelake.recipe import Recipe, RecipeError, Source
 from tunelake.schema import RECORD, Reason, Regime
-from tunelake.silver.canonicalize import CANDIDATE, ChunkResult, FilePlan, SourcePlan, canonicalize
+from tunelake.silver.canonicalize import (
+    CANDIDATE,
+    MAX_FILES,
+    ChunkResult,
+    FilePlan,
+    SourcePlan,
+    canonicalize,
+    ordinal_parts,
+)
 from tunelake.silver.dedup import exact_duplicates
 
 DETECT_SAMPLE = 200  # rows parsed from the start of a file to detect its format
@@ -67,15 +75,14 @@ class _Run:
 
     def address(self, ords: pa.Array) -> tuple[pa.Array, pa.Array, pa.Array]:
         """(source, file, row) arrays for candidate ordinals (see canonicalize.ordinal)."""
-        src = pc.shift_right(ords, 44)
-        fil = pc.bit_wise_and(pc.shift_right(ords, 32), 0xFFF)
+        src, fil, row = ordinal_parts(ords)
         names = pa.array([s.name for s in self.recipe.sources])
         flat_files = [f for files in self.files for f in files]
         offsets = [0]
         for files in self.files:
             offsets.append(offsets[-1] + len(files))
         file_index = pc.add(pc.take(pa.array(offsets[:-1], pa.int64()), src), fil)
-        return pc.take(names, src), pc.take(pa.array(flat_files), file_index), pc.bit_wise_and(ords, 0xFFFFFFFF)
+        return pc.take(names, src), pc.take(pa.array(flat_files), file_index), row
 
     def timed(self, stage: str, records: int, started: float) -> None:
         seconds = time.perf_counter() - started
@@ -103,6 +110,8 @@ def plan_files(recipe: Recipe) -> list[list[str]]:
         found = expand(source.path)
         if not found:
             raise RecipeError(f"source {source.name!r}: no file matches {source.path}")
+        if len(found) > MAX_FILES:
+            raise RecipeError(f"source {source.name!r}: {len(found)} files; split it into sources of <= {MAX_FILES}")
         files.append(found)
     return files
 

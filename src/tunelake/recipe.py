@@ -90,7 +90,7 @@ class Engine(_Strict):
 
 class Recipe(_Strict):
     lake: Path = Field(description="Directory of the lake (Delta tables, manifests, exports), relative to the recipe.")
-    sources: list[Source] = Field(min_length=1, description="The raw inputs.")
+    sources: list[Source] = Field(min_length=1, max_length=255, description="The raw inputs.")
     silver: Silver = Field(default_factory=Silver, description="Validation limits.")
     gold: Gold = Field(default_factory=Gold, description="Splits and exports.")
     engine: Engine = Field(default_factory=Engine, description="How row-local stages run.")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
+import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import zstandard
@@ -80,8 +81,8 @@ def _text_kind(path: str) -> tuple[str, str]:
 
 def read_chunks(path: str, report: FileReport, chunk_bytes: int) -> Iterator[RawChunk]:
     kind, compression = _text_kind(path)
-    if kind in ("parquet", "csv") and not compression:
-        yield from _table_chunks(path, kind, report, chunk_bytes)
+    if kind in ("parquet", "csv"):
+        yield from _table_chunks(path, kind, compression, report, chunk_bytes)
     else:
         yield from _text_chunks(path, compression, report, chunk_bytes)
     if report.rows == 0 and not report.issues:
@@ -93,23 +94,24 @@ def _text_chunks(path: str, compression: str, report: FileReport, chunk_bytes: i
         hashing = _Hashing(f)
         stream = {
             "gz": lambda: gzip.GzipFile(fileobj=hashing),
-            "zst": lambda: zstandard.ZstdDecompressor().stream_reader(hashing),
+            "zst": lambda: _ZstdFrames(hashing),
             "": lambda: hashing,
         }[compression]()
+        blocks = _blocks(stream, chunk_bytes)
         pending, row, first = b"", 1, True
         try:
-            while block := stream.read(chunk_bytes):
+            for block in blocks:
                 if first:
                     first = False
                     if block.removeprefix(_BOM).lstrip()[:1] == b"[":
-                        yield from _json_array(block + stream.read(), path, report, chunk_bytes)
+                        yield from _json_array(block + b"".join(blocks), path, report, chunk_bytes)
                         return
                 data = pending + block
                 cut = data.rfind(b"\n") + 1
                 if cut:
                     chunk, pending = data[:cut], data[cut:]
                     yield RawChunk(path, row, chunk)
-                    report.rows += chunk.count(b"\n")
+                    report.rows += _rows(chunk)
                     row += chunk.count(b"\n")
                 else:
                     pending = data
@@ -122,7 +124,66 @@ def _text_chunks(path: str, compression: str, report: FileReport, chunk_bytes: i
             report.sha256, report.bytes = hashing.sha.hexdigest(), hashing.size
         if pending:
             yield RawChunk(path, row, pending)
-            report.rows += 1
+            report.rows += _rows(pending)
+
+
+def _rows(data: bytes) -> int:
+    """Rows in whole lines of text: lines that are not blank (a blank line is not a row, see canonicalize)."""
+    return sum(1 for line in data.split(b"\n") if line.strip())
+
+
+def _blocks(stream, chunk_bytes: int) -> Iterator[bytes]:
+    """The decompressed stream in blocks of about chunk_bytes.
+
+    Reads with read1 (one decompression step at a time) where the stream has it: when a file is cut short, the
+    error comes only after every byte before the cut was given back. A plain read(n) raises with the bytes it had
+    gathered in that call, so a truncated file smaller than a chunk lost every row.
+    """
+    read = stream.read1 if hasattr(stream, "read1") else stream.read
+    parts, size = [], 0
+    try:
+        while part := read(chunk_bytes - size):
+            parts.append(part)
+            size += len(part)
+            if size >= chunk_bytes:
+                yield b"".join(parts)
+                parts, size = [], 0
+    except Exception:
+        if parts:
+            yield b"".join(parts)
+        raise
+    if parts:
+        yield b"".join(parts)
+
+
+class _ZstdFrames:
+    """The decompressed bytes of every frame of a zstd file; EOFError if the file ends inside a frame.
+
+    zstandard's stream_reader returns a frame cut short as a clean end of file: a truncated file lost its last
+    rows silently (or, cut inside its first block, passed for an empty file).
+    """
+
+    STEP = 1 << 16  # compressed bytes per step, so one step's output stays small for text
+
+    def __init__(self, raw: _Hashing):
+        self.raw = raw
+        self.frame = None  # the decompressor of the frame being read; None between frames
+
+    def read1(self, n: int = -1) -> bytes:
+        while data := self.raw.read(self.STEP):
+            out = []
+            while data:
+                if self.frame is None:
+                    self.frame = zstandard.ZstdDecompressor().decompressobj()
+                out.append(self.frame.decompress(data))
+                data = b""
+                if self.frame.eof:
+                    data, self.frame = self.frame.unused_data, None
+            if out := b"".join(out):
+                return out
+        if self.frame is not None:
+            raise EOFError("the file ends inside a zstd frame")
+        return b""
 
 
 def _json_array(document: bytes, path: str, report: FileReport, chunk_bytes: int) -> Iterator[RawChunk]:
@@ -149,14 +210,19 @@ def _serialised(path: str, rows: Iterator[object], report: FileReport, chunk_byt
         yield RawChunk(path, first_row, b"\n".join(lines) + b"\n")
 
 
-def _table_chunks(path: str, kind: str, report: FileReport, chunk_bytes: int) -> Iterator[RawChunk]:
+def _table_chunks(path: str, kind: str, compression: str, report: FileReport, chunk_bytes: int) -> Iterator[RawChunk]:
     sha = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(1 << 20):
             sha.update(block)
     report.sha256, report.bytes = sha.hexdigest(), Path(path).stat().st_size
+    if report.bytes == 0:
+        return  # an empty file, not an unreadable one (pyarrow refuses a 0-byte CSV or Parquet file)
     try:
-        batches = pq.ParquetFile(path).iter_batches(batch_size=4096) if kind == "parquet" else pacsv.open_csv(path)
+        if kind == "parquet":
+            batches = pq.ParquetFile(path).iter_batches(batch_size=4096)
+        else:
+            batches = pacsv.open_csv(pa.input_stream(path, compression={"gz": "gzip", "zst": "zstd"}.get(compression)))
         rows = (row for batch in batches for row in batch.to_pylist())
         yield from _serialised(path, rows, report, chunk_bytes)
     except Exception as e:  # noqa: BLE001 - any reader failure is a property of this file, not of the build

@@ -12,12 +12,14 @@ from dataclasses import dataclass, field
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from tunelake.ingest.adapters import ADAPTERS
+from tunelake.ingest.adapters.messages import EXTRA
 from tunelake.ingest.readers import RawChunk
 from tunelake.lake import BRONZE, LEDGER, QUARANTINE
 from tunelake.schema import RECORD, Reason, Regime, Rejected, prompt_id, record_id
-from tunelake.silver.normalize import normalize_record
+from tunelake.silver.normalize import MESSAGE_LISTS, normalize_record
 from tunelake.silver.validate import validate
 
 # Candidate records carry their input position so dedup can keep the first occurrence of each duplicate.
@@ -57,9 +59,22 @@ class ChunkResult:
     counts: dict[str, int] = field(default_factory=dict)
 
 
+# An input position packed in an int64: 8 bits of source, 20 of file, 35 of row.
+MAX_SOURCES, MAX_FILES, MAX_ROWS = 1 << 8, 1 << 20, 1 << 35
+
+
 def ordinal(source: int, file: int, row: int) -> int:
     """A sortable int64 for an input position: source, then file, then row."""
-    return (source << 44) | (file << 32) | row
+    return (source << 55) | (file << 35) | row
+
+
+def ordinal_parts(ords: pa.Array) -> tuple[pa.Array, pa.Array, pa.Array]:
+    """(source, file, row) index arrays back from ordinals."""
+    return (
+        pc.shift_right(ords, 55),
+        pc.bit_wise_and(pc.shift_right(ords, 35), MAX_FILES - 1),
+        pc.bit_wise_and(ords, MAX_ROWS - 1),
+    )
 
 
 def canonical_record(obj: object, plan: FilePlan) -> tuple[dict, set[str]]:
@@ -77,6 +92,14 @@ def canonical_record(obj: object, plan: FilePlan) -> tuple[dict, set[str]]:
     fields = adapter.convert(obj, regime)
     leftovers = {k: v for k, v in obj.items() if k not in adapter.consumes and k not in _PASSTHROUGH}
     meta = {**source.meta, **leftovers, **(fields.pop("meta", None) or {})}
+    message_extras = {
+        f"{key}[{i}]": msg.pop(EXTRA)
+        for key in MESSAGE_LISTS
+        for i, msg in enumerate(fields.get(key) or ())
+        if EXTRA in msg
+    }
+    if message_extras:
+        meta["message_fields"] = message_extras
     record = dict.fromkeys(RECORD.names) | fields
     license_ = obj.get("license") if isinstance(obj.get("license"), str) else source.license
     if not license_:

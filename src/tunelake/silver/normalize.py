@@ -23,10 +23,12 @@ ROLE_ALIASES = {
 MESSAGE_LISTS = ("messages", "prompt", "chosen", "rejected")
 
 
-def normalize_text(text: str, changes: set[str]) -> str:
+def normalize_text(text: str, changes: set[str], strip: bool = True) -> str:
     if not text.isascii() and not unicodedata.is_normalized("NFC", text):
         text = unicodedata.normalize("NFC", text)
         changes.add("nfc")
+    if not strip:
+        return text
     stripped = text.strip()
     if stripped != text:
         changes.add("strip")
@@ -47,5 +49,7 @@ def normalize_record(record: dict) -> set[str]:
                 if msg[field] is not None:
                     msg[field] = normalize_text(msg[field], changes)
     if record.get("answer") is not None:
-        record["answer"] = normalize_text(record["answer"], changes)
+        # A code answer's leading indentation is code: it continues the prompt's function body.
+        strip = record.get("verifier") != "python_tests"
+        record["answer"] = normalize_text(record["answer"], changes, strip=strip)
     return changes

@@ -32,10 +32,11 @@ def _check_order(messages: list[dict], field: str) -> None:
 
 
 def _text_size(record: dict) -> int:
-    size = sum(
-        len(m["content"] or "") for key in ("messages", "prompt", "chosen", "rejected") for m in record.get(key) or ()
-    )
-    return size + len(record.get("answer") or "")
+    """Characters of text a model reads or writes: each turn's content, reasoning and tool calls, the tool schemas
+    and the gold answer. (Counting content alone let a 10 MB reasoning trace or tool call through.)"""
+    turns = (m for key in ("messages", "prompt", "chosen", "rejected") for m in record.get(key) or ())
+    size = sum(len(m["content"] or "") + len(m["reasoning_content"] or "") + len(m["tool_calls"] or "") for m in turns)
+    return size + len(record.get("answer") or "") + len(record.get("tools") or "")
 
 
 def validate(record: dict, max_chars: int) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tunelake.schema import Regime
+from tunelake.schema import Reason, Regime
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ ADAPTERS: dict[str, Adapter] = _registry()
 
 
 class FormatError(ValueError):
-    def __init__(self, reason: str, message: str):
+    def __init__(self, reason: Reason, message: str):
         super().__init__(message)
         self.reason = reason
 
@@ -48,13 +48,15 @@ def detect_format(rows: list[dict]) -> Adapter:
     """
     seen = sorted({k for row in rows for k in row})
     if not rows:
-        raise FormatError("unknown_format", "no JSON object rows to detect the format from")
+        raise FormatError(Reason.unknown_format, "no JSON object rows to detect the format from")
     fitting = [a for a in ADAPTERS.values() if sum(a.fits(r) for r in rows) * 2 > len(rows)]
     # Prefer the most specific: drop an adapter whose required fields are a strict subset of another's.
     best = [a for a in fitting if not any(a.required < b.required for b in fitting)]
     if len(best) == 1:
         return best[0]
     if not best:
-        raise FormatError("unknown_format", f"no known format fits; fields seen: {', '.join(seen)}")
+        raise FormatError(Reason.unknown_format, f"no known format fits; fields seen: {', '.join(seen)}")
     names = " and ".join(sorted(a.name for a in best))
-    raise FormatError("ambiguous_format", f"fits {names}; set `format:` in the recipe. Fields seen: {', '.join(seen)}")
+    raise FormatError(
+        Reason.ambiguous_format, f"fits {names}; set `format:` in the recipe. Fields seen: {', '.join(seen)}"
+    )

@@ -17,6 +17,14 @@ def text_field(row: dict, key: str) -> str:
     return value
 
 
+def optional_text(row: dict, key: str) -> str | None:
+    """row[key] if it is a string or absent; any other type is a Rejected naming the field."""
+    value = row.get(key)
+    if value is not None and not isinstance(value, str):
+        raise Rejected(Reason.wrong_type, key, f"expected a string, got {type(value).__name__}")
+    return value
+
+
 def list_field(row: dict, key: str) -> list:
     if key not in row or row[key] is None:
         raise Rejected(Reason.missing_field, key, "expected a list, the field is missing")
@@ -31,6 +39,17 @@ def as_json(value: object) -> str | None:
     if value is None or isinstance(value, str):
         return value
     return orjson.dumps(value).decode()
+
+
+def function_call(call: object) -> object:
+    """A tool call in the OpenAI shape {"type": "function", "function": {name, arguments}}.
+
+    A bare {name, arguments} (ShareGPT function_call turns, typed tool_call parts) is wrapped, so a call has one
+    spelling whatever its source; the Llama-3.1 and Mistral-Nemo templates read only `tool_call.function`.
+    """
+    if isinstance(call, dict) and "function" not in call:
+        return {"type": "function", "function": call}
+    return call
 
 
 def message(role: str, content: str | None, **extra: str | None) -> dict:
@@ -55,7 +74,7 @@ def _content(value: object, where: str) -> tuple[str | None, str | None, list]:
         kind = part.get("type", "text")
         body = part.get("text", part.get("value"))
         if kind == "tool_call":
-            calls.append(orjson.loads(body) if isinstance(body, str) else body)
+            calls.append(function_call(orjson.loads(body) if isinstance(body, str) else body))
         elif not isinstance(body, str):
             raise Rejected(Reason.wrong_type, f"{where}[{i}]", f"expected text in a {kind!r} part")
         elif kind == "reasoning":
@@ -67,6 +86,18 @@ def _content(value: object, where: str) -> tuple[str | None, str | None, list]:
                 Reason.wrong_type, f"{where}[{i}].type", f"expected text, reasoning or tool_call, got {kind!r}"
             )
     return "".join(texts), ("\n".join(reasoning) or None), calls
+
+
+# Keys of a raw message that map to canonical message fields; any other key is kept under EXTRA.
+_MESSAGE_KEYS = frozenset(
+    {"role", "from", "content", "value", "name", "tool_calls", "tool_call_id", "reasoning_content"}
+)
+EXTRA = "_extra"
+
+
+def tools_json(value: object) -> str | None:
+    """Tool schemas as JSON text; an empty list (or its JSON text) means no tools."""
+    return None if value in (None, "", "[]", []) else as_json(value)
 
 
 def chat_message(value: object, where: str) -> dict:
@@ -92,7 +123,7 @@ def chat_message(value: object, where: str) -> dict:
     ):
         if val is not None and not isinstance(val, str):
             raise Rejected(Reason.wrong_type, f"{where}.{key}", f"expected a string, got {type(val).__name__}")
-    return message(
+    msg = message(
         role,
         content,
         name=value.get("name"),
@@ -100,6 +131,10 @@ def chat_message(value: object, where: str) -> dict:
         tool_call_id=value.get("tool_call_id"),
         reasoning_content=reasoning,
     )
+    extra = {k: v for k, v in value.items() if k not in _MESSAGE_KEYS}
+    if extra:  # e.g. LLaMA-Factory's per-message loss_weight: kept in the record's meta, never dropped
+        msg[EXTRA] = extra
+    return msg
 
 
 def chat_messages(value: object, where: str) -> list[dict]:

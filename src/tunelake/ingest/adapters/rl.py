@@ -6,7 +6,7 @@ GSM8K and MATH can also be read as SFT (the worked solution becomes the assistan
 from __future__ import annotations
 
 from tunelake.ingest.adapters import Adapter
-from tunelake.ingest.adapters.messages import as_json, chat_messages, list_field, message, text_field
+from tunelake.ingest.adapters.messages import as_json, chat_messages, list_field, message, optional_text, text_field
 from tunelake.schema import Reason, Regime, Rejected
 
 
@@ -117,7 +117,7 @@ def generic_rl(row: dict, regime: Regime) -> dict:
         "answer": answer,
         "verifier": text_field(row, "verifier"),
         "verifier_config": as_json(row.get("verifier_config")),
-        "domain": row.get("domain"),
+        "domain": optional_text(row, "domain"),
         "difficulty": None if difficulty is None else float(difficulty),
     }
 

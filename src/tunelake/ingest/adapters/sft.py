@@ -5,12 +5,22 @@ from __future__ import annotations
 import orjson
 
 from tunelake.ingest.adapters import Adapter
-from tunelake.ingest.adapters.messages import as_json, chat_message, chat_messages, list_field, message, text_field
+from tunelake.ingest.adapters.messages import (
+    as_json,
+    chat_message,
+    chat_messages,
+    function_call,
+    list_field,
+    message,
+    optional_text,
+    text_field,
+    tools_json,
+)
 from tunelake.schema import Reason, Regime, Rejected
 
 
 def openai_messages(row: dict, regime: Regime) -> dict:
-    return {"messages": chat_messages(row["messages"], "messages"), "tools": as_json(row.get("tools"))}
+    return {"messages": chat_messages(row["messages"], "messages"), "tools": tools_json(row.get("tools"))}
 
 
 def _sharegpt_turn(turn: object, where: str) -> dict:
@@ -21,7 +31,7 @@ def _sharegpt_turn(turn: object, where: str) -> dict:
             call = orjson.loads(msg["content"] or "")
         except orjson.JSONDecodeError as e:
             raise Rejected(Reason.invalid_json, f"{where}.value", f"function_call is not JSON: {e}") from None
-        return message("assistant", "", tool_calls=as_json([{"type": "function", "function": call}]))
+        return message("assistant", "", tool_calls=as_json([function_call(call)]))
     if msg["role"] == "observation":
         msg["role"] = "tool"
     return msg
@@ -32,7 +42,7 @@ def sharegpt(row: dict, regime: Regime) -> dict:
     messages = [_sharegpt_turn(t, f"conversations[{i}]") for i, t in enumerate(turns)]
     if isinstance(row.get("system"), str) and row["system"]:
         messages.insert(0, message("system", row["system"]))
-    return {"messages": messages, "tools": as_json(row.get("tools"))}
+    return {"messages": messages, "tools": tools_json(row.get("tools"))}
 
 
 def _history(row: dict) -> list[dict]:
@@ -61,7 +71,8 @@ def alpaca(row: dict, regime: Regime) -> dict:
 
 def dolly(row: dict, regime: Regime) -> dict:
     user = message("user", _instruction(row, "context"))
-    return {"messages": [user, message("assistant", text_field(row, "response"))], "domain": row.get("category")}
+    response = message("assistant", text_field(row, "response"))
+    return {"messages": [user, response], "domain": optional_text(row, "category")}
 
 
 def _turns(row: dict, key: str, role: str) -> list[dict]:
@@ -84,7 +95,8 @@ ADAPTERS = [
         frozenset({"messages"}),
         openai_messages,
         frozenset({"messages", "tools"}),
-        matches=lambda r: isinstance(r["messages"], list),
+        # A boolean `label` marks KTO data (desirable or not): read as SFT it would train on the undesirable answers.
+        matches=lambda r: isinstance(r["messages"], list) and not isinstance(r.get("label"), bool),
     ),
     Adapter(
         "sharegpt",
