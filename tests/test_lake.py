@@ -5,15 +5,15 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
+from tunelake.engine.parts import part_name, write_part
 from tunelake.lake import Lake, LakeBusy
 
 SCHEMA = pa.schema([("n", pa.int64())])
 
 
 def _write(lake: Lake, values: list[int], run_id: str, commit: bool = True) -> int | None:
-    writer = lake.writer("t", SCHEMA, run_id)
-    writer.write(pa.table({"n": values}, schema=SCHEMA))
-    return writer.commit() if commit else None
+    part = write_part(lake.root, "t", part_name(run_id, 1, 0), pa.table({"n": values}, schema=SCHEMA))
+    return lake.commit("t", SCHEMA, [part], run_id) if commit else None
 
 
 def test_each_commit_is_a_new_version_and_old_versions_stay_readable(tmp_path):
@@ -35,7 +35,7 @@ def test_uncommitted_parts_are_invisible(tmp_path):
 def test_an_empty_write_commits_an_empty_version(tmp_path):
     lake = Lake(tmp_path)
     _write(lake, [1], "r1")
-    assert lake.writer("t", SCHEMA, "r2").commit() == 1
+    assert lake.commit("t", SCHEMA, [], "r2") == 1
     assert lake.read("t").num_rows == 0
 
 
@@ -43,3 +43,13 @@ def test_a_second_build_on_a_held_lake_fails_at_once(tmp_path):
     lake = Lake(tmp_path)
     with lake.lock(), pytest.raises(LakeBusy, match="another tunelake build"), Lake(tmp_path).lock():
         pass
+
+
+def test_parts_read_back_in_write_order_across_steps(tmp_path):
+    lake = Lake(tmp_path)
+    parts = [
+        write_part(tmp_path, "t", part_name("r1", step, seq), pa.table({"n": [10 * step + seq]}, schema=SCHEMA))
+        for step, seq in [(3, 0), (1, 11), (1, 2), (0, 0)]
+    ]
+    lake.commit("t", SCHEMA, parts, "r1")
+    assert lake.read("t")["n"].to_pylist() == [0, 12, 21, 30]

@@ -1,18 +1,17 @@
 """`tunelake build`: sources -> bronze -> silver -> gold, one Delta commit per table, and a manifest.
 
-The flow, in three passes over the data:
-1. canonicalize (row-local, on the process pool): raw chunks -> bronze rows, candidate records (staged as
-   Parquet), quarantined rows and ledger rows.
-2. dedup (global, DuckDB): which candidates duplicate an earlier one.
-3. publish (streaming): candidates minus duplicates -> silver/records and, split by prompt group, the gold
-   tables; then trainer exports and the manifest.
+The flow, in three passes over the data, each run by the engine's workers (see tasks.py):
+1. canonicalize (row-local): raw chunks -> bronze rows, candidate records (staged as Parquet), quarantined
+   rows and ledger rows, each written by the worker as a Parquet part.
+2. dedup (global, DuckDB on the staged keys): which candidates duplicate an earlier one.
+3. publish (row-local, per staged part): candidates minus duplicates -> silver/records and, split by prompt
+   group, the gold tables; then trainer exports and the manifest.
 Each table's new version is published in one commit, so a killed build leaves every table readable at its
 previous version, and re-running it gives the same result.
 """
 
 from __future__ import annotations
 
-import functools
 import resource
 import shutil
 import time
@@ -21,33 +20,36 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from tunelake import __version__
-from tunelake.engine.local import ordered_map
-from tunelake.gold.export import export_table
+from tunelake.engine.local import LocalEngine
+from tunelake.engine.parts import Part, part_name, write_part
+from tunelake.gold.export import ExportTask, run_export
 from tunelake.gold.project import gold_schema, gold_table
-from tunelake.gold.split import SPLITS, assign_splits
+from tunelake.gold.split import SPLITS
 from tunelake.ingest.adapters import FormatError, detect_format
 from tunelake.ingest.readers import FileReport, RawChunk, expand, read_chunks
-from tunelake.lake import BRONZE, LEDGER, QUARANTINE, Lake, TableWriter
+from tunelake.lake import Lake
 from tunelake.recipe import Recipe, RecipeError, Source
-from tunelake.schema import RECORD, Reason, Regime
-from tunelake.silver.canonicalize import (
-    CANDIDATE,
-    MAX_FILES,
-    ChunkResult,
-    FilePlan,
-    SourcePlan,
-    canonicalize,
-    ordinal_parts,
-)
+from tunelake.schema import BRONZE, LEDGER, QUARANTINE, RECORD, Reason, Regime
+from tunelake.silver.canonicalize import MAX_FILES, FilePlan, SourcePlan
 from tunelake.silver.dedup import exact_duplicates
+from tunelake.tasks import (
+    STEP_DEDUP,
+    STEP_READ,
+    Addresses,
+    CanonicalizeDone,
+    CanonicalizeTask,
+    PublishTask,
+    Staged,
+    run_canonicalize,
+    run_publish,
+)
 
 DETECT_SAMPLE = 200  # rows parsed from the start of a file to detect its format
 
@@ -67,22 +69,24 @@ class _Run:
     lake: Lake
     run_id: str
     files: list[list[str]]  # per source, sorted
+    progress: Progress
     reports: dict[str, FileReport] = field(default_factory=dict)
     formats: dict[str, str] = field(default_factory=dict)
     counts: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
+    parts: dict[str, list[Part]] = field(default_factory=lambda: defaultdict(list))  # table -> parts to commit
     stages: dict[str, dict] = field(default_factory=dict)
     tables: dict[str, int] = field(default_factory=dict)
 
-    def address(self, ords: pa.Array) -> tuple[pa.Array, pa.Array, pa.Array]:
-        """(source, file, row) arrays for candidate ordinals (see canonicalize.ordinal)."""
-        src, fil, row = ordinal_parts(ords)
-        names = pa.array([s.name for s in self.recipe.sources])
-        flat_files = [f for files in self.files for f in files]
-        offsets = [0]
-        for files in self.files:
-            offsets.append(offsets[-1] + len(files))
-        file_index = pc.add(pc.take(pa.array(offsets[:-1], pa.int64()), src), fil)
-        return pc.take(names, src), pc.take(pa.array(flat_files), file_index), row
+    @property
+    def addresses(self) -> Addresses:
+        return Addresses(tuple(s.name for s in self.recipe.sources), tuple(tuple(f) for f in self.files))
+
+    def add(self, parts: list[Part]) -> None:
+        for part in parts:
+            self.parts[part.table].append(part)
+
+    def commit(self, table: str, schema: pa.Schema) -> None:
+        self.tables[table] = self.lake.commit(table, schema, self.parts.pop(table, []), self.run_id)
 
     def timed(self, stage: str, records: int, started: float) -> None:
         seconds = time.perf_counter() - started
@@ -118,19 +122,15 @@ def plan_files(recipe: Recipe) -> list[list[str]]:
 
 def build(recipe: Recipe, recipe_sha256: str, progress: Progress | None = None) -> dict:
     """Run a whole build; returns its manifest (also written to <lake>/manifests/<run_id>.json)."""
-    progress = progress or Progress()
     started_at = datetime.now(UTC).isoformat()
     lake = Lake(recipe.lake)
-    run = _Run(recipe, lake, new_run_id(), plan_files(recipe))
-    with lake.lock():
+    run = _Run(recipe, lake, new_run_id(), plan_files(recipe), progress or Progress())
+    with lake.lock(), LocalEngine(recipe.engine.resolved_workers()) as engine:
         lake.clear_staging()  # leftovers of a killed build
-        staging = lake.staging(run.run_id)
-        ledger = lake.writer("ledger", LEDGER, run.run_id)
-        candidate_files = _canonicalize(run, staging, ledger, progress)
-        duplicates = _dedup(run, candidate_files, ledger)
-        _publish(run, candidate_files, duplicates, ledger, progress)
-        run.tables["ledger"] = ledger.commit()
-        _export(run, progress)
+        candidates = _canonicalize(run, engine)
+        dropped = _dedup(run, candidates)
+        _publish(run, engine, candidates, dropped)
+        _export(run, engine)
         lake.clear_staging()
         manifest = _manifest(run, recipe_sha256, started_at)
         lake.write_manifest(manifest)
@@ -178,144 +178,125 @@ def _file_plan(plan: SourcePlan, file_index: int, fmt: str, first: RawChunk) -> 
     return FilePlan(plan, file_index, adapter.name)
 
 
-def _canonicalize_chunk(item: tuple[RawChunk, FilePlan], run_id: str) -> tuple[str, ChunkResult]:
-    chunk, plan = item
-    return plan.source.name, canonicalize(chunk, plan, run_id)
-
-
-def _canonicalize(run: _Run, staging: Path, ledger: TableWriter, progress: Progress) -> list[str]:
+def _canonicalize(run: _Run, engine: LocalEngine) -> list[Staged]:
+    """Returns the staged candidate parts, in input order."""
     started = time.perf_counter()
-    lake, recipe = run.lake, run.recipe
-    bronze = {s.name: lake.writer(f"bronze/{s.name}", BRONZE, run.run_id) for s in recipe.sources}
-    quarantine = lake.writer("silver/quarantine", QUARANTINE, run.run_id)
-    items = (item for i, s in enumerate(recipe.sources) for item in _chunks(run, i, s))
-    candidate_path = staging / "candidates.parquet"
-    candidates = pq.ParquetWriter(candidate_path, CANDIDATE, compression="lz4")
-    progress.start("canonicalize", None)  # rows are counted as they are read; the total is unknown up front
-    fn = functools.partial(_canonicalize_chunk, run_id=run.run_id)
-    for source, result in ordered_map(fn, items, recipe.engine.resolved_workers()):
-        bronze[source].write(result.bronze)
-        quarantine.write(result.quarantine)
-        ledger.write(result.ledger)
-        candidates.write(result.candidates)
-        run.counts[source].update(bronze=result.counts["bronze"], quarantined=result.counts["quarantined"])
-        progress.advance(result.counts["bronze"])
-    candidates.close()
-    progress.finish()
-    _file_issues(run, quarantine, ledger)
-    for name, writer in bronze.items():
-        run.tables[f"bronze/{name}"] = writer.commit()
-    run.tables["silver/quarantine"] = quarantine.commit()
+    tasks = (
+        CanonicalizeTask(run.lake.root, run.run_id, seq, chunk, plan)
+        for seq, (chunk, plan) in enumerate(
+            item for i, s in enumerate(run.recipe.sources) for item in _chunks(run, i, s)
+        )
+    )
+    candidates = []
+    run.progress.start("canonicalize", None)  # rows are counted as they are read; the total is unknown up front
+    done: CanonicalizeDone
+    for done in engine.map(run_canonicalize, tasks):
+        run.add(done.parts)
+        candidates += [done.staged] if done.staged else []
+        run.counts[done.source].update(bronze=done.counts["bronze"], quarantined=done.counts["quarantined"])
+        run.progress.advance(done.counts["bronze"])
+    run.progress.finish()
+    _file_issues(run)
+    for source in run.recipe.sources:
+        run.commit(f"bronze/{source.name}", BRONZE)
+    run.commit("silver/quarantine", QUARANTINE)
     run.timed("canonicalize", sum(c["bronze"] for c in run.counts.values()), started)
-    return [str(candidate_path)]
+    return candidates
 
 
-def _file_issues(run: _Run, quarantine: TableWriter, ledger: TableWriter) -> None:
+def _file_issues(run: _Run) -> None:
     """Whole-file problems (empty, truncated, unreadable) go to quarantine and the ledger with a null row."""
-    rows = []
-    for source_index, source in enumerate(run.recipe.sources):
-        for path in run.files[source_index]:
-            for reason, detail in run.reports[path].issues:
-                rows.append((source.name, path, reason.value, detail))
-                run.counts[source.name]["file_issues"] += 1
+    rows = [
+        (source.name, path, reason.value, detail)
+        for i, source in enumerate(run.recipe.sources)
+        for path in run.files[i]
+        for reason, detail in run.reports[path].issues
+    ]
     if not rows:
         return
+    for source, *_ in rows:
+        run.counts[source]["file_issues"] += 1
     n = len(rows)
     src, paths, reasons, details = (list(c) for c in zip(*rows, strict=True))
-    quarantine.write(
-        pa.RecordBatch.from_pydict(
-            {
-                "source": src,
-                "file": paths,
-                "row": [None] * n,
-                "stage": ["read"] * n,
-                "reason": reasons,
-                "field": [None] * n,
-                "detail": details,
-                "raw": [None] * n,
-            },
-            schema=QUARANTINE,
-        )
-    )
-    ledger.write(
-        pa.RecordBatch.from_pydict(
-            {
-                "id": [None] * n,
-                "source": src,
-                "file": paths,
-                "row": [None] * n,
-                "stage": ["read"] * n,
-                "action": ["quarantine"] * n,
-                "reason": reasons,
-                "detail": details,
-                "run_id": [run.run_id] * n,
-            },
-            schema=LEDGER,
-        )
-    )
-
-
-def _ledger_batch(run: _Run, ords: pa.Array, ids: pa.Array, stage: str, action: str, reason, detail) -> pa.RecordBatch:
-    source, file, row = run.address(ords)
-    n = len(ords)
-    const = lambda v: v if isinstance(v, pa.Array) else pa.array([v] * n, pa.string())  # noqa: E731
-    return pa.RecordBatch.from_arrays(
-        [ids, source, file, row, const(stage), const(action), const(reason), const(detail), const(run.run_id)],
-        schema=LEDGER,
+    none, read = [None] * n, ["read"] * n
+    quarantine = {
+        "source": src,
+        "file": paths,
+        "row": none,
+        "stage": read,
+        "reason": reasons,
+        "field": none,
+        "detail": details,
+        "raw": none,
+    }
+    ledger = {
+        "id": none,
+        "source": src,
+        "file": paths,
+        "row": none,
+        "stage": read,
+        "action": ["quarantine"] * n,
+        "reason": reasons,
+        "detail": details,
+        "run_id": [run.run_id] * n,
+    }
+    name = part_name(run.run_id, STEP_READ, 0)
+    root = run.lake.root
+    run.add(
+        [
+            write_part(root, "silver/quarantine", name, pa.Table.from_pydict(quarantine, schema=QUARANTINE)),
+            write_part(root, "ledger", name, pa.Table.from_pydict(ledger, schema=LEDGER)),
+        ]
     )
 
 
-def _dedup(run: _Run, candidate_files: list[str], ledger: TableWriter) -> pa.Table:
+def _dedup(run: _Run, candidates: list[Staged]) -> pa.Table:
+    """The duplicates among all candidates (ordinal, id, kept ordinal, kept id), logged as ledger drops."""
     started = time.perf_counter()
-    dups = exact_duplicates(candidate_files)
+    files = [str(run.lake.root / s.part.table / s.part.name) for s in candidates]
+    dups = exact_duplicates(files)
     if dups.num_rows:
-        kept_source, kept_file, kept_row = run.address(dups["kept_ord"].combine_chunks())
+        kept_source, kept_file, kept_row = run.addresses.of(dups["kept_ord"])
         detail = pc.binary_join_element_wise(
             "kept ", kept_source, ":", kept_file, ":", pc.cast(kept_row, pa.string()), ""
         )
-        reason = pc.binary_join_element_wise("duplicate_of:", dups["kept_id"].combine_chunks(), "")
-        batch = _ledger_batch(
-            run, dups["_ord"].combine_chunks(), dups["id"].combine_chunks(), "dedup", "drop", reason, detail
-        )
-        ledger.write(batch)
-        for source, n in Counter(batch.column("source").to_pylist()).items():
-            run.counts[source]["dropped"] += n
+        reason = pc.binary_join_element_wise("duplicate_of:", dups["kept_id"], "")
+        drops = run.addresses.ledger(dups["_ord"], dups["id"], "dedup", "drop", reason, detail, run.run_id)
+        run.add([write_part(run.lake.root, "ledger", part_name(run.run_id, STEP_DEDUP, 0), drops)])
+        for item in pc.value_counts(drops["source"]).to_pylist():
+            run.counts[item["values"]]["dropped"] += item["counts"]
     run.timed("dedup", dups.num_rows, started)
     return dups
 
 
-def _publish(run: _Run, candidate_files: list[str], dups: pa.Table, ledger: TableWriter, progress: Progress) -> None:
-    """Candidates minus duplicates -> silver/records and the gold tables, in one streaming pass."""
+def _publish(run: _Run, engine: LocalEngine, candidates: list[Staged], dups: pa.Table) -> None:
     started = time.perf_counter()
-    lake, split_cfg = run.lake, run.recipe.gold.split
-    silver = lake.writer("silver/records", RECORD, run.run_id)
-    gold = {(r, s): lake.writer(gold_table(r, s), gold_schema(r), run.run_id) for r in Regime for s in SPLITS}
-    dropped = dups["_ord"].combine_chunks()
-    progress.start("publish", sum(pq.ParquetFile(f).metadata.num_rows for f in candidate_files))
-    for path in candidate_files:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=16384):
-            progress.advance(batch.num_rows)
-            if len(dropped):
-                batch = batch.filter(pc.invert(pc.is_in(batch.column("_ord"), dropped)))
-            if not batch.num_rows:
-                continue
-            records = pa.Table.from_batches([batch]).select(RECORD.names)
-            silver.write(records)
-            splits = assign_splits(batch.column("prompt_id"), split_cfg)
-            for (regime, split), writer in gold.items():
-                mask = pc.and_(pc.equal(batch.column("regime"), regime.value), pc.equal(splits, split))
-                writer.write(records.filter(mask).select(writer.schema.names))
-            where = pc.binary_join_element_wise("gold/", batch.column("regime"), "/", splits, "")
-            ledger.write(_ledger_batch(run, batch.column("_ord"), batch.column("id"), "split", "keep", None, where))
-            for source, n in Counter(batch.column("source").to_pylist()).items():
-                run.counts[source]["silver"] += n
-    progress.finish()
+    dropped = np.sort(dups["_ord"].to_numpy())
+    run.progress.start("publish", sum(s.part.rows for s in candidates))
+
+    split, addresses = run.recipe.gold.split, run.addresses
+
+    def tasks() -> Iterator[PublishTask]:
+        for seq, staged in enumerate(candidates):
+            # Parts hold increasing ordinals, so each part's duplicates are one slice of the sorted array.
+            lo, hi = np.searchsorted(dropped, staged.first), np.searchsorted(dropped, staged.last, side="right")
+            yield PublishTask(run.lake.root, run.run_id, seq, staged, dropped[lo:hi], split, addresses)
+
+    for done in engine.map(run_publish, tasks()):
+        run.add(done.parts)
+        for source, n in done.silver.items():
+            run.counts[source]["silver"] += n
+        run.progress.advance(sum(done.silver.values()))
+    run.progress.finish()
     _reconcile(run)
-    run.tables["silver/records"] = silver.commit()
-    for (regime, split), writer in gold.items():
-        run.tables[gold_table(regime, split)] = writer.commit()
-        run.counts["_gold"][gold_table(regime, split)] = writer.rows
-    run.timed("publish", silver.rows, started)
+    run.commit("silver/records", RECORD)
+    for regime in Regime:
+        for split in SPLITS:
+            table = gold_table(regime, split)
+            run.counts["_gold"][table] = sum(p.rows for p in run.parts.get(table, []))
+            run.commit(table, gold_schema(regime))
+    run.commit("ledger", LEDGER)
+    run.timed("publish", sum(run.counts[s.name]["silver"] for s in run.recipe.sources), started)
 
 
 def _reconcile(run: _Run) -> None:
@@ -326,18 +307,18 @@ def _reconcile(run: _Run) -> None:
             raise RuntimeError(f"counts do not reconcile for source {source.name}: {dict(c)}; nothing was published")
 
 
-def _export(run: _Run, progress: Progress) -> None:
+def _export(run: _Run, engine: LocalEngine) -> None:
     started = time.perf_counter()
     out = run.lake.root / "exports"
     shutil.rmtree(out, ignore_errors=True)  # exports mirror the current gold, nothing older
-    formats = run.recipe.gold.export
-    rows = 0
-    for regime in Regime:
-        for split in SPLITS:
-            table = gold_table(regime, split)
-            export_table(run.lake.files(table), regime, split, out, formats)
-            rows += run.counts["_gold"][table]
-    run.timed("export", rows, started)
+    tasks = [
+        ExportTask(run.lake.files(gold_table(regime, split)), regime, split, out, run.recipe.gold.export)
+        for regime in Regime
+        for split in SPLITS
+    ]
+    for _ in engine.map(run_export, tasks):
+        pass
+    run.timed("export", sum(run.counts["_gold"].values()), started)
 
 
 def _manifest(run: _Run, recipe_sha256: str, started_at: str) -> dict:

@@ -6,7 +6,6 @@ import fcntl
 import json
 import os
 import shutil
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,42 +17,7 @@ import pyarrow.parquet as pq
 from deltalake import DeltaTable, Schema
 from deltalake.transaction import AddAction, CommitProperties, create_table_with_add_actions
 
-BRONZE = pa.schema(
-    [
-        ("source", pa.string()),
-        ("file", pa.string()),
-        ("row", pa.int64()),  # 1-based record number in the file (the line number for JSONL)
-        ("raw_hash", pa.string()),
-        ("raw", pa.large_binary()),  # verbatim bytes of the row (JSON text of it for parquet/csv/json arrays)
-    ]
-)
-
-QUARANTINE = pa.schema(
-    [
-        ("source", pa.string()),
-        ("file", pa.string()),
-        ("row", pa.int64()),  # null for a problem with the whole file (empty, truncated, unreadable)
-        ("stage", pa.string()),
-        ("reason", pa.string()),
-        ("field", pa.string()),
-        ("detail", pa.string()),
-        ("raw", pa.large_binary()),
-    ]
-)
-
-LEDGER = pa.schema(
-    [
-        ("id", pa.string()),  # canonical record id; null when the row never became a record
-        ("source", pa.string()),
-        ("file", pa.string()),
-        ("row", pa.int64()),
-        ("stage", pa.string()),
-        ("action", pa.string()),  # keep | drop | quarantine | modify
-        ("reason", pa.string()),
-        ("detail", pa.string()),
-        ("run_id", pa.string()),
-    ]
-)
+from tunelake.engine.parts import Part
 
 
 class LakeBusy(RuntimeError):
@@ -106,7 +70,7 @@ class Lake:
         self, table: str, columns: list[str] | None = None, version: int | None = None
     ) -> Iterator[pa.RecordBatch]:
         for f in self.files(table, version):
-            yield from pq.ParquetFile(f).iter_batches(columns=columns, batch_size=8192)
+            yield from pq.ParquetFile(f, pre_buffer=False).iter_batches(columns=columns, batch_size=8192)
 
     def read(self, table: str, columns: list[str] | None = None, version: int | None = None) -> pa.Table:
         files = self.files(table, version)
@@ -126,8 +90,28 @@ class Lake:
                 con.register(alias, self.schema(table).empty_table())
         return con.execute(sql, params or {}).fetchall()
 
-    def writer(self, table: str, schema: pa.Schema, run_id: str) -> TableWriter:
-        return TableWriter(self, table, schema, run_id)
+    def commit(self, table: str, schema: pa.Schema, parts: list[Part], run_id: str) -> int:
+        """Publish the parts as the table's new version (replacing its content) in one commit; returns the version.
+
+        Until then the parts are invisible to every reader (the Delta log does not name them), so a build killed
+        mid-write leaves each table at its previous version; `vacuum` removes such orphaned parts.
+        """
+        folder = self.path(table)
+        folder.mkdir(parents=True, exist_ok=True)
+        actions = []
+        for part in sorted(parts, key=lambda p: p.name):
+            st = (folder / part.name).stat()
+            stats = json.dumps({"numRecords": part.rows})
+            actions.append(AddAction(part.name, st.st_size, {}, int(st.st_mtime * 1000), True, stats))
+        props = CommitProperties(custom_metadata={"tunelake_run_id": run_id})
+        uri = str(folder)
+        if DeltaTable.is_deltatable(uri):
+            DeltaTable(uri).create_write_transaction(actions, mode="overwrite", schema=schema, commit_properties=props)
+        else:
+            create_table_with_add_actions(
+                uri, Schema.from_arrow(schema), actions, mode="error", commit_properties=props
+            )
+        return DeltaTable(uri).version()
 
     def staging(self, run_id: str) -> Path:
         path = self.root / "_staging" / run_id
@@ -150,63 +134,3 @@ class Lake:
         """Every build manifest, oldest first."""
         folder = self.root / "manifests"
         return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.exists() else []
-
-
-class TableWriter:
-    """Streams batches into Parquet parts inside a Delta table's folder, then publishes them in one commit.
-
-    Until `commit`, the parts are invisible to every reader (the Delta log does not name them), so a build
-    killed mid-write leaves each table at its previous version; `vacuum` removes the orphaned parts.
-    """
-
-    ROWS_PER_PART = 1_000_000
-
-    def __init__(self, lake: Lake, table: str, schema: pa.Schema, run_id: str):
-        self.lake, self.table, self.schema, self.run_id = lake, table, schema, run_id
-        self.folder = lake.path(table)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._prefix = f"part-{run_id}-{uuid.uuid4().hex[:8]}"
-        self._parts: list[tuple[str, int]] = []
-        self._writer: pq.ParquetWriter | None = None
-        self._rows_in_part = 0
-        self.rows = 0
-
-    def write(self, batch: pa.RecordBatch | pa.Table) -> None:
-        if batch.num_rows == 0:
-            return
-        if self._writer is None:
-            name = f"{self._prefix}-{len(self._parts):05d}.parquet"
-            self._writer = pq.ParquetWriter(self.folder / name, self.schema, compression="zstd")
-            self._parts.append((name, 0))
-        self._writer.write(batch)
-        self._rows_in_part += batch.num_rows
-        self.rows += batch.num_rows
-        if self._rows_in_part >= self.ROWS_PER_PART:
-            self._close_part()
-
-    def _close_part(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            name, _ = self._parts[-1]
-            self._parts[-1] = (name, self._rows_in_part)
-            self._writer, self._rows_in_part = None, 0
-
-    def commit(self) -> int:
-        """Publish every part as the table's new version (replacing the old content); returns that version."""
-        self._close_part()
-        actions = []
-        for name, rows in self._parts:
-            st = (self.folder / name).stat()
-            stats = json.dumps({"numRecords": rows})
-            actions.append(AddAction(name, st.st_size, {}, int(st.st_mtime * 1000), True, stats))
-        props = CommitProperties(custom_metadata={"tunelake_run_id": self.run_id})
-        uri = str(self.folder)
-        if DeltaTable.is_deltatable(uri):
-            DeltaTable(uri).create_write_transaction(
-                actions, mode="overwrite", schema=self.schema, commit_properties=props
-            )
-        else:
-            create_table_with_add_actions(
-                uri, Schema.from_arrow(self.schema), actions, mode="error", commit_properties=props
-            )
-        return DeltaTable(uri).version()

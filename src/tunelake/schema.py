@@ -62,6 +62,45 @@ RECORD = pa.schema(
     ]
 )
 
+# The other tables of the lake.
+BRONZE = pa.schema(
+    [
+        ("source", pa.string()),
+        ("file", pa.string()),
+        ("row", pa.int64()),  # 1-based record number in the file (the line number for JSONL)
+        ("raw_hash", pa.string()),
+        ("raw", pa.large_binary()),  # verbatim bytes of the row (JSON text of it for parquet/csv/json arrays)
+    ]
+)
+
+QUARANTINE = pa.schema(
+    [
+        ("source", pa.string()),
+        ("file", pa.string()),
+        ("row", pa.int64()),  # null for a problem with the whole file (empty, truncated, unreadable)
+        ("stage", pa.string()),
+        ("reason", pa.string()),
+        ("field", pa.string()),
+        ("detail", pa.string()),
+        ("raw", pa.large_binary()),
+    ]
+)
+
+LEDGER = pa.schema(
+    [
+        ("id", pa.string()),  # canonical record id; null when the row never became a record
+        ("source", pa.string()),
+        ("file", pa.string()),
+        ("row", pa.int64()),
+        ("stage", pa.string()),
+        ("action", pa.string()),  # keep | drop | quarantine | modify
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("run_id", pa.string()),
+    ]
+)
+
+
 # Fields that make up a record's content, and so its id.
 CONTENT_FIELDS = (
     "regime",

@@ -1,4 +1,4 @@
-"""The local engine: an ordered, bounded parallel map over a process pool.
+"""The local engine: one process pool for a whole build, and an ordered, bounded map over it.
 
 Results come back in input order (so outputs are deterministic), and at most `2 * workers` tasks are in
 flight, so memory holds a few chunks however large the input is.
@@ -16,17 +16,38 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
-    """fn over items, in order; in this process when workers == 1, else on a pool of `workers` processes."""
-    if workers <= 1:
-        yield from map(fn, items)
-        return
-    # spawn, not fork: the parent holds Arrow and DuckDB thread pools, which a fork would copy mid-state.
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+class LocalEngine:
+    """Runs tasks in this process (workers == 1) or on a pool of `workers` processes."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> LocalEngine:
+        if self.workers > 1:
+            # spawn, not fork: the parent holds Arrow and DuckDB thread pools, which a fork would copy mid-state.
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+
+    def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+        """fn over items, results in input order."""
+        if self._pool is None:
+            yield from map(fn, items)
+            return
         pending: deque[Future[R]] = deque()
         for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) >= 2 * workers:
+            pending.append(self._pool.submit(fn, item))
+            if len(pending) >= 2 * self.workers:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+
+
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
+    """fn over items in order, on a pool used for this one map."""
+    with LocalEngine(workers) as engine:
+        yield from engine.map(fn, items)

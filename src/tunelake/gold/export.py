@@ -11,6 +11,7 @@ Tool calls are JSON objects in jsonl and JSON text in parquet.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -55,11 +56,25 @@ def _select(con: duckdb.DuckDBPyConnection, regime: Regime, split: str) -> str:
         from gold"""
 
 
-def export_table(files: list[str], regime: Regime, split: str, out_dir: Path, formats: list[str]) -> list[Path]:
-    """Write one gold table in each format to out_dir/<regime>/<split>.<fmt>; returns the paths written."""
+@dataclass(frozen=True)
+class ExportTask:
+    files: list[str]  # the gold table's Parquet files, in order
+    regime: Regime
+    split: str
+    out_dir: Path
+    formats: list[str]
+
+
+def run_export(task: ExportTask) -> list[Path]:
+    """Write one gold table in each format to out_dir/<regime>/<split>.<fmt>; returns the paths written.
+
+    One DuckDB thread and a small memory limit: exports of several tables run side by side on the engine.
+    """
+    files, regime, split, out_dir, formats = task.files, task.regime, task.split, task.out_dir, task.formats
     if not files:
         return []
-    con = duckdb.connect(config={"memory_limit": "512MB", "preserve_insertion_order": True})
+    config = {"memory_limit": "256MB", "threads": 1, "preserve_insertion_order": True}
+    con = duckdb.connect(config=config)
     con.execute(f"create view gold as select * from read_parquet({files!r})")
     query = _select(con, regime, split)
     folder = out_dir / regime.value

@@ -7,7 +7,10 @@ adapting and validating nested chat data has no vectorised form, so this is the 
 
 from __future__ import annotations
 
+import gc
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import orjson
@@ -17,8 +20,7 @@ import pyarrow.compute as pc
 from tunelake.ingest.adapters import ADAPTERS
 from tunelake.ingest.adapters.messages import EXTRA
 from tunelake.ingest.readers import RawChunk
-from tunelake.lake import BRONZE, LEDGER, QUARANTINE
-from tunelake.schema import RECORD, Reason, Regime, Rejected, prompt_id, record_id
+from tunelake.schema import BRONZE, LEDGER, QUARANTINE, RECORD, Reason, Regime, Rejected, prompt_id, record_id
 from tunelake.silver.normalize import MESSAGE_LISTS, normalize_record
 from tunelake.silver.validate import validate
 
@@ -124,7 +126,24 @@ def _append(columns: dict[str, list], values: tuple) -> None:
         column.append(value)
 
 
+@contextmanager
+def _no_gc() -> Iterator[None]:
+    """The stage makes many short-lived dicts and no cycles; the cyclic GC would rescan them all, for nothing."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def canonicalize(chunk: RawChunk, plan: FilePlan, run_id: str) -> ChunkResult:
+    with _no_gc():
+        return _canonicalize(chunk, plan, run_id)
+
+
+def _canonicalize(chunk: RawChunk, plan: FilePlan, run_id: str) -> ChunkResult:
     source = plan.source
     bronze = {k: [] for k in BRONZE.names}
     quarantine = {k: [] for k in QUARANTINE.names}

@@ -1,0 +1,39 @@
+"""Parts: the Parquet files a task writes into a table's folder, published later in one Delta commit.
+
+A task writes its own outputs (so no data travels back to the parent process) and returns only Part records.
+Part names sort in write order: `part-<run_id>-<step>-<seq>.parquet`, step being the stage's place in the
+build and seq the chunk's place in the input, so a table's rows read back in input order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+@dataclass(frozen=True)
+class Part:
+    table: str  # lake table name, e.g. "silver/records"
+    name: str  # file name inside the table's folder
+    rows: int
+
+
+def part_name(run_id: str, step: int, seq: int) -> str:
+    return f"part-{run_id}-{step:02d}-{seq:07d}.parquet"
+
+
+def write_part(
+    root: Path, table: str, name: str, data: pa.Table | pa.RecordBatch, compression: str = "zstd"
+) -> Part | None:
+    """Write data as one Parquet file in root/table; None when there are no rows (no empty files)."""
+    if data.num_rows == 0:
+        return None
+    folder = root / table
+    folder.mkdir(parents=True, exist_ok=True)
+    if isinstance(data, pa.RecordBatch):
+        data = pa.Table.from_batches([data])
+    pq.write_table(data, folder / name, compression=compression)
+    return Part(table, name, data.num_rows)

@@ -1,0 +1,144 @@
+"""The units of work a build hands to its engine.
+
+Each task runs one stage over one piece of the input and writes the stage's outputs as Parquet parts itself,
+returning only what the parent needs to count and commit: no data travels back between processes. Tasks
+import no Delta or DuckDB code, so workers stay small.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from tunelake.engine.parts import Part, part_name, write_part
+from tunelake.gold.project import gold_schema, gold_table
+from tunelake.gold.split import SPLITS, assign_splits
+from tunelake.ingest.readers import RawChunk
+from tunelake.recipe import Split
+from tunelake.schema import LEDGER, RECORD, Regime
+from tunelake.silver.canonicalize import FilePlan, canonicalize, ordinal_parts
+
+# A build's steps, in the order their ledger parts sort.
+STEP_READ, STEP_CANONICALIZE, STEP_DEDUP, STEP_PUBLISH = 0, 1, 2, 3
+
+
+def candidates_table(run_id: str) -> str:
+    """Where canonicalize stages candidate records for the global dedup step (never published)."""
+    return f"_staging/{run_id}/candidates"
+
+
+@dataclass(frozen=True)
+class Addresses:
+    """Maps candidate ordinals back to the (source, file, row) columns of the ledger."""
+
+    sources: tuple[str, ...]
+    files: tuple[tuple[str, ...], ...]
+
+    def of(self, ords: pa.Array) -> tuple[pa.Array, pa.Array, pa.Array]:
+        src, fil, row = ordinal_parts(ords)
+        starts = np.cumsum([0] + [len(f) for f in self.files[:-1]])
+        flat = pa.array([f for files in self.files for f in files], pa.string())
+        file_index = pc.add(pc.take(pa.array(starts, pa.int64()), src), fil)
+        return pc.take(pa.array(self.sources, pa.string()), src), pc.take(flat, file_index), row
+
+    def ledger(self, ords: pa.Array, ids: pa.Array, stage: str, action: str, reason, detail, run_id: str) -> pa.Table:
+        """Ledger rows for candidates; reason and detail are arrays or one value for all."""
+        source, file, row = self.of(ords)
+        n = len(ords)
+
+        def column(value: object) -> pa.Array:
+            return value if isinstance(value, pa.Array | pa.ChunkedArray) else pa.array([value] * n, pa.string())
+
+        cols = [ids, source, file, row, column(stage), column(action), column(reason), column(detail), column(run_id)]
+        return pa.Table.from_arrays(cols, schema=LEDGER)
+
+
+@dataclass(frozen=True)
+class CanonicalizeTask:
+    root: Path
+    run_id: str
+    seq: int
+    chunk: RawChunk
+    plan: FilePlan
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A chunk's candidate records, staged for dedup; they hold the ordinals first..last, in order."""
+
+    part: Part
+    first: int
+    last: int
+
+
+@dataclass
+class CanonicalizeDone:
+    source: str
+    parts: list[Part]
+    counts: dict[str, int]
+    staged: Staged | None
+
+
+def run_canonicalize(task: CanonicalizeTask) -> CanonicalizeDone:
+    result = canonicalize(task.chunk, task.plan, task.run_id)
+    source = task.plan.source.name
+    name = part_name(task.run_id, STEP_CANONICALIZE, task.seq)
+    parts = [
+        write_part(task.root, f"bronze/{source}", name, result.bronze),
+        write_part(task.root, "silver/quarantine", name, result.quarantine),
+        write_part(task.root, "ledger", name, result.ledger),
+    ]
+    # Staged candidates are read once, soon: fast lz4 beats small zstd files here.
+    part = write_part(task.root, candidates_table(task.run_id), name, result.candidates, compression="lz4")
+    ords = result.candidates.column("_ord")
+    staged = Staged(part, ords[0].as_py(), ords[-1].as_py()) if part else None
+    return CanonicalizeDone(source, [p for p in parts if p], result.counts, staged)
+
+
+@dataclass(frozen=True)
+class PublishTask:
+    root: Path
+    run_id: str
+    seq: int
+    candidates: Staged
+    dropped: np.ndarray  # ordinals of this part's candidates that duplicate an earlier record
+    split: Split
+    addresses: Addresses
+
+
+@dataclass
+class PublishDone:
+    parts: list[Part]
+    silver: Counter = field(default_factory=Counter)  # records per source
+
+
+def run_publish(task: PublishTask) -> PublishDone:
+    """One part of candidates minus its duplicates -> silver/records and, split by prompt group, gold."""
+    batch = pq.read_table(task.root / task.candidates.part.table / task.candidates.part.name)
+    if len(task.dropped):
+        batch = batch.filter(pc.invert(pc.is_in(batch["_ord"], pa.array(task.dropped))))
+    name = part_name(task.run_id, STEP_PUBLISH, task.seq)
+    done = PublishDone([])
+    if not batch.num_rows:
+        return done
+    records = batch.select(RECORD.names)
+    splits = assign_splits(batch["prompt_id"].combine_chunks(), task.split)
+    outputs = [("silver/records", records)]
+    for regime in Regime:
+        in_regime = pc.equal(records["regime"], regime.value)
+        for split in SPLITS:
+            rows = records.filter(pc.and_(in_regime, pc.equal(splits, split)))
+            outputs.append((gold_table(regime, split), rows.select(gold_schema(regime).names)))
+    where = pc.binary_join_element_wise("gold/", records["regime"], "/", splits, "")
+    keep = task.addresses.ledger(batch["_ord"], batch["id"], "split", "keep", None, where, task.run_id)
+    outputs.append(("ledger", keep))
+    done.parts = [p for table, data in outputs if (p := write_part(task.root, table, name, data))]
+    for item in pc.value_counts(records["source"]).to_pylist():
+        done.silver[item["values"]] += item["counts"]
+    return done
