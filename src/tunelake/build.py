@@ -128,7 +128,7 @@ def build(recipe: Recipe, recipe_sha256: str, progress: Progress | None = None) 
     with lake.lock(), LocalEngine(recipe.engine.resolved_workers()) as engine:
         lake.clear_staging()  # leftovers of a killed build
         candidates = _canonicalize(run, engine)
-        dropped = _dedup(run, candidates)
+        dropped = _dedup(run, engine, candidates)
         _publish(run, engine, candidates, dropped)
         _export(run, engine)
         lake.clear_staging()
@@ -250,11 +250,11 @@ def _file_issues(run: _Run) -> None:
     )
 
 
-def _dedup(run: _Run, candidates: list[Staged]) -> pa.Table:
+def _dedup(run: _Run, engine: LocalEngine, candidates: list[Staged]) -> pa.Table:
     """The duplicates among all candidates (ordinal, id, kept ordinal, kept id), logged as ledger drops."""
     started = time.perf_counter()
     files = [str(run.lake.root / s.part.table / s.part.name) for s in candidates]
-    dups = exact_duplicates(files)
+    (dups,) = engine.map(exact_duplicates, [files])  # on a worker: DuckDB's working memory never joins the parent
     if dups.num_rows:
         kept_source, kept_file, kept_row = run.addresses.of(dups["kept_ord"])
         detail = pc.binary_join_element_wise(

@@ -10,7 +10,10 @@ import multiprocessing
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from functools import partial
 from typing import TypeVar
+
+import pyarrow as pa
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -39,12 +42,22 @@ class LocalEngine:
             yield from map(fn, items)
             return
         pending: deque[Future[R]] = deque()
+        task = partial(_run_and_release, fn)
         for item in items:
-            pending.append(self._pool.submit(fn, item))
+            pending.append(self._pool.submit(task, item))
             if len(pending) >= 2 * self.workers:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+
+
+def _run_and_release(fn: Callable[[T], R], item: T) -> R:
+    """Run a task in a worker, then hand Arrow's freed buffers back to the OS: workers live for the whole build,
+    and an allocator that keeps every task's peak would make memory grow with the number of workers' tasks."""
+    try:
+        return fn(item)
+    finally:
+        pa.default_memory_pool().release_unused()
 
 
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:

@@ -73,7 +73,7 @@ def run_export(task: ExportTask) -> list[Path]:
     files, regime, split, out_dir, formats = task.files, task.regime, task.split, task.out_dir, task.formats
     if not files:
         return []
-    config = {"memory_limit": "256MB", "threads": 1, "preserve_insertion_order": True}
+    config = {"memory_limit": "128MB", "threads": 1, "preserve_insertion_order": True}
     con = duckdb.connect(config=config)
     con.execute(f"create view gold as select * from read_parquet({files!r})")
     query = _select(con, regime, split)

@@ -14,7 +14,7 @@ DUPLICATES = pa.schema([("_ord", pa.int64()), ("id", pa.string()), ("kept_ord", 
 DEDUP_KEY = "case when regime = 'rl' then prompt_id else id end"
 
 
-def exact_duplicates(candidate_files: list[str], memory_limit: str = "512MB") -> pa.Table:
+def exact_duplicates(candidate_files: list[str], memory_limit: str = "256MB") -> pa.Table:
     """One row per dropped candidate: its `_ord` and `id`, and the `kept_ord` and `kept_id` it duplicates."""
     if not candidate_files:
         return DUPLICATES.empty_table()
