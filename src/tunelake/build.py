@@ -25,6 +25,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from tunelake import __version__
 from tunelake.engine.local import LocalEngine
@@ -32,6 +33,9 @@ from tunelake.engine.parts import Part, part_name, write_part
 from tunelake.gold.export import ExportTask, run_export
 from tunelake.gold.project import gold_schema, gold_table
 from tunelake.gold.split import SPLITS
+from tunelake.gold.tokenize.pack import PackStats
+from tunelake.gold.tokenize.stage import PACKED, TOKENIZED, TokenizePlan, plan_tokenize
+from tunelake.gold.tokenize.template import TemplateError
 from tunelake.ingest.adapters import FormatError, detect_format
 from tunelake.ingest.readers import FileReport, RawChunk, expand, read_chunks
 from tunelake.lake import Lake
@@ -42,13 +46,18 @@ from tunelake.silver.dedup import exact_duplicates
 from tunelake.tasks import (
     STEP_DEDUP,
     STEP_READ,
+    TOKENIZE_QUARANTINE,
     Addresses,
     CanonicalizeDone,
     CanonicalizeTask,
+    PackTask,
     PublishTask,
     Staged,
+    TokenizeTask,
     run_canonicalize,
+    run_pack,
     run_publish,
+    run_tokenize,
 )
 
 DETECT_SAMPLE = 200  # rows parsed from the start of a file to detect its format
@@ -76,6 +85,7 @@ class _Run:
     parts: dict[str, list[Part]] = field(default_factory=lambda: defaultdict(list))  # table -> parts to commit
     stages: dict[str, dict] = field(default_factory=dict)
     tables: dict[str, int] = field(default_factory=dict)
+    tokenized: dict | None = None
 
     @property
     def addresses(self) -> Addresses:
@@ -125,11 +135,15 @@ def build(recipe: Recipe, recipe_sha256: str, progress: Progress | None = None) 
     started_at = datetime.now(UTC).isoformat()
     lake = Lake(recipe.lake)
     run = _Run(recipe, lake, new_run_id(), plan_files(recipe), progress or Progress())
+    tokenize = _plan_tokenize(recipe)
     with lake.lock(), LocalEngine(recipe.engine.resolved_workers()) as engine:
         lake.clear_staging()  # leftovers of a killed build
         candidates = _canonicalize(run, engine)
         dropped = _dedup(run, engine, candidates)
         _publish(run, engine, candidates, dropped)
+        if tokenize:
+            _tokenize(run, engine, tokenize)
+        run.commit("ledger", LEDGER)
         _export(run, engine)
         lake.clear_staging()
         manifest = _manifest(run, recipe_sha256, started_at)
@@ -295,8 +309,97 @@ def _publish(run: _Run, engine: LocalEngine, candidates: list[Staged], dups: pa.
             table = gold_table(regime, split)
             run.counts["_gold"][table] = sum(p.rows for p in run.parts.get(table, []))
             run.commit(table, gold_schema(regime))
-    run.commit("ledger", LEDGER)
     run.timed("publish", sum(run.counts[s.name]["silver"] for s in run.recipe.sources), started)
+
+
+def _plan_tokenize(recipe: Recipe) -> TokenizePlan | None:
+    if recipe.gold.tokenize is None:
+        return None
+    try:
+        return plan_tokenize(recipe.gold.tokenize)
+    except TemplateError as e:
+        raise RecipeError(f"gold.tokenize: {e}") from None
+
+
+def _tokenize(run: _Run, engine: LocalEngine, plan: TokenizePlan) -> None:
+    """Every gold table -> gold/tokenized/<fingerprint>/<regime>/<split>, one task per gold part; then packing."""
+    started = time.perf_counter()
+    tasks = [
+        TokenizeTask(
+            run.lake.root,
+            run.run_id,
+            seq,
+            file,
+            regime,
+            plan.table(regime, split),
+            plan.quarantine,
+            plan.spec,
+            plan.settings,
+        )
+        for regime in Regime
+        for split in SPLITS
+        for seq, file in enumerate(run.lake.files(gold_table(regime, split)))
+    ]
+    counts: dict[str, Counter] = defaultdict(Counter)
+    run.progress.start("tokenize", len(tasks))
+    for done in engine.map(run_tokenize, tasks):
+        run.add(done.parts)
+        counts[done.output].update(examples=done.examples, rejected=done.rejected)
+        run.progress.advance(1)
+    run.progress.finish()
+    for regime in Regime:
+        for split in SPLITS:
+            run.commit(plan.table(regime, split), TOKENIZED[regime])
+    run.commit(plan.quarantine, TOKENIZE_QUARANTINE)
+    run.tokenized = {
+        "fingerprint": plan.fingerprint,
+        "template": plan.template_name,
+        "tables": {table: dict(c) for table, c in sorted(counts.items())},
+    }
+    if plan.pack:
+        run.tokenized["packing"] = _pack(run, engine, plan)
+    run.timed("tokenize", sum(c["examples"] + c["rejected"] for c in counts.values()), started)
+
+
+PACK_WINDOW = 65_536  # examples packed together: a window wastes at most one bin, and bounds memory
+
+
+def _pack(run: _Run, engine: LocalEngine, plan: TokenizePlan) -> dict:
+    """gold/tokenized/<fp>/sft_packed/<split>: each split's examples packed in windows of consecutive parts."""
+    tasks, seq = [], 0
+    for split in SPLITS:
+        table = plan.table(Regime.sft, split)
+        window: list[str] = []
+        files = run.lake.files(table)
+        for i, file in enumerate(files):
+            window.append(file)
+            rows = sum(pq.ParquetFile(f).metadata.num_rows for f in window)
+            if rows >= PACK_WINDOW or i == len(files) - 1:
+                tasks.append(
+                    PackTask(
+                        run.lake.root, run.run_id, seq, window, plan.packed_table(split), plan.settings.max_length
+                    )
+                )
+                window, seq = [], seq + 1
+    per_split: dict[str, list[PackStats]] = defaultdict(list)
+    for task, (parts, stats) in zip(tasks, engine.map(run_pack, tasks), strict=True):
+        run.add(parts)
+        per_split[task.output].append(stats)
+    report = {}
+    for split in SPLITS:
+        table = plan.packed_table(split)
+        run.commit(table, PACKED)
+        stats = per_split.get(table, [])
+        total = PackStats(
+            plan.settings.max_length,
+            sum(s.examples for s in stats),
+            sum(s.tokens for s in stats),
+            sum(s.bins for s in stats),
+        )
+        report[table] = {
+            k: getattr(total, k) for k in ("examples", "tokens", "bins", "lower_bound", "efficiency", "overhead")
+        }
+    return report
 
 
 def _reconcile(run: _Run) -> None:
@@ -351,5 +454,6 @@ def _manifest(run: _Run, recipe_sha256: str, started_at: str) -> dict:
         "counts": counts,
         "gold": {k: v for k, v in sorted(run.counts["_gold"].items())},
         "stages": run.stages,
+        "tokenized": run.tokenized,
         "peak_rss_mb": peak_rss_mb(),
     }

@@ -73,10 +73,39 @@ class Split(_Strict):
         return self
 
 
+class Pack(_Strict):
+    enabled: bool = Field(False, description="Pack SFT examples into rows of up to max_length tokens.")
+    strategy: Literal["bfd"] = Field("bfd", description="Best-fit decreasing.")
+
+
+class Tokenize(_Strict):
+    tokenizer: Path = Field(description="Local folder with tokenizer.json and tokenizer_config.json.")
+    chat_template: str = Field(
+        "auto", description="'auto' (the tokenizer's own), a path to a .jinja file, or a built-in name."
+    )
+    max_length: int = Field(4096, gt=0, description="Tokens per example (and per packed row).")
+    train_on: Literal["all_assistant", "last_assistant"] = Field(
+        "all_assistant", description="Which assistant turns carry loss; nothing else ever does."
+    )
+    train_on_eot: bool = Field(True, description="The end-of-turn marker after a trained turn carries loss.")
+    overlong: Literal["drop", "truncate_left", "truncate_right"] = Field(
+        "drop",
+        description="An example over max_length is dropped, or cut from the left (keeping the last assistant "
+        "turn whole) or from the right; a cut that leaves no trained token drops it.",
+    )
+    template_date: str = Field(
+        "2024-07-26", description="The date a template that prints today's date sees, so renders are reproducible."
+    )
+    pack: Pack = Field(default_factory=Pack, description="Packing of SFT examples.")
+
+
 class Gold(_Strict):
     split: Split = Field(default_factory=Split, description="Split by a hash of the prompt, never by row.")
     export: list[Literal["jsonl", "parquet"]] = Field(
         default_factory=lambda: ["jsonl", "parquet"], description="Trainer-ready exports written under <lake>/exports."
+    )
+    tokenize: Tokenize | None = Field(
+        None, description="Tokenize gold with a chat template into gold/tokenized/<fingerprint>/<regime>/<split>."
     )
 
 
@@ -129,6 +158,8 @@ def load_recipe(path: str | Path) -> tuple[Recipe, str]:
         raise RecipeError("\n".join(lines)) from None
     base = path.resolve().parent
     recipe.lake = (base / recipe.lake).resolve()
+    if recipe.gold.tokenize:
+        recipe.gold.tokenize.tokenizer = (base / recipe.gold.tokenize.tokenizer).resolve()
     for source in recipe.sources:
         source.path = str(base / source.path)
     return recipe, hashlib.sha256(raw).hexdigest()

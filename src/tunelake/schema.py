@@ -139,6 +139,18 @@ class Reason(StrEnum):
     unreadable_file = "unreadable_file"
     empty_file = "empty_file"
     duplicate = "duplicate_of"  # written as duplicate_of:<id>
+    # Tokenization (gold/tokenized): the record is never trained on.
+    template_error = "template_error"
+    template_dropped_content = "template_dropped_content"
+    template_not_prefix_stable = "template_not_prefix_stable"
+    special_token_in_content = "special_token_in_content"
+    double_bos = "double_bos"
+    stop_token_not_trained = "stop_token_not_trained"
+    mask_empty = "mask_empty"
+    mask_overruns_turn = "mask_overruns_turn"
+    mask_audit_failed = "mask_audit_failed"
+    overlong = "overlong"
+    labels_lost_to_truncation = "labels_lost_to_truncation"
 
 
 def content_hash(value: object) -> str:

@@ -19,13 +19,16 @@ import pyarrow.parquet as pq
 from tunelake.engine.parts import Part, part_name, write_part
 from tunelake.gold.project import gold_schema, gold_table
 from tunelake.gold.split import SPLITS, assign_splits
+from tunelake.gold.tokenize.masks import MaskSettings
+from tunelake.gold.tokenize.pack import PackStats, pack
+from tunelake.gold.tokenize.stage import PACKED, TokenizerSpec, tokenize_rows
 from tunelake.ingest.readers import RawChunk
 from tunelake.recipe import Split
 from tunelake.schema import LEDGER, RECORD, Regime
 from tunelake.silver.canonicalize import FilePlan, canonicalize, ordinal_parts
 
 # A build's steps, in the order their ledger parts sort.
-STEP_READ, STEP_CANONICALIZE, STEP_DEDUP, STEP_PUBLISH = 0, 1, 2, 3
+STEP_READ, STEP_CANONICALIZE, STEP_DEDUP, STEP_PUBLISH, STEP_TOKENIZE, STEP_PACK = 0, 1, 2, 3, 4, 5
 
 
 def candidates_table(run_id: str) -> str:
@@ -142,3 +145,95 @@ def run_publish(task: PublishTask) -> PublishDone:
     for item in pc.value_counts(records["source"]).to_pylist():
         done.silver[item["values"]] += item["counts"]
     return done
+
+
+TOKENIZE_QUARANTINE = pa.schema(
+    [
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("table", pa.string()),
+        ("reason", pa.string()),
+        ("field", pa.string()),
+        ("detail", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class TokenizeTask:
+    root: Path
+    run_id: str
+    seq: int
+    gold_file: str  # one Parquet file of a gold table
+    regime: Regime
+    output: str  # the tokenized table, gold/tokenized/<fingerprint>/<regime>/<split>
+    quarantine: str  # gold/tokenized/<fingerprint>/quarantine
+    spec: TokenizerSpec
+    settings: MaskSettings
+
+
+@dataclass
+class TokenizeDone:
+    output: str
+    parts: list[Part]
+    examples: int
+    rejected: int
+
+
+def run_tokenize(task: TokenizeTask) -> TokenizeDone:
+    """One gold part -> tokenized rows; the records that cannot be trained on go to quarantine and the ledger."""
+    gold = pq.read_table(task.gold_file)
+    rows, rejects = tokenize_rows(gold, task.regime, task.spec, task.settings)
+    name = part_name(task.run_id, STEP_TOKENIZE, task.seq)
+    parts = [write_part(task.root, task.output, name, rows)]
+    if rejects:
+        source = dict(zip(gold["id"].to_pylist(), gold["source"].to_pylist(), strict=True))
+        ids = [i for i, _ in rejects]
+        reasons = [r.reason.value for _, r in rejects]
+        details = [r.detail for _, r in rejects]
+        fields = [r.field for _, r in rejects]
+        sources = [source[i] for i in ids]
+        n = len(ids)
+        quarantine = {
+            "id": ids,
+            "source": sources,
+            "table": [task.output] * n,
+            "reason": reasons,
+            "field": fields,
+            "detail": details,
+        }
+        where = [f"{f}: {d}" if f else d for f, d in zip(fields, details, strict=True)]
+        ledger = {
+            "id": ids,
+            "source": sources,
+            "file": [None] * n,
+            "row": [None] * n,
+            "stage": ["tokenize"] * n,
+            "action": ["quarantine"] * n,
+            "reason": reasons,
+            "detail": where,
+            "run_id": [task.run_id] * n,
+        }
+        parts += [
+            write_part(task.root, task.quarantine, name, pa.Table.from_pydict(quarantine, schema=TOKENIZE_QUARANTINE)),
+            write_part(task.root, "ledger", name, pa.Table.from_pydict(ledger, schema=LEDGER)),
+        ]
+    return TokenizeDone(task.output, [p for p in parts if p], gold.num_rows - len(rejects), len(rejects))
+
+
+@dataclass(frozen=True)
+class PackTask:
+    root: Path
+    run_id: str
+    seq: int
+    files: list[str]  # consecutive parts of one tokenized SFT table: one packing window
+    output: str
+    max_length: int
+
+
+def run_pack(task: PackTask) -> tuple[list[Part], PackStats]:
+    """Best-fit decreasing over one window of tokenized examples; a window wastes at most its last bin."""
+    rows = pa.concat_tables(pq.read_table(f, columns=["id", "input_ids", "labels"]) for f in task.files)
+    packed, stats = pack(rows, task.max_length)
+    part = write_part(task.root, task.output, part_name(task.run_id, STEP_PACK, task.seq), packed.cast(PACKED))
+    return ([part] if part else []), stats

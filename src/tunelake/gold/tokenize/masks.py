@@ -1,0 +1,237 @@
+"""Token ids and audited loss masks, derived from the rendered text, never from token-id patterns.
+
+For SFT: render the conversation with the model's template, locate each trained assistant message's content
+and the end-of-turn marker that closes it in the rendered string, and map those character spans to tokens
+with the fast tokenizer's offsets. Every record is then audited:
+(a) the characters covered by trained tokens are exactly the trained spans (content, anything the template
+    renders for the turn's tool calls, and the end-of-turn marker): nothing of a header, system or user turn;
+(b) for tokenizers that round-trip (Llama-3, Qwen2.5; not SentencePiece ones such as Mistral v0.1), decoding
+    each span's trained tokens gives back the span's text.
+A record that fails is rejected with a reason code and the evidence, never trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+
+from tunelake.gold.tokenize.template import ChatTemplate, TextTokenizer
+from tunelake.schema import Reason, Rejected
+
+MASKING_VERSION = "masks-1"  # bump when a change alters ids or labels: it is part of the fingerprint
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class MaskSettings:
+    max_length: int
+    train_on: str  # all_assistant | last_assistant
+    train_on_eot: bool
+    overlong: str  # drop | truncate_left | truncate_right
+
+
+def template_messages(messages: list[dict]) -> list[dict]:
+    """Canonical messages as templates expect them: no null fields, tool calls as objects."""
+    out = []
+    for m in messages:
+        msg = {k: v for k, v in m.items() if v is not None}
+        if "tool_calls" in msg:
+            msg["tool_calls"] = orjson.loads(msg["tool_calls"])
+        msg.setdefault("content", "")
+        out.append(msg)
+    return out
+
+
+def template_tools(tools: str | None) -> list[dict] | None:
+    return orjson.loads(tools) if tools else None
+
+
+def _render(template: ChatTemplate, messages: list[dict], tools, generation_prompt: bool = False) -> str:
+    try:
+        return template.render(messages, tools, generation_prompt)
+    except Exception as e:  # noqa: BLE001 - a template that raises (e.g. on a system role) rejects the record
+        raise Rejected(Reason.template_error, None, f"{template.name} raised: {e}") from None
+
+
+@dataclass(frozen=True)
+class Rendered:
+    text: str
+    spans: list[tuple[int, int]]  # trained character spans, in order
+    contents: list[tuple[int, int]]  # every message's content span (special tokens may not appear inside)
+
+
+def render_sft(template: ChatTemplate, messages: list[dict], tools, settings: MaskSettings) -> Rendered:
+    text = _render(template, messages, tools)
+    eot, header = template.end_of_turn, template.assistant_header.strip()
+    assistants = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    trained = set(assistants if settings.train_on == "all_assistant" else assistants[-1:])
+    spans, contents, cursor = [], [], 0
+    for i, msg in enumerate(messages):
+        content = msg.get("content") or ""
+        start = text.find(content, cursor) if content else cursor
+        if start < 0:
+            raise Rejected(
+                Reason.template_dropped_content, f"messages[{i}].content", f"{template.name} does not render it"
+            )
+        end = start + len(content)
+        if content:
+            contents.append((start, end))
+        if i not in trained:
+            cursor = end
+            continue
+        if not content and header and (h := text.find(header, cursor)) >= 0:
+            start = end = h + len(header)  # a tool-call-only turn: train on what follows the assistant header
+        close = text.find(eot, end)
+        if close < 0:
+            raise Rejected(Reason.stop_token_not_trained, f"messages[{i}]", f"no {eot!r} closes the turn")
+        between = text[end:close]
+        if between.strip() and not msg.get("tool_calls"):
+            raise Rejected(Reason.mask_overruns_turn, f"messages[{i}]", f"text before {eot!r}: {between[:80]!r}")
+        spans.append((start, close + len(eot) if settings.train_on_eot else (close if msg.get("tool_calls") else end)))
+        cursor = close + len(eot)
+    _check_prefix_stable(template, messages, tools, text, spans, trained)
+    return Rendered(text, spans, contents)
+
+
+def _check_prefix_stable(template, messages, tools, text: str, spans: list[tuple[int, int]], trained: set) -> None:
+    """An earlier trained turn must render the same once later turns follow: else the model is trained on a
+    context (e.g. with reasoning kept) that it never sees at inference (where past reasoning is dropped)."""
+    for (_, end), i in zip(spans[:-1], sorted(trained)[:-1], strict=True):
+        prefix = _render(template, messages[: i + 1], tools)
+        if prefix[:end] != text[:end]:
+            at = next(k for k in range(end) if k >= len(prefix) or prefix[k] != text[k])
+            raise Rejected(
+                Reason.template_not_prefix_stable,
+                f"messages[{i}]",
+                f"renders differently once later turns follow, at char {at}: {text[at : at + 60]!r}",
+            )
+
+
+def _token_spans(offsets: np.ndarray, spans: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """(inside, straddling) per token: fully within a span, or crossing a span's edge."""
+    starts, ends = offsets[:, 0], offsets[:, 1]
+    inside = np.zeros(len(offsets), bool)
+    straddle = np.zeros(len(offsets), bool)
+    for s, e in spans:
+        within = (starts >= s) & (ends <= e) & ((starts < e) | (ends > s))
+        overlaps = (starts < e) & (ends > s)
+        inside |= within
+        straddle |= overlaps & ~within
+    return inside, straddle
+
+
+def _covered(length: int, ranges: np.ndarray) -> np.ndarray:
+    """Boolean per character: covered by any of the [start, end) ranges."""
+    marks = np.zeros(length + 1, np.int64)
+    np.add.at(marks, ranges[:, 0], 1)
+    np.add.at(marks, ranges[:, 1], -1)
+    return np.cumsum(marks)[:length] > 0
+
+
+def sft_labels(rendered: Rendered, ids: np.ndarray, offsets: np.ndarray, tok: TextTokenizer) -> np.ndarray:
+    """Labels for one rendered conversation (IGNORE off the trained spans), after the audits."""
+    text, spans = rendered.text, rendered.spans
+    if len(ids) > 1 and tok.bos_id is not None and ids[0] == ids[1] == tok.bos_id:
+        raise Rejected(Reason.double_bos, None, "the rendered text starts with two BOS tokens")
+    if tok.special_ids and rendered.contents:
+        special = np.isin(ids, list(tok.special_ids))
+        in_content, _ = _token_spans(offsets, rendered.contents)
+        hit = np.flatnonzero(special & in_content)
+        if len(hit):
+            s, e = offsets[hit[0]]
+            raise Rejected(Reason.special_token_in_content, None, f"{text[s:e]!r} inside a message would end a turn")
+    inside, straddle = _token_spans(offsets, spans)
+    if straddle.any():
+        j = int(np.flatnonzero(straddle)[0])
+        s, e = offsets[j]
+        raise Rejected(Reason.mask_overruns_turn, None, f"token {text[s:e]!r} at chars {s}-{e} crosses a span edge")
+    if not inside.any():
+        raise Rejected(Reason.mask_empty, None, "no token is trained")
+    # Audit (a): trained characters are exactly the spans.
+    trained_chars = _covered(len(text), offsets[inside])
+    span_chars = _covered(len(text), np.asarray(spans, np.int64))
+    if not np.array_equal(trained_chars, span_chars):
+        at = int(np.flatnonzero(trained_chars != span_chars)[0])
+        raise Rejected(Reason.mask_audit_failed, None, f"trained characters differ from the spans at char {at}")
+    # Audit (b): decoding the trained tokens gives back each span's text.
+    if tok.round_trips:
+        for s, e in spans:
+            in_span = inside & (offsets[:, 0] >= s) & (offsets[:, 1] <= e)
+            decoded = tok.decode(ids[in_span])
+            if decoded != text[s:e]:
+                raise Rejected(Reason.mask_audit_failed, None, f"decoded {decoded[:60]!r} != {text[s:e][:60]!r}")
+    return np.where(inside, ids, IGNORE).astype(np.int32)
+
+
+def fit_length(ids: np.ndarray, labels: np.ndarray, settings: MaskSettings) -> tuple[np.ndarray, np.ndarray]:
+    """Apply the overlong policy; a cut that loses the trained tokens it must keep rejects the record."""
+    n, limit = len(ids), settings.max_length
+    if n <= limit:
+        return ids, labels
+    if settings.overlong == "drop":
+        raise Rejected(Reason.overlong, None, f"{n} tokens; max_length is {limit}")
+    if settings.overlong == "truncate_right":
+        ids, labels = ids[:limit], labels[:limit]
+    else:  # truncate_left, keeping the last trained turn whole
+        trained = np.flatnonzero(labels != IGNORE)
+        gaps = np.flatnonzero(np.diff(trained) > 1)  # trained turns are separated by untrained tokens
+        last_turn_start = trained[gaps[-1] + 1] if len(gaps) else trained[0]
+        if n - last_turn_start > limit:
+            raise Rejected(
+                Reason.labels_lost_to_truncation, None, f"the last trained turn alone exceeds {limit} tokens"
+            )
+        ids, labels = ids[n - limit :], labels[n - limit :]
+    if (labels == IGNORE).all():
+        raise Rejected(Reason.labels_lost_to_truncation, None, f"cutting to {limit} tokens leaves nothing trained")
+    return ids, labels
+
+
+def sft_example(
+    template: ChatTemplate, tok: TextTokenizer, messages: list[dict], tools, settings: MaskSettings
+) -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids, labels) for one SFT record; raises Rejected."""
+    rendered = render_sft(template, template_messages(messages), template_tools(tools), settings)
+    ((ids, offsets),) = tok.encode([rendered.text])
+    return fit_length(ids, sft_labels(rendered, ids, offsets, tok), settings)
+
+
+def prompt_ids(template: ChatTemplate, tok: TextTokenizer, prompt: list[dict], settings: MaskSettings) -> np.ndarray:
+    """Token ids of a prompt rendered with the generation prompt (RL prompt banks)."""
+    ((ids, _),) = tok.encode([_render(template, template_messages(prompt), None, generation_prompt=True)])
+    if len(ids) > settings.max_length:
+        raise Rejected(Reason.overlong, "prompt", f"{len(ids)} tokens; max_length is {settings.max_length}")
+    return ids
+
+
+def preference_example(
+    template: ChatTemplate,
+    tok: TextTokenizer,
+    prompt: list[dict],
+    chosen: list[dict],
+    rejected: list[dict],
+    settings: MaskSettings,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(prompt_ids, chosen_ids, rejected_ids): the prompt rendered once, each response as its continuation."""
+    prompt_msgs = template_messages(prompt)
+    prompt_text = _render(template, prompt_msgs, None, generation_prompt=True)
+    sides = []
+    for name, response in (("chosen", chosen), ("rejected", rejected)):
+        text = _render(template, prompt_msgs + template_messages(response), None)
+        if not text.startswith(prompt_text):
+            raise Rejected(Reason.template_not_prefix_stable, name, "the prompt renders differently before a response")
+        ((ids, offsets),) = tok.encode([text])
+        boundary = len(prompt_text)
+        straddle = (offsets[:, 0] < boundary) & (offsets[:, 1] > boundary)
+        if straddle.any():
+            s, e = offsets[np.flatnonzero(straddle)[0]]
+            raise Rejected(Reason.mask_overruns_turn, name, f"token {text[s:e]!r} crosses the prompt/response edge")
+        cut = int(np.searchsorted(offsets[:, 0], boundary))
+        sides.append((ids[:cut], ids[cut:]))
+    (p_chosen, chosen_ids), (p_rejected, rejected_ids) = sides
+    if not np.array_equal(p_chosen, p_rejected):
+        raise Rejected(Reason.template_not_prefix_stable, "prompt", "the prompt tokenizes differently per response")
+    if len(p_chosen) + max(len(chosen_ids), len(rejected_ids)) > settings.max_length:
+        raise Rejected(Reason.overlong, None, f"prompt + response exceed max_length {settings.max_length}")
+    return p_chosen, chosen_ids, rejected_ids

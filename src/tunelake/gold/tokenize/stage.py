@@ -1,0 +1,178 @@
+"""The tokenize stage: a gold table's rows -> token ids and audited labels, per regime.
+
+Row-local: one gold part at a time. Rendering and the audits are per record (templates are Jinja); the
+tokenizer encodes a whole part in one batched call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from tunelake.gold.tokenize.masks import (
+    MaskSettings,
+    fit_length,
+    preference_example,
+    prompt_ids,
+    render_sft,
+    sft_labels,
+    template_messages,
+    template_tools,
+)
+from tunelake.gold.tokenize.template import ChatTemplate, TextTokenizer, fingerprint, load_template
+from tunelake.recipe import Tokenize
+from tunelake.schema import Regime, Rejected
+
+IDS = pa.list_(pa.int32())
+TOKENIZED = {
+    Regime.sft: pa.schema(
+        [("id", pa.string()), ("input_ids", IDS), ("labels", IDS), ("attention_mask", pa.list_(pa.int8()))]
+    ),
+    Regime.preference: pa.schema(
+        [
+            ("id", pa.string()),
+            ("prompt_input_ids", IDS),
+            ("chosen_input_ids", IDS),
+            ("rejected_input_ids", IDS),
+            ("prompt_length", pa.int32()),
+            ("chosen_length", pa.int32()),
+            ("rejected_length", pa.int32()),
+        ]
+    ),
+    Regime.rl: pa.schema(
+        [
+            ("id", pa.string()),
+            ("prompt_input_ids", IDS),
+            ("prompt_length", pa.int32()),
+            ("answer", pa.string()),
+            ("verifier", pa.string()),
+            ("verifier_config", pa.string()),
+        ]
+    ),
+}
+
+
+# Packed SFT rows (see pack.py): whole examples side by side, position_ids restarting at each.
+PACKED = pa.schema(
+    [
+        ("input_ids", IDS),
+        ("labels", IDS),
+        ("position_ids", IDS),
+        ("seq_lengths", IDS),
+        ("ids", pa.list_(pa.string())),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """What a worker needs to load the same template and tokenizer (both cached per process)."""
+
+    tokenizer_dir: Path
+    chat_template: str
+    today: date
+
+    def load(self) -> tuple[ChatTemplate, TextTokenizer]:
+        return _load(self.tokenizer_dir, self.chat_template, self.today)
+
+
+@lru_cache(maxsize=4)
+def _load(tokenizer_dir: Path, chat_template: str, today: date) -> tuple[ChatTemplate, TextTokenizer]:
+    template = load_template(tokenizer_dir, chat_template, today)
+    template.end_of_turn, template.assistant_header  # noqa: B018 - probe once per process, not per record
+    return template, TextTokenizer.load(tokenizer_dir)
+
+
+def tokenize_rows(
+    table: pa.Table, regime: Regime, spec: TokenizerSpec, settings: MaskSettings
+) -> tuple[pa.Table, list[tuple[str, Rejected]]]:
+    """The tokenized rows of a gold table, and (id, Rejected) for each record that cannot be trained on."""
+    template, tok = spec.load()
+    rows = table.to_pylist()
+    rejects: list[tuple[str, Rejected]] = []
+    out: dict[str, list] = {name: [] for name in TOKENIZED[regime].names}
+    if regime == Regime.sft:
+        rendered = {}
+        for row in rows:
+            try:
+                rendered[row["id"]] = render_sft(
+                    template, template_messages(row["messages"]), template_tools(row["tools"]), settings
+                )
+            except Rejected as r:
+                rejects.append((row["id"], r))
+        encoded = tok.encode([r.text for r in rendered.values()])
+        for (id_, r), (ids, offsets) in zip(rendered.items(), encoded, strict=True):
+            try:
+                ids, labels = fit_length(ids, sft_labels(r, ids, offsets, tok), settings)
+            except Rejected as e:
+                rejects.append((id_, e))
+                continue
+            out["id"].append(id_)
+            out["input_ids"].append(ids)
+            out["labels"].append(labels)
+            out["attention_mask"].append(np.ones(len(ids), np.int8))
+    else:
+        for row in rows:
+            try:
+                if regime == Regime.preference:
+                    p, c, r = preference_example(
+                        template, tok, row["prompt"], row["chosen"], row["rejected"], settings
+                    )
+                    values = {
+                        "prompt_input_ids": p,
+                        "chosen_input_ids": c,
+                        "rejected_input_ids": r,
+                        "prompt_length": len(p),
+                        "chosen_length": len(c),
+                        "rejected_length": len(r),
+                    }
+                else:
+                    p = prompt_ids(template, tok, row["prompt"], settings)
+                    values = {
+                        "prompt_input_ids": p,
+                        "prompt_length": len(p),
+                        "answer": row["answer"],
+                        "verifier": row["verifier"],
+                        "verifier_config": row["verifier_config"],
+                    }
+            except Rejected as e:
+                rejects.append((row["id"], e))
+                continue
+            out["id"].append(row["id"])
+            for k, v in values.items():
+                out[k].append(v)
+    return pa.Table.from_pydict(out, schema=TOKENIZED[regime]), rejects
+
+
+@dataclass(frozen=True)
+class TokenizePlan:
+    spec: TokenizerSpec
+    settings: MaskSettings
+    pack: bool
+    fingerprint: str
+    template_name: str
+
+    def table(self, regime: Regime, split: str) -> str:
+        return f"gold/tokenized/{self.fingerprint}/{regime.value}/{split}"
+
+    def packed_table(self, split: str) -> str:
+        return f"gold/tokenized/{self.fingerprint}/sft_packed/{split}"
+
+    @property
+    def quarantine(self) -> str:
+        return f"gold/tokenized/{self.fingerprint}/quarantine"
+
+
+def plan_tokenize(cfg: Tokenize) -> TokenizePlan:
+    """Load and probe the template and tokenizer once, up front, so a bad path or template fails the build
+    before it reads any data; raises TemplateError."""
+    spec = TokenizerSpec(cfg.tokenizer, cfg.chat_template, date.fromisoformat(cfg.template_date))
+    template, _ = spec.load()
+    settings = MaskSettings(cfg.max_length, cfg.train_on, cfg.train_on_eot, cfg.overlong)
+    fp = fingerprint(cfg.tokenizer, template, cfg.model_dump(mode="json", exclude={"tokenizer"}))
+    return TokenizePlan(spec, settings, cfg.pack.enabled, fp, template.name)

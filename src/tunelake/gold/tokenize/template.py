@@ -1,0 +1,169 @@
+"""Chat templates and tokenizers, loaded from local files and probed once for what masking needs to know.
+
+Rendering goes through transformers' own Jinja renderer (the one `apply_chat_template` uses), so a render is
+byte-for-byte what the model sees at inference. Templates are distrusted: probing finds the assistant header
+(what `add_generation_prompt` appends) and the end-of-turn marker from renders of sentinel conversations,
+instead of assuming a family's layout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import date
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+from transformers.utils.chat_template_utils import render_jinja_template
+
+BUILTIN = Path(__file__).parent / "templates"
+_SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
+
+
+class TemplateError(ValueError):
+    """A template or tokenizer that cannot be used at all (not one record's problem)."""
+
+
+def _token_text(value: object) -> str | None:
+    return value.get("content") if isinstance(value, dict) else value
+
+
+def _common_prefix(a: str, b: str) -> str:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return a[:n]
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    text: str  # the Jinja source
+    name: str  # where it came from, for messages and the manifest
+    special_tokens: dict[str, str]  # bos_token, eos_token, ... as the template sees them
+    today: date
+
+    def render(self, messages: list[dict], tools: list[dict] | None = None, generation_prompt: bool = False) -> str:
+        rendered, _ = render_jinja_template(
+            conversations=[messages],
+            tools=tools,
+            chat_template=self.text,
+            add_generation_prompt=generation_prompt,
+            strftime_now=self.today.strftime,  # templates that print today's date get a fixed one
+            **self.special_tokens,
+        )
+        return rendered[0]
+
+    @cached_property
+    def assistant_header(self) -> str:
+        """What add_generation_prompt appends: the text before an assistant turn's content (may be empty, as in
+        Mistral v0.1, whose user turn already ends with `[/INST]`)."""
+        user = [{"role": "user", "content": "\x01probe-user\x01"}]
+        plain, prompted = self.render(user), self.render(user, generation_prompt=True)
+        # Some templates close a conversation (e.g. with eos) unless asked for a generation prompt.
+        return prompted[len(_common_prefix(plain, prompted)) :]
+
+    @cached_property
+    def end_of_turn(self) -> str:
+        """The marker that closes an assistant turn, found after a middle turn and after the last one."""
+        marks = ["\x01probe-a1\x01", "\x01probe-a2\x01"]
+        msgs = [
+            {"role": "user", "content": "\x01probe-u1\x01"},
+            {"role": "assistant", "content": marks[0]},
+            {"role": "user", "content": "\x01probe-u2\x01"},
+            {"role": "assistant", "content": marks[1]},
+        ]
+        text = self.render(msgs)
+        middle = text[text.index(marks[0]) + len(marks[0]) : text.index("\x01probe-u2\x01")]
+        last = text[text.index(marks[1]) + len(marks[1]) :]
+        eot = _common_prefix(middle, last).rstrip()
+        if not eot:
+            raise TemplateError(f"{self.name}: no end-of-turn marker follows an assistant turn")
+        return eot
+
+
+def load_template(tokenizer_dir: Path, chat_template: str, today: date) -> ChatTemplate:
+    """The chat template named by the recipe: 'auto' (the tokenizer's own), a .jinja path, or a built-in."""
+    config = _tokenizer_config(tokenizer_dir)
+    special = {k: t for k in _SPECIAL_KEYS if (t := _token_text(config.get(k))) is not None}
+    if chat_template == "auto":
+        text = config.get("chat_template")
+        if isinstance(text, list):  # named templates: the default one
+            text = next((t["template"] for t in text if t.get("name") == "default"), None)
+        jinja = tokenizer_dir / "chat_template.jinja"
+        text = text or (jinja.read_text() if jinja.exists() else None)
+        if not text:
+            raise TemplateError(
+                f"{tokenizer_dir}: the tokenizer has no chat template; set gold.tokenize.chat_template"
+            )
+        name = f"{tokenizer_dir.name} (auto)"
+    elif chat_template.endswith(".jinja"):
+        path = Path(chat_template)
+        if not path.exists():
+            raise TemplateError(f"chat template file {path} does not exist")
+        text, name = path.read_text(), path.name
+    else:
+        path = BUILTIN / f"{chat_template}.jinja"
+        if not path.exists():
+            names = sorted(p.stem for p in BUILTIN.glob("*.jinja"))
+            raise TemplateError(f"unknown built-in chat template {chat_template!r}; expected one of {names}")
+        text, name = path.read_text(), chat_template
+    return ChatTemplate(text, name, special, today)
+
+
+def _tokenizer_config(tokenizer_dir: Path) -> dict:
+    path = tokenizer_dir / "tokenizer_config.json"
+    if not path.exists():
+        raise TemplateError(f"{tokenizer_dir}: no tokenizer_config.json")
+    return json.loads(path.read_text())
+
+
+@dataclass(frozen=True)
+class TextTokenizer:
+    """A fast (Rust) tokenizer with the facts masking needs: special token ids, BOS, round-tripping."""
+
+    tokenizer: Tokenizer
+    special_ids: frozenset[int]
+    bos_id: int | None
+
+    @classmethod
+    def load(cls, tokenizer_dir: Path) -> TextTokenizer:
+        path = tokenizer_dir / "tokenizer.json"
+        if not path.exists():
+            raise TemplateError(f"{tokenizer_dir}: no tokenizer.json (a fast tokenizer is required for offsets)")
+        tok = Tokenizer.from_file(str(path))
+        special = frozenset(i for i, t in tok.get_added_tokens_decoder().items() if t.special)
+        bos = _token_text(_tokenizer_config(tokenizer_dir).get("bos_token"))
+        return cls(tok, special, tok.token_to_id(bos) if bos else None)
+
+    def encode(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(ids, offsets) per text; the text already holds its special tokens, so none are added."""
+        out = []
+        for enc in self.tokenizer.encode_batch(texts, add_special_tokens=False):
+            out.append((np.asarray(enc.ids, dtype=np.int32), np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)))
+        return out
+
+    def decode(self, ids: np.ndarray) -> str:
+        return self.tokenizer.decode(ids.tolist(), skip_special_tokens=False)
+
+    @cached_property
+    def round_trips(self) -> bool:
+        """Whether decode(encode(text)) == text; SentencePiece ("legacy") tokenizers add spaces and do not."""
+        probe = "Hello world.\n\n  Indented: x = [1, 2]\nÜber 東京 🙂 end"
+        ((ids, _),) = self.encode([probe])
+        return self.decode(ids) == probe
+
+
+def fingerprint(tokenizer_dir: Path, template: ChatTemplate, settings: dict) -> str:
+    """A hash of everything that changes token ids or labels: tokenizer files, template, settings, version."""
+    from tunelake.gold.tokenize.masks import MASKING_VERSION
+
+    h = hashlib.sha256()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        h.update((tokenizer_dir / name).read_bytes())
+    h.update(template.text.encode())
+    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    h.update(MASKING_VERSION.encode())
+    return h.hexdigest()[:16]
