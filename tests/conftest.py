@@ -14,6 +14,8 @@ from tunelake.recipe import load_recipe
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 FIXTURES = REPO / "tests" / "fixtures"
+# Real tokenizers with chat templates, copied from ../shared/data/tokenizers (see its SOURCE.md, copied too).
+TOKENIZERS = FIXTURES / "tokenizers"
 
 
 def write_recipe(folder: Path, sources: list[dict], **extra) -> Path:

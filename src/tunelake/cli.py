@@ -9,8 +9,10 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from tokenizers import Tokenizer
 
 from tunelake.build import build as run_build
+from tunelake.gold.tokenize.show import legend, token_text
 from tunelake.lake import Lake, LakeBusy
 from tunelake.recipe import RecipeError, example_recipe, load_recipe
 
@@ -134,6 +136,45 @@ def explain(
                 highlight=False,
                 soft_wrap=True,
             )
+
+
+@app.command()
+def show(
+    lake: LakeOption,
+    table: Annotated[str, typer.Option(help="A table, e.g. gold/sft/train or gold/tokenized/<fp>/sft/train.")],
+    record: Annotated[str, typer.Option("--id", help="The record id.")],
+) -> None:
+    """Print one record; for a tokenized table, every token with the trained ones highlighted."""
+    lk = Lake(lake)
+    if not lk.exists(table):
+        console.print(f"[red]No table {table!r} in {lake}; `tunelake status --lake {lake}` lists them.[/red]")
+        raise typer.Exit(1)
+    key = "ids" if "ids" in lk.schema(table).names else "id"
+    where = "list_contains(ids, $id)" if key == "ids" else "id = $id"
+    rows = lk.query(f"select * from t where {where} limit 1", {"id": record}, t=table)
+    if not rows:
+        console.print(f"[red]No record {record} in {table}.[/red]")
+        raise typer.Exit(1)
+    row = dict(zip(lk.schema(table).names, rows[0], strict=True))
+    if "labels" not in row:
+        for key, value in row.items():
+            out.print(f"[bold]{key}[/bold]: {value}", highlight=False)
+        return
+    tokenizer_dir = _tokenizer_of(lk, table)
+    text = token_text(row["input_ids"], row["labels"], Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")))
+    out.print(f"[bold]{table}[/bold]  {record}  (tokenizer {tokenizer_dir})")
+    out.print(legend(row["input_ids"], row["labels"]))
+    out.print(text)
+
+
+def _tokenizer_of(lk: Lake, table: str) -> Path:
+    """The tokenizer folder of the newest build that wrote this tokenized table's fingerprint."""
+    fingerprint = table.split("/")[2]
+    for manifest in reversed(lk.manifests()):
+        if (manifest.get("tokenized") or {}).get("fingerprint") == fingerprint:
+            return Path(manifest["recipe"]["gold"]["tokenize"]["tokenizer"])
+    console.print(f"[red]No build manifest names fingerprint {fingerprint}.[/red]")
+    raise typer.Exit(1)
 
 
 @app.command()

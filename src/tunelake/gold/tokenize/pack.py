@@ -156,14 +156,19 @@ def pack(table: pa.Table, max_length: int) -> tuple[pa.Table, PackStats]:
     flat_input_ids = input_ids.take(order).flatten().cast(pa.int32())
     flat_labels = labels.take(order).flatten().cast(pa.int32()).to_numpy(zero_copy_only=False).copy()
     flat_labels[example_starts] = IGNORE_INDEX
-    position_ids = np.arange(tokens, dtype=np.int64) - np.repeat(example_starts, packed_lengths)
+    # Positions count up by 1 and drop back to 0 at each example start: one cumsum over the step sizes.
+    position_ids = np.ones(tokens, dtype=np.int32)
+    if tokens:
+        position_ids[0] = 0
+        position_ids[example_starts[1:]] = 1 - packed_lengths[:-1]
+        np.cumsum(position_ids, out=position_ids)
 
     bin_offsets = pa.array(bin_first_example, pa.int32())
     packed = pa.table(
         {
             "input_ids": pa.ListArray.from_arrays(row_offsets, flat_input_ids),
             "labels": pa.ListArray.from_arrays(row_offsets, pa.array(flat_labels, pa.int32())),
-            "position_ids": pa.ListArray.from_arrays(row_offsets, pa.array(position_ids.astype(np.int32))),
+            "position_ids": pa.ListArray.from_arrays(row_offsets, pa.array(position_ids)),
             "seq_lengths": pa.ListArray.from_arrays(bin_offsets, pa.array(packed_lengths.astype(np.int32))),
             "ids": pa.ListArray.from_arrays(bin_offsets, ids.take(order)),
         }
