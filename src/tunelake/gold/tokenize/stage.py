@@ -97,16 +97,15 @@ def tokenize_rows(
     rejects: list[tuple[str, Rejected]] = []
     out: dict[str, list] = {name: [] for name in TOKENIZED[regime].names}
     if regime == Regime.sft:
-        rendered = {}
+        rendered = []
         for row in rows:
             try:
-                rendered[row["id"]] = render_sft(
-                    template, template_messages(row["messages"]), template_tools(row["tools"]), settings
-                )
+                messages, tools = template_messages(row["messages"]), template_tools(row["tools"])
+                rendered.append((row["id"], render_sft(template, messages, tools, settings)))
             except Rejected as r:
                 rejects.append((row["id"], r))
-        encoded = tok.encode([r.text for r in rendered.values()])
-        for (id_, r), (ids, offsets) in zip(rendered.items(), encoded, strict=True):
+        encoded = tok.encode([r.text for _, r in rendered])
+        for (id_, r), (ids, offsets) in zip(rendered, encoded, strict=True):
             try:
                 ids, labels = fit_length(ids, sft_labels(r, ids, offsets, tok), settings)
             except Rejected as e:
