@@ -20,7 +20,7 @@ import orjson
 from tunelake.gold.tokenize.template import ChatTemplate, TextTokenizer
 from tunelake.schema import Reason, Rejected
 
-MASKING_VERSION = "masks-1"  # bump when a change alters ids or labels: it is part of the fingerprint
+MASKING_VERSION = "masks-3"  # bump when a change alters ids or labels: it is part of the fingerprint
 IGNORE = -100
 
 
@@ -60,17 +60,55 @@ class Rendered:
     text: str
     spans: list[tuple[int, int]]  # trained character spans, in order
     contents: list[tuple[int, int]]  # every message's content span (special tokens may not appear inside)
+    # Other message text the template copies into the render (reasoning, tool calls): it may not spell a special
+    # token either, but has no span of its own to check tokens against.
+    texts: tuple[str, ...] = ()
+
+
+def message_texts(messages: list[dict], content: bool = True) -> tuple[str, ...]:
+    """The free text of template messages (content, reasoning, tool calls), for the special-token check."""
+    keys = ("content", "reasoning_content") if content else ("reasoning_content",)
+    out = []
+    for m in messages:
+        out += [m[k] for k in keys if m.get(k)]
+        if m.get("tool_calls"):
+            out.append(orjson.dumps(m["tool_calls"]).decode())
+    return tuple(out)
+
+
+def reject_control_text(tok: TextTokenizer, texts: tuple[str, ...], field: str | None) -> None:
+    """Rejects text that spells one of the tokenizer's special tokens: it would be parsed as a control token."""
+    for text in texts:
+        if hit := next((s for s in tok.special_texts if s in text), None):
+            raise Rejected(Reason.special_token_in_content, field, f"{hit!r} inside a message would end a turn")
+
+
+def _after_header(text: str, cursor: int, header: str) -> int | None:
+    """Where the first assistant header at or after `cursor` ends (None if the template has none there)."""
+    for h in (header, header.strip()):
+        if h.strip() and (at := text.find(h, cursor)) >= 0:
+            return at + len(h)
+    return None
 
 
 def render_sft(template: ChatTemplate, messages: list[dict], tools, settings: MaskSettings) -> Rendered:
     text = _render(template, messages, tools)
-    eot, header = template.end_of_turn, template.assistant_header.strip()
+    eot = template.end_of_turn
     assistants = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
     trained = set(assistants if settings.train_on == "all_assistant" else assistants[-1:])
     spans, contents, cursor = [], [], 0
     for i, msg in enumerate(messages):
         content = msg.get("content") or ""
-        start = text.find(content, cursor) if content else cursor
+        after = _after_header(text, cursor, template.assistant_header) if msg["role"] == "assistant" else None
+        start = -1
+        if content and after is not None:
+            # An assistant's content is looked for after its own header: a short one ("a", "d") also occurs in the
+            # header and in earlier template text, and a match there would train the wrong characters.
+            start = text.find(content, after)
+            if start >= 0 and 0 <= text.find(eot, after) < start:
+                start = -1  # past the end of this turn: the header found was a later turn's
+        if start < 0:
+            start = text.find(content, cursor) if content else cursor
         if start < 0:
             raise Rejected(
                 Reason.template_dropped_content, f"messages[{i}].content", f"{template.name} does not render it"
@@ -78,11 +116,39 @@ def render_sft(template: ChatTemplate, messages: list[dict], tools, settings: Ma
         end = start + len(content)
         if content:
             contents.append((start, end))
+        if msg.get("tool_calls"):
+            close = text.find(eot, max(end, after or 0))
+            turn = text[cursor : close if close >= 0 else len(text)]
+            for call in msg["tool_calls"]:
+                name = call.get("function", call).get("name") or ""
+                if name not in turn:
+                    raise Rejected(
+                        Reason.template_dropped_content,
+                        f"messages[{i}].tool_calls",
+                        f"{template.name} does not render the call to {name!r}",
+                    )
         if i not in trained:
             cursor = end
             continue
-        if not content and header and (h := text.find(header, cursor)) >= 0:
-            start = end = h + len(header)  # a tool-call-only turn: train on what follows the assistant header
+        reasoning = msg.get("reasoning_content")
+        if after is not None and not content:
+            start = end = after  # a tool-call-only turn: train on what follows the assistant header
+        elif after is not None and reasoning and reasoning in text[after:start]:
+            start = after  # the model generates the reasoning the template renders before the content: train it
+        elif reasoning:
+            # Training the answer without the reasoning that produced it is a silent loss: pick a template that
+            # renders reasoning (e.g. Qwen3's), or drop reasoning_content upstream on purpose.
+            if reasoning in _render(template, messages[: i + 1], tools):
+                raise Rejected(
+                    Reason.template_not_prefix_stable,
+                    f"messages[{i}]",
+                    f"{template.name} drops this turn's reasoning once later turns follow",
+                )
+            raise Rejected(
+                Reason.template_dropped_content,
+                f"messages[{i}].reasoning_content",
+                f"{template.name} does not render the reasoning of a trained turn",
+            )
         close = text.find(eot, end)
         if close < 0:
             raise Rejected(Reason.stop_token_not_trained, f"messages[{i}]", f"no {eot!r} closes the turn")
@@ -92,7 +158,7 @@ def render_sft(template: ChatTemplate, messages: list[dict], tools, settings: Ma
         spans.append((start, close + len(eot) if settings.train_on_eot else (close if msg.get("tool_calls") else end)))
         cursor = close + len(eot)
     _check_prefix_stable(template, messages, tools, text, spans, trained)
-    return Rendered(text, spans, contents)
+    return Rendered(text, spans, contents, message_texts(messages, content=False))
 
 
 def _check_prefix_stable(template, messages, tools, text: str, spans: list[tuple[int, int]], trained: set) -> None:
@@ -135,6 +201,7 @@ def sft_labels(rendered: Rendered, ids: np.ndarray, offsets: np.ndarray, tok: Te
     text, spans = rendered.text, rendered.spans
     if len(ids) > 1 and tok.bos_id is not None and ids[0] == ids[1] == tok.bos_id:
         raise Rejected(Reason.double_bos, None, "the rendered text starts with two BOS tokens")
+    reject_control_text(tok, rendered.texts, None)
     if tok.special_ids and rendered.contents:
         special = np.isin(ids, list(tok.special_ids))
         in_content, _ = _token_spans(offsets, rendered.contents)
@@ -199,7 +266,9 @@ def sft_example(
 
 def prompt_ids(template: ChatTemplate, tok: TextTokenizer, prompt: list[dict], settings: MaskSettings) -> np.ndarray:
     """Token ids of a prompt rendered with the generation prompt (RL prompt banks)."""
-    ((ids, _),) = tok.encode([_render(template, template_messages(prompt), None, generation_prompt=True)])
+    messages = template_messages(prompt)
+    reject_control_text(tok, message_texts(messages), "prompt")
+    ((ids, _),) = tok.encode([_render(template, messages, None, generation_prompt=True)])
     if len(ids) > settings.max_length:
         raise Rejected(Reason.overlong, "prompt", f"{len(ids)} tokens; max_length is {settings.max_length}")
     return ids
@@ -215,10 +284,13 @@ def preference_example(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(prompt_ids, chosen_ids, rejected_ids): the prompt rendered once, each response as its continuation."""
     prompt_msgs = template_messages(prompt)
+    responses = {"chosen": template_messages(chosen), "rejected": template_messages(rejected)}
+    for name, msgs in (("prompt", prompt_msgs), *responses.items()):
+        reject_control_text(tok, message_texts(msgs), name)
     prompt_text = _render(template, prompt_msgs, None, generation_prompt=True)
     sides = []
-    for name, response in (("chosen", chosen), ("rejected", rejected)):
-        text = _render(template, prompt_msgs + template_messages(response), None)
+    for name, response in responses.items():
+        text = _render(template, prompt_msgs + response, None)
         if not text.startswith(prompt_text):
             raise Rejected(Reason.template_not_prefix_stable, name, "the prompt renders differently before a response")
         ((ids, offsets),) = tok.encode([text])

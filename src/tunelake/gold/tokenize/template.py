@@ -49,12 +49,31 @@ class ChatTemplate:
         rendered, _ = render_jinja_template(
             conversations=[messages],
             tools=tools,
-            chat_template=self.text,
+            chat_template=self._source,
             add_generation_prompt=generation_prompt,
-            strftime_now=self.today.strftime,  # templates that print today's date get a fixed one
             **self.special_tokens,
         )
         return rendered[0]
+
+    @cached_property
+    def _source(self) -> str:
+        """The Jinja source rendered: the template, after a `strftime_now` macro that prints `today` when it asks.
+
+        transformers (5.x) turns every callable passed to a render into an inert string, so a `strftime_now=` keyword
+        no longer reaches the template; a macro defined in the template itself shadows the renderer's global (which
+        prints the real date). The newline after the macro is eaten by trim_blocks, so the template's first line
+        still starts a line (lstrip_blocks) and nothing else of the render changes.
+        """
+        if "strftime_now" not in self.text:
+            return self.text
+        table = {c: self.today.strftime(f"%{c}") for c in "aAwdbBmyYHIpMSfzZjUWcxXGuV"} | {"%": "%"}
+        return (
+            "{%- macro strftime_now(format) -%}{%- set table = " + json.dumps(table) + " -%}"
+            "{%- set ns = namespace(out='', pct=false) -%}{%- for ch in format -%}"
+            "{%- if ns.pct -%}{%- set ns.out = ns.out + table.get(ch, '%' + ch) -%}{%- set ns.pct = false -%}"
+            "{%- elif ch == '%' -%}{%- set ns.pct = true -%}{%- else -%}{%- set ns.out = ns.out + ch -%}{%- endif -%}"
+            "{%- endfor -%}{{- ns.out -}}{%- endmacro %}\n" + self.text
+        )
 
     @cached_property
     def assistant_header(self) -> str:
@@ -147,6 +166,11 @@ class TextTokenizer:
 
     def decode(self, ids: np.ndarray) -> str:
         return self.tokenizer.decode(ids.tolist(), skip_special_tokens=False)
+
+    @cached_property
+    def special_texts(self) -> tuple[str, ...]:
+        """The text of every special token: what a message may not spell (it would be parsed as the token)."""
+        return tuple(t.content for t in self.tokenizer.get_added_tokens_decoder().values() if t.special)
 
     @cached_property
     def round_trips(self) -> bool:
