@@ -20,7 +20,7 @@ import orjson
 from tunelake.gold.tokenize.template import ChatTemplate, TextTokenizer
 from tunelake.schema import Reason, Rejected
 
-MASKING_VERSION = "masks-3"  # bump when a change alters ids or labels: it is part of the fingerprint
+MASKING_VERSION = "masks-4"  # bump when a change alters ids or labels: it is part of the fingerprint
 IGNORE = -100
 
 
@@ -65,15 +65,44 @@ class Rendered:
     texts: tuple[str, ...] = ()
 
 
-def message_texts(messages: list[dict], content: bool = True) -> tuple[str, ...]:
-    """The free text of template messages (content, reasoning, tool calls), for the special-token check."""
-    keys = ("content", "reasoning_content") if content else ("reasoning_content",)
+def message_texts(messages: list[dict], tools: list[dict] | None = None, content: bool = True) -> tuple[str, ...]:
+    """The free text of template messages (content, reasoning, names, tool calls) and of the tool schemas, for the
+    special-token check: the template copies all of it into the render."""
+    keys = (
+        ("content", "reasoning_content", "name", "tool_call_id")
+        if content
+        else ("reasoning_content", "name", "tool_call_id")
+    )
     out = []
     for m in messages:
-        out += [m[k] for k in keys if m.get(k)]
+        out += [m[k] for k in keys if isinstance(m.get(k), str) and m.get(k)]
         if m.get("tool_calls"):
             out.append(orjson.dumps(m["tool_calls"]).decode())
+    if tools:
+        out.append(orjson.dumps(tools).decode())
     return tuple(out)
+
+
+def require_rendered(template: ChatTemplate, text: str, messages: list[dict], field: str) -> None:
+    """Every message's content, reasoning and tool calls must appear in the render, in order: a template that
+    leaves one out would have the record trained on (or prompted with) less than it says."""
+    cursor = 0
+    for i, m in enumerate(messages):
+        if m.get("content"):
+            at = text.find(m["content"], cursor)
+            if at < 0:
+                raise Rejected(Reason.template_dropped_content, f"{field}[{i}].content", f"{template.name} drops it")
+            cursor = at + len(m["content"])
+        if m.get("reasoning_content") and m["reasoning_content"] not in text:
+            raise Rejected(
+                Reason.template_dropped_content, f"{field}[{i}].reasoning_content", f"{template.name} drops it"
+            )
+        for call in m.get("tool_calls") or ():
+            name = call.get("function", call).get("name") or ""
+            if name not in text:
+                raise Rejected(
+                    Reason.template_dropped_content, f"{field}[{i}].tool_calls", f"{template.name} drops {name!r}"
+                )
 
 
 def reject_control_text(tok: TextTokenizer, texts: tuple[str, ...], field: str | None) -> None:
@@ -131,8 +160,9 @@ def render_sft(template: ChatTemplate, messages: list[dict], tools, settings: Ma
             cursor = end
             continue
         reasoning = msg.get("reasoning_content")
-        if after is not None and not content:
-            start = end = after  # a tool-call-only turn: train on what follows the assistant header
+        if not content:
+            # A tool-call-only turn: train on what the model generates, from where the generation prompt ends.
+            start = end = after if after is not None else _generation_start(template, messages[:i], tools, text, i)
         elif after is not None and reasoning and reasoning in text[after:start]:
             start = after  # the model generates the reasoning the template renders before the content: train it
         elif reasoning:
@@ -158,7 +188,16 @@ def render_sft(template: ChatTemplate, messages: list[dict], tools, settings: Ma
         spans.append((start, close + len(eot) if settings.train_on_eot else (close if msg.get("tool_calls") else end)))
         cursor = close + len(eot)
     _check_prefix_stable(template, messages, tools, text, spans, trained)
-    return Rendered(text, spans, contents, message_texts(messages, content=False))
+    return Rendered(text, spans, contents, message_texts(messages, tools, content=False))
+
+
+def _generation_start(template: ChatTemplate, context: list[dict], tools, text: str, i: int) -> int:
+    """Where turn i's generation starts in the full render: the end of the context rendered with the generation
+    prompt (for templates with no assistant header to anchor on, such as Mistral's)."""
+    prompt = _render(template, context, tools, generation_prompt=True)
+    if not text.startswith(prompt):
+        raise Rejected(Reason.template_not_prefix_stable, f"messages[{i}]", "the context renders differently")
+    return len(prompt)
 
 
 def _check_prefix_stable(template, messages, tools, text: str, spans: list[tuple[int, int]], trained: set) -> None:
@@ -268,7 +307,9 @@ def prompt_ids(template: ChatTemplate, tok: TextTokenizer, prompt: list[dict], s
     """Token ids of a prompt rendered with the generation prompt (RL prompt banks)."""
     messages = template_messages(prompt)
     reject_control_text(tok, message_texts(messages), "prompt")
-    ((ids, _),) = tok.encode([_render(template, messages, None, generation_prompt=True)])
+    text = _render(template, messages, None, generation_prompt=True)
+    require_rendered(template, text, messages, "prompt")
+    ((ids, _),) = tok.encode([text])
     if len(ids) > settings.max_length:
         raise Rejected(Reason.overlong, "prompt", f"{len(ids)} tokens; max_length is {settings.max_length}")
     return ids
@@ -288,11 +329,13 @@ def preference_example(
     for name, msgs in (("prompt", prompt_msgs), *responses.items()):
         reject_control_text(tok, message_texts(msgs), name)
     prompt_text = _render(template, prompt_msgs, None, generation_prompt=True)
+    require_rendered(template, prompt_text, prompt_msgs, "prompt")
     sides = []
     for name, response in responses.items():
         text = _render(template, prompt_msgs + response, None)
         if not text.startswith(prompt_text):
             raise Rejected(Reason.template_not_prefix_stable, name, "the prompt renders differently before a response")
+        require_rendered(template, text[len(prompt_text) :], response, name)
         ((ids, offsets),) = tok.encode([text])
         boundary = len(prompt_text)
         straddle = (offsets[:, 0] < boundary) & (offsets[:, 1] > boundary)
@@ -304,6 +347,8 @@ def preference_example(
     (p_chosen, chosen_ids), (p_rejected, rejected_ids) = sides
     if not np.array_equal(p_chosen, p_rejected):
         raise Rejected(Reason.template_not_prefix_stable, "prompt", "the prompt tokenizes differently per response")
+    if np.array_equal(chosen_ids, rejected_ids):
+        raise Rejected(Reason.chosen_equals_rejected, "chosen", "both responses render to the same tokens")
     if len(p_chosen) + max(len(chosen_ids), len(rejected_ids)) > settings.max_length:
         raise Rejected(Reason.overlong, None, f"prompt + response exceed max_length {settings.max_length}")
     return p_chosen, chosen_ids, rejected_ids

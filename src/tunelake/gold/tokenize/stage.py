@@ -6,10 +6,12 @@ tokenizer encodes a whole part in one batched call.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from functools import lru_cache
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -26,9 +28,10 @@ from tunelake.gold.tokenize.masks import (
 )
 from tunelake.gold.tokenize.template import ChatTemplate, TextTokenizer, fingerprint, load_template
 from tunelake.recipe import Tokenize
-from tunelake.schema import Regime, Rejected
+from tunelake.schema import Reason, Regime, Rejected
 
 IDS = pa.list_(pa.int32())
+T = TypeVar("T")
 TOKENIZED = {
     Regime.sft: pa.schema(
         [("id", pa.string()), ("input_ids", IDS), ("labels", IDS), ("attention_mask", pa.list_(pa.int8()))]
@@ -88,63 +91,74 @@ def _load(tokenizer_dir: Path, chat_template: str, today: date) -> tuple[ChatTem
     return template, TextTokenizer.load(tokenizer_dir)
 
 
+def _attempt(id_: str, rejects: list[tuple[str, Rejected]], work: Callable[[], T]) -> T | None:
+    """work(), or None with the record's rejection noted; anything a record's data makes a template or the
+    tokenizer raise rejects that record only."""
+    try:
+        return work()
+    except Rejected as r:
+        rejects.append((id_, r))
+    except Exception as e:  # noqa: BLE001
+        rejects.append((id_, Rejected(Reason.template_error, None, f"{type(e).__name__}: {e}")))
+    return None
+
+
+def _preference(template, tok, row: dict, settings: MaskSettings) -> dict:
+    p, c, r = preference_example(template, tok, row["prompt"], row["chosen"], row["rejected"], settings)
+    return {
+        "prompt_input_ids": p,
+        "chosen_input_ids": c,
+        "rejected_input_ids": r,
+        "prompt_length": len(p),
+        "chosen_length": len(c),
+        "rejected_length": len(r),
+    }
+
+
+def _rl(template, tok, row: dict, settings: MaskSettings) -> dict:
+    p = prompt_ids(template, tok, row["prompt"], settings)
+    return {
+        "prompt_input_ids": p,
+        "prompt_length": len(p),
+        "answer": row["answer"],
+        "verifier": row["verifier"],
+        "verifier_config": row["verifier_config"],
+    }
+
+
 def tokenize_rows(
     table: pa.Table, regime: Regime, spec: TokenizerSpec, settings: MaskSettings
 ) -> tuple[pa.Table, list[tuple[str, Rejected]]]:
     """The tokenized rows of a gold table, and (id, Rejected) for each record that cannot be trained on."""
     template, tok = spec.load()
-    rows = table.to_pylist()
     rejects: list[tuple[str, Rejected]] = []
     out: dict[str, list] = {name: [] for name in TOKENIZED[regime].names}
     if regime == Regime.sft:
         rendered = []
-        for row in rows:
-            try:
-                messages, tools = template_messages(row["messages"]), template_tools(row["tools"])
-                rendered.append((row["id"], render_sft(template, messages, tools, settings)))
-            except Rejected as r:
-                rejects.append((row["id"], r))
-        encoded = tok.encode([r.text for _, r in rendered])
-        for (id_, r), (ids, offsets) in zip(rendered, encoded, strict=True):
-            try:
-                ids, labels = fit_length(ids, sft_labels(r, ids, offsets, tok), settings)
-            except Rejected as e:
-                rejects.append((id_, e))
-                continue
-            out["id"].append(id_)
-            out["input_ids"].append(ids)
-            out["labels"].append(labels)
-            out["attention_mask"].append(np.ones(len(ids), np.int8))
+        for row in table.to_pylist():
+            work = lambda row=row: render_sft(  # noqa: E731
+                template, template_messages(row["messages"]), template_tools(row["tools"]), settings
+            )
+            if (r := _attempt(row["id"], rejects, work)) is not None:
+                rendered.append((row["id"], r))
+        # One batched call: the Rust tokenizer encodes a whole part at once.
+        for (id_, r), (ids, offsets) in zip(rendered, tok.encode([r.text for _, r in rendered]), strict=True):
+            work = lambda r=r, ids=ids, offsets=offsets: fit_length(  # noqa: E731
+                ids, sft_labels(r, ids, offsets, tok), settings
+            )
+            if (result := _attempt(id_, rejects, work)) is not None:
+                out["id"].append(id_)
+                out["input_ids"].append(result[0])
+                out["labels"].append(result[1])
+                out["attention_mask"].append(np.ones(len(result[0]), np.int8))
     else:
-        for row in rows:
-            try:
-                if regime == Regime.preference:
-                    p, c, r = preference_example(
-                        template, tok, row["prompt"], row["chosen"], row["rejected"], settings
-                    )
-                    values = {
-                        "prompt_input_ids": p,
-                        "chosen_input_ids": c,
-                        "rejected_input_ids": r,
-                        "prompt_length": len(p),
-                        "chosen_length": len(c),
-                        "rejected_length": len(r),
-                    }
-                else:
-                    p = prompt_ids(template, tok, row["prompt"], settings)
-                    values = {
-                        "prompt_input_ids": p,
-                        "prompt_length": len(p),
-                        "answer": row["answer"],
-                        "verifier": row["verifier"],
-                        "verifier_config": row["verifier_config"],
-                    }
-            except Rejected as e:
-                rejects.append((row["id"], e))
-                continue
-            out["id"].append(row["id"])
-            for k, v in values.items():
-                out[k].append(v)
+        example = _preference if regime == Regime.preference else _rl
+        for row in table.to_pylist():
+            values = _attempt(row["id"], rejects, lambda row=row: example(template, tok, row, settings))
+            if values is not None:
+                out["id"].append(row["id"])
+                for k, v in values.items():
+                    out[k].append(v)
     return pa.Table.from_pydict(out, schema=TOKENIZED[regime]), rejects
 
 
