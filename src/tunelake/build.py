@@ -324,6 +324,13 @@ def _plan_tokenize(recipe: Recipe) -> TokenizePlan | None:
 def _tokenize(run: _Run, engine: LocalEngine, plan: TokenizePlan) -> None:
     """Every gold table -> gold/tokenized/<fingerprint>/<regime>/<split>, one task per gold part; then packing."""
     started = time.perf_counter()
+    gold_files = [
+        (regime, split, file)
+        for regime in Regime
+        for split in SPLITS
+        for file in run.lake.files(gold_table(regime, split))
+    ]
+    # seq runs over all tasks: their quarantine and ledger parts share two tables and must not share names.
     tasks = [
         TokenizeTask(
             run.lake.root,
@@ -336,9 +343,7 @@ def _tokenize(run: _Run, engine: LocalEngine, plan: TokenizePlan) -> None:
             plan.spec,
             plan.settings,
         )
-        for regime in Regime
-        for split in SPLITS
-        for seq, file in enumerate(run.lake.files(gold_table(regime, split)))
+        for seq, (regime, split, file) in enumerate(gold_files)
     ]
     counts: dict[str, Counter] = defaultdict(Counter)
     run.progress.start("tokenize", len(tasks))

@@ -16,6 +16,22 @@ class Regime(StrEnum):
 
 
 ROLES = ("system", "user", "assistant", "tool")
+# Role names sources use, and the canonical role each means.
+ROLE_ALIASES = {
+    "system": "system",
+    "user": "user",
+    "human": "user",
+    "prompter": "user",
+    "assistant": "assistant",
+    "gpt": "assistant",
+    "bot": "assistant",
+    "model": "assistant",
+    "chatgpt": "assistant",
+    "tool": "tool",
+    "function": "tool",
+    "observation": "tool",
+    "ipython": "tool",
+}
 
 # Verifier names an RL record may carry; their implementations arrive with the RL data plane.
 VERIFIERS = ("exact_match", "numeric", "math", "python_tests")
@@ -164,13 +180,13 @@ def record_id(record: dict) -> str:
 
 
 def prompt_messages(record: dict) -> list[dict]:
-    """The messages that define a record's prompt group (what must never sit in two splits)."""
-    if record["regime"] == Regime.sft:
-        msgs = record["messages"]
-        system = [m for m in msgs[:1] if m["role"] == "system"]
-        first_user = next((m for m in msgs if m["role"] == "user"), None)
-        return system + ([first_user] if first_user else [])
-    return record["prompt"]
+    """The messages that define a record's prompt group, what must never sit in two splits: the system turn and
+    the first user turn, in every regime, so an SFT conversation and a preference pair or RL prompt that open
+    the same way share a split."""
+    msgs = record["messages"] if record["regime"] == Regime.sft else record["prompt"]
+    system = [m for m in msgs[:1] if m["role"] == "system"]
+    first_user = next((m for m in msgs if m["role"] == "user"), None)
+    return system + ([first_user] if first_user else [])
 
 
 def prompt_id(record: dict) -> str:

@@ -54,3 +54,37 @@ def test_split_fractions_follow_the_recipe_and_the_seed_changes_them():
     assert abs(names.count("test") / 20000 - 0.05) < 0.01
     reseeded = [split_of(f"{i:032x}", Split(validation=0.1, test=0.05, seed=1)) for i in range(20000)]
     assert names != reseeded
+
+
+def test_conversations_opening_the_same_way_share_a_split_across_regimes(tmp_path):
+    # An SFT conversation [Q, A, Q2, B] and a preference pair on the prompt [Q, A, Q2] share their prompt group.
+    sft, pref = [], []
+    for i in range(40):
+        q = f"opening question {i}"
+        sft.append(
+            {
+                "messages": [
+                    {"role": "user", "content": q},
+                    {"role": "assistant", "content": "A"},
+                    {"role": "user", "content": "and then?"},
+                    {"role": "assistant", "content": "B"},
+                ]
+            }
+        )
+        prompt = [
+            {"role": "user", "content": q},
+            {"role": "assistant", "content": "A"},
+            {"role": "user", "content": "and then?"},
+        ]
+        pref.append({"prompt": prompt, "chosen": "good", "rejected": "bad"})
+    sources = [
+        {"name": "s", "path": _write(tmp_path / "s.jsonl", sft), "license": "mit", "origin": "human"},
+        {"name": "p", "path": _write(tmp_path / "p.jsonl", pref), "license": "mit", "origin": "human"},
+    ]
+    _, lake = run_build(write_recipe(tmp_path, sources, gold={"split": {"validation": 0.3, "test": 0.3}}))
+    where = {}
+    for regime in ("sft", "preference"):
+        for split in SPLITS:
+            for (pid,) in lake.query("select prompt_id from t", t=f"gold/{regime}/{split}"):
+                where.setdefault(pid, set()).add(split)
+    assert len(where) == 40 and all(len(splits) == 1 for splits in where.values())

@@ -157,8 +157,14 @@ def trl_cases() -> list[Case]:
             "prompt+chosen[1].role",
         ),
         Case(
-            "chosen_ends_with_user",
+            "chosen_holds_a_user_turn",
             dump(pair(1, chosen=[msg("assistant", "Sure."), msg("user", human)])),
+            "bad_role_order",
+            "chosen[1].role",
+        ),
+        Case(
+            "chosen_ends_with_tool",
+            dump(pair(1, chosen=[msg("assistant", "Sure."), msg("tool", "{}")])),
             "last_turn_not_assistant",
             "chosen",
         ),

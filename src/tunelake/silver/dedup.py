@@ -11,7 +11,8 @@ import duckdb
 import pyarrow as pa
 
 DUPLICATES = pa.schema([("_ord", pa.int64()), ("id", pa.string()), ("kept_ord", pa.int64()), ("kept_id", pa.string())])
-DEDUP_KEY = "case when regime = 'rl' then prompt_id else id end"
+# An RL record's id includes its answer; its key is the whole prompt (not only the prompt group of splits).
+DEDUP_KEY = "case when regime = 'rl' then md5(cast(prompt as varchar)) else id end"
 
 
 def exact_duplicates(candidate_files: list[str], memory_limit: str = "256MB") -> pa.Table:
@@ -19,12 +20,11 @@ def exact_duplicates(candidate_files: list[str], memory_limit: str = "256MB") ->
     if not candidate_files:
         return DUPLICATES.empty_table()
     con = duckdb.connect(config={"memory_limit": memory_limit})
-    return con.sql(
-        f"""
+    query = f"""
         select _ord, id, first_value(_ord) over w as kept_ord, first_value(id) over w as kept_id
-        from (select _ord, id, {DEDUP_KEY} as key from read_parquet({candidate_files!r}))
+        from (select _ord, id, {DEDUP_KEY} as key from read_parquet($files))
         window w as (partition by key order by _ord)
         qualify row_number() over w > 1
         order by _ord
-        """
-    ).to_arrow_table()
+    """
+    return con.sql(query, params={"files": candidate_files}).to_arrow_table()

@@ -4,21 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 
-ROLE_ALIASES = {
-    "system": "system",
-    "user": "user",
-    "human": "user",
-    "prompter": "user",
-    "assistant": "assistant",
-    "gpt": "assistant",
-    "bot": "assistant",
-    "model": "assistant",
-    "chatgpt": "assistant",
-    "tool": "tool",
-    "function": "tool",
-    "observation": "tool",
-    "ipython": "tool",
-}
+from tunelake.schema import ROLE_ALIASES
 
 MESSAGE_LISTS = ("messages", "prompt", "chosen", "rejected")
 

@@ -61,6 +61,9 @@ def validate(record: dict, max_chars: int) -> None:
             if not response or not any((m["content"] or m["tool_calls"]) for m in response):
                 raise Rejected(Reason.empty_response, side, "the response is empty")
             _check_turns(response, side)
+            if bad := next((i for i, m in enumerate(response) if m["role"] not in ("assistant", "tool")), None):
+                # A response is what the policy generates: a user or system turn in it would be trained on.
+                raise Rejected(Reason.bad_role_order, f"{side}[{bad}].role", "a response holds only assistant turns")
             _check_order(prompt + response, f"prompt+{side}")
             if response[-1]["role"] != "assistant":
                 raise Rejected(Reason.last_turn_not_assistant, side, f"ends with {response[-1]['role']}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from tunelake.schema import MESSAGE_FIELDS, Reason, Rejected
+from tunelake.schema import MESSAGE_FIELDS, ROLE_ALIASES, Reason, Rejected
 
 
 def text_field(row: dict, key: str) -> str:
@@ -149,6 +149,6 @@ def split_shared_prefix(chosen: list[dict], rejected: list[dict]) -> tuple[list[
     n = 0
     while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
         n += 1
-    while n > 0 and chosen[n - 1]["role"] in ("assistant", "gpt"):
+    while n > 0 and ROLE_ALIASES.get(chosen[n - 1]["role"].strip().lower()) == "assistant":
         n -= 1
     return chosen[:n], chosen[n:], rejected[n:]
