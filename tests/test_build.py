@@ -56,3 +56,13 @@ def test_detected_format_that_cannot_give_the_recipe_regime_quarantines_the_file
     reasons = lake.query("select distinct reason, detail from q", q="silver/quarantine")
     assert len(reasons) == 1 and reasons[0][0] == "unknown_format"
     assert "detected format gsm8k gives rl, sft, not preference" in reasons[0][1]
+
+
+def test_a_lake_path_with_quotes_and_spaces_builds(tmp_path, example_sources):
+    folder = tmp_path / "o'brien's lake"
+    folder.mkdir()
+    manifest, lake = run_build(write_recipe(folder, example_sources[:1]))
+    assert (
+        manifest["counts"]["hh_harmless"]["silver"] == lake.query("select count(*) from s", s="silver/records")[0][0]
+    )
+    assert (lake.root / "exports" / "preference" / "train.parquet").exists()

@@ -9,6 +9,7 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import unquote
 
 import duckdb
 import orjson
@@ -59,7 +60,8 @@ class Lake:
         """The Parquet files of one version, in write order (part names sort in the order they were written)."""
         if not self.exists(table):
             raise FileNotFoundError(f"no table {table!r} in lake {self.root}")
-        return sorted(DeltaTable(str(self.path(table)), version=version).file_uris())
+        # file_uris are URIs: a space in the lake's path comes back as %20.
+        return sorted(unquote(u) for u in DeltaTable(str(self.path(table)), version=version).file_uris())
 
     def schema(self, table: str) -> pa.Schema:
         return pa.schema(DeltaTable(str(self.path(table))).schema())
@@ -85,7 +87,7 @@ class Lake:
         for alias, table in tables.items():
             files = self.files(table)
             if files:
-                con.execute(f"create view {alias} as select * from read_parquet({files!r})")
+                con.read_parquet(files).create_view(alias)
             else:
                 con.register(alias, self.schema(table).empty_table())
         return con.execute(sql, params or {}).fetchall()

@@ -449,11 +449,32 @@ def test_glaive_function_call_becomes_an_assistant_tool_call_and_observation_a_t
     assert rec["messages"][3] == m("assistant", "Based on the birthdate you provided, you are 31 years old today.")
 
 
-def test_glaive_tools_json_string_is_kept_verbatim():
+def test_glaive_tools_json_string_is_kept_as_the_same_json():
+    # Parsed and written back compactly, so the same schemas spelled with other whitespace share an id.
     row = real_rows("glaive_toolcall_sample.jsonl")[0]
     tools = record(row, "sharegpt")["tools"]
-    assert tools == row["tools"]
+    assert orjson.loads(tools) == orjson.loads(row["tools"])
     assert orjson.loads(tools)[0]["name"] == "calculate_age"
+
+
+@pytest.mark.parametrize(
+    "tools,tool_calls,reason,field",
+    [
+        ("not json", None, "invalid_json", "tools"),
+        ('{"name": "f"}', None, "wrong_type", "tools"),
+        (None, '["x"]', "wrong_type", "messages[1].tool_calls"),
+        (None, '[{"function": {"arguments": {}}}]', "wrong_type", "messages[1].tool_calls"),
+    ],
+)
+def test_malformed_tools_and_tool_calls_are_quarantined_at_ingest(tools, tool_calls, reason, field):
+    row = {
+        "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "", "tool_calls": tool_calls}]
+    }
+    if tools is not None:
+        row["tools"] = tools
+    with pytest.raises(Rejected) as caught:
+        record(row, "openai")
+    assert (caught.value.reason.value, caught.value.field) == (reason, field)
 
 
 def test_glaive_each_function_call_turn_keeps_its_own_arguments():
@@ -510,7 +531,7 @@ def test_reason_tool_use_tool_call_part_becomes_tool_calls_and_reasoning_part_re
             },
         }
     ]
-    assert rec["tools"] == row["tools"]
+    assert orjson.loads(rec["tools"]) == orjson.loads(row["tools"])
 
 
 def test_reason_tool_use_two_tool_call_parts_stay_in_order_in_one_message():

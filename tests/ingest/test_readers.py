@@ -47,3 +47,10 @@ def test_each_container_gives_the_same_rows_and_a_file_hash(tmp_path, kind):
     assert rows == ALPACA
     assert report.rows == len(ALPACA) and not report.issues
     assert len(report.sha256) == 64 and report.bytes == path.stat().st_size
+
+
+def test_csv_values_are_read_as_text_not_guessed_numbers(tmp_path):
+    path = tmp_path / "bank.csv"
+    path.write_text("prompt,answer,verifier\nWhat is the code?,007,exact_match\nPrice?,1.50,numeric\n")
+    rows, report = _rows(path)
+    assert [r["answer"] for r in rows] == ["007", "1.50"] and not report.issues

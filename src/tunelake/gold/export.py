@@ -75,7 +75,7 @@ def run_export(task: ExportTask) -> list[Path]:
         return []
     config = {"memory_limit": "128MB", "threads": 1, "preserve_insertion_order": True}
     con = duckdb.connect(config=config)
-    con.execute(f"create view gold as select * from read_parquet({files!r})")
+    con.read_parquet(files).create_view("gold")
     query = _select(con, regime, split)
     folder = out_dir / regime.value
     folder.mkdir(parents=True, exist_ok=True)
@@ -83,7 +83,8 @@ def run_export(task: ExportTask) -> list[Path]:
     for fmt in formats:
         path = folder / f"{split}.{fmt}"
         tmp = folder / f".{split}.{fmt}.tmp"
-        con.execute(f"copy ({query}) to '{tmp}' {FORMATS[fmt]}")
+        target = str(tmp).replace("'", "''")  # a SQL string literal: quotes in the lake's path are doubled
+        con.execute(f"copy ({query}) to '{target}' {FORMATS[fmt]}")
         os.replace(tmp, path)
         written.append(path)
     return written

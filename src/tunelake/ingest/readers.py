@@ -210,6 +210,14 @@ def _serialised(path: str, rows: Iterator[object], report: FileReport, chunk_byt
         yield RawChunk(path, first_row, b"\n".join(lines) + b"\n")
 
 
+def _csv_as_text(path: str, codec: str | None) -> pacsv.CSVStreamingReader:
+    """Every CSV column read as text: type guessing would turn "007" into 7 and "1.50" into 1.5, and fail on a
+    column whose values change type after the first block."""
+    names = pacsv.open_csv(pa.input_stream(path, compression=codec)).schema.names
+    options = pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()))
+    return pacsv.open_csv(pa.input_stream(path, compression=codec), convert_options=options)
+
+
 def _table_chunks(path: str, kind: str, compression: str, report: FileReport, chunk_bytes: int) -> Iterator[RawChunk]:
     sha = hashlib.sha256()
     with open(path, "rb") as f:
@@ -222,7 +230,7 @@ def _table_chunks(path: str, kind: str, compression: str, report: FileReport, ch
         if kind == "parquet":
             batches = pq.ParquetFile(path).iter_batches(batch_size=4096)
         else:
-            batches = pacsv.open_csv(pa.input_stream(path, compression={"gz": "gzip", "zst": "zstd"}.get(compression)))
+            batches = _csv_as_text(path, {"gz": "gzip", "zst": "zstd"}.get(compression))
         rows = (row for batch in batches for row in batch.to_pylist())
         yield from _serialised(path, rows, report, chunk_bytes)
     except Exception as e:  # noqa: BLE001 - any reader failure is a property of this file, not of the build

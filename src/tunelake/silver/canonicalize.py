@@ -173,7 +173,9 @@ def _canonicalize(chunk: RawChunk, plan: FilePlan, run_id: str) -> ChunkResult:
                 raise Rejected(Reason.invalid_json, None, str(e)) from None
             try:
                 record, changes = canonical_record(obj, plan)
-            except (TypeError, KeyError, AttributeError, ValueError) as e:  # a value of a shape no check foresaw
+            except Rejected:
+                raise
+            except Exception as e:  # noqa: BLE001 - a value of a shape no check foresaw rejects its row only
                 raise Rejected(
                     Reason.wrong_type, None, f"the {plan.adapter} format cannot read this row: {e!r}"
                 ) from None

@@ -95,9 +95,31 @@ _MESSAGE_KEYS = frozenset(
 EXTRA = "_extra"
 
 
+def _json_list_of_objects(value: object, where: str) -> list[dict]:
+    """A list of JSON objects, given as such or as JSON text; else Rejected naming the field."""
+    if isinstance(value, str):
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError as e:
+            raise Rejected(Reason.invalid_json, where, f"expected JSON: {e}") from None
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise Rejected(Reason.wrong_type, where, "expected a list of objects")
+    return value
+
+
 def tools_json(value: object) -> str | None:
     """Tool schemas as JSON text; an empty list (or its JSON text) means no tools."""
-    return None if value in (None, "", "[]", []) else as_json(value)
+    return None if value in (None, "", "[]", []) else as_json(_json_list_of_objects(value, "tools"))
+
+
+def tool_calls_json(value: object, where: str) -> str | None:
+    """Tool calls as JSON text in the OpenAI shape, each with a function name; None when there are none."""
+    if value in (None, "", "[]", []):
+        return None
+    calls = [function_call(c) for c in _json_list_of_objects(value, where)]
+    if not all(isinstance(c.get("function"), dict) and isinstance(c["function"].get("name"), str) for c in calls):
+        raise Rejected(Reason.wrong_type, where, "expected each tool call to name its function")
+    return as_json(calls)
 
 
 def chat_message(value: object, where: str) -> dict:
@@ -114,7 +136,7 @@ def chat_message(value: object, where: str) -> dict:
         content, reasoning, calls = _content(raw_content, f"{where}.content")
     except orjson.JSONDecodeError as e:
         raise Rejected(Reason.invalid_json, f"{where}.content", f"tool_call part is not JSON: {e}") from None
-    tool_calls = value.get("tool_calls") or calls or None
+    tool_calls = tool_calls_json(value.get("tool_calls") or calls or None, f"{where}.tool_calls")
     reasoning = value.get("reasoning_content", reasoning)
     for key, val in (
         ("name", value.get("name")),
@@ -127,7 +149,7 @@ def chat_message(value: object, where: str) -> dict:
         role,
         content,
         name=value.get("name"),
-        tool_calls=as_json(tool_calls),
+        tool_calls=tool_calls,
         tool_call_id=value.get("tool_call_id"),
         reasoning_content=reasoning,
     )

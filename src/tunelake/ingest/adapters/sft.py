@@ -6,14 +6,13 @@ import orjson
 
 from tunelake.ingest.adapters import Adapter
 from tunelake.ingest.adapters.messages import (
-    as_json,
     chat_message,
     chat_messages,
-    function_call,
     list_field,
     message,
     optional_text,
     text_field,
+    tool_calls_json,
     tools_json,
 )
 from tunelake.schema import Reason, Regime, Rejected
@@ -31,7 +30,7 @@ def _sharegpt_turn(turn: object, where: str) -> dict:
             call = orjson.loads(msg["content"] or "")
         except orjson.JSONDecodeError as e:
             raise Rejected(Reason.invalid_json, f"{where}.value", f"function_call is not JSON: {e}") from None
-        return message("assistant", "", tool_calls=as_json([function_call(call)]))
+        return message("assistant", "", tool_calls=tool_calls_json([call], f"{where}.value"))
     if msg["role"] == "observation":
         msg["role"] = "tool"
     return msg
