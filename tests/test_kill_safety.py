@@ -72,5 +72,7 @@ def test_sigkill_at_any_point_leaves_tables_readable_and_rerun_converges(tmp_pat
         proc.wait()
         _all_versions_readable(killed)
         silver_v = killed.version("silver/records")
+    assert killed.orphans("none")  # the killed builds' parts, which no version references...
     run_build(recipe)
     assert gold_digest(killed) == expected
+    assert not killed.orphans("none")  # ...are removed by the next build

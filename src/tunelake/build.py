@@ -13,13 +13,13 @@ previous version, and re-running it gives the same result.
 from __future__ import annotations
 
 import resource
-import shutil
 import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import orjson
@@ -86,6 +86,7 @@ class _Run:
     stages: dict[str, dict] = field(default_factory=dict)
     tables: dict[str, int] = field(default_factory=dict)
     tokenized: dict | None = None
+    schemas: dict[str, pa.Schema] = field(default_factory=dict)  # tables to commit, in order
 
     @property
     def addresses(self) -> Addresses:
@@ -95,8 +96,19 @@ class _Run:
         for part in parts:
             self.parts[part.table].append(part)
 
-    def commit(self, table: str, schema: pa.Schema) -> None:
-        self.tables[table] = self.lake.commit(table, schema, self.parts.pop(table, []), self.run_id)
+    def publish(self, table: str, schema: pa.Schema) -> None:
+        """Mark a table's staged parts as its next version; every table is committed at the end of the build."""
+        self.schemas[table] = schema
+
+    def staged_files(self, table: str) -> list[str]:
+        """The parts this build wrote for a table, in order (what later stages read before anything commits)."""
+        return [
+            str(self.lake.root / p.table / p.name) for p in sorted(self.parts.get(table, []), key=lambda p: p.name)
+        ]
+
+    def commit_all(self) -> None:
+        for table, schema in self.schemas.items():
+            self.tables[table] = self.lake.commit(table, schema, self.parts.get(table, []), self.run_id)
 
     def timed(self, stage: str, records: int, started: float) -> None:
         seconds = time.perf_counter() - started
@@ -138,13 +150,17 @@ def build(recipe: Recipe, recipe_sha256: str, progress: Progress | None = None) 
     tokenize = _plan_tokenize(recipe)
     with lake.lock(), LocalEngine(recipe.engine.resolved_workers()) as engine:
         lake.clear_staging()  # leftovers of a killed build
+        lake.remove_orphans(run.run_id)
         candidates = _canonicalize(run, engine)
         dropped = _dedup(run, engine, candidates)
         _publish(run, engine, candidates, dropped)
         if tokenize:
             _tokenize(run, engine, tokenize)
-        run.commit("ledger", LEDGER)
-        _export(run, engine)
+        run.publish("ledger", LEDGER)
+        exports = _export(run, engine)
+        # Nothing is committed until every stage has succeeded and the counts reconcile.
+        run.commit_all()
+        lake.replace_exports(exports)
         lake.clear_staging()
         manifest = _manifest(run, recipe_sha256, started_at)
         lake.write_manifest(manifest)
@@ -212,8 +228,8 @@ def _canonicalize(run: _Run, engine: LocalEngine) -> list[Staged]:
     run.progress.finish()
     _file_issues(run)
     for source in run.recipe.sources:
-        run.commit(f"bronze/{source.name}", BRONZE)
-    run.commit("silver/quarantine", QUARANTINE)
+        run.publish(f"bronze/{source.name}", BRONZE)
+    run.publish("silver/quarantine", QUARANTINE)
     run.timed("canonicalize", sum(c["bronze"] for c in run.counts.values()), started)
     return candidates
 
@@ -268,13 +284,14 @@ def _dedup(run: _Run, engine: LocalEngine, candidates: list[Staged]) -> pa.Table
     """The duplicates among all candidates (ordinal, id, kept ordinal, kept id), logged as ledger drops."""
     started = time.perf_counter()
     files = [str(run.lake.root / s.part.table / s.part.name) for s in candidates]
-    (dups,) = engine.map(exact_duplicates, [files])  # on a worker: DuckDB's working memory never joins the parent
+    # On the pool, when there is one: DuckDB's working memory then never joins the parent's.
+    (dups,) = engine.map(exact_duplicates, [files])
     if dups.num_rows:
         kept_source, kept_file, kept_row = run.addresses.of(dups["kept_ord"])
         detail = pc.binary_join_element_wise(
             "kept ", kept_source, ":", kept_file, ":", pc.cast(kept_row, pa.string()), ""
         )
-        reason = pc.binary_join_element_wise("duplicate_of:", dups["kept_id"], "")
+        reason = pc.binary_join_element_wise(f"{Reason.duplicate.value}:", dups["kept_id"], "")
         drops = run.addresses.ledger(dups["_ord"], dups["id"], "dedup", "drop", reason, detail, run.run_id)
         run.add([write_part(run.lake.root, "ledger", part_name(run.run_id, STEP_DEDUP, 0), drops)])
         for item in pc.value_counts(drops["source"]).to_pylist():
@@ -303,12 +320,12 @@ def _publish(run: _Run, engine: LocalEngine, candidates: list[Staged], dups: pa.
         run.progress.advance(sum(done.silver.values()))
     run.progress.finish()
     _reconcile(run)
-    run.commit("silver/records", RECORD)
+    run.publish("silver/records", RECORD)
     for regime in Regime:
         for split in SPLITS:
             table = gold_table(regime, split)
             run.counts["_gold"][table] = sum(p.rows for p in run.parts.get(table, []))
-            run.commit(table, gold_schema(regime))
+            run.publish(table, gold_schema(regime))
     run.timed("publish", sum(run.counts[s.name]["silver"] for s in run.recipe.sources), started)
 
 
@@ -319,6 +336,10 @@ def _plan_tokenize(recipe: Recipe) -> TokenizePlan | None:
         return plan_tokenize(recipe.gold.tokenize)
     except TemplateError as e:
         raise RecipeError(f"gold.tokenize: {e}") from None
+    except Exception as e:  # noqa: BLE001 - an unreadable tokenizer config, a template that raises when probed
+        raise RecipeError(
+            f"gold.tokenize: cannot use {recipe.gold.tokenize.tokenizer}: {type(e).__name__}: {e}"
+        ) from None
 
 
 def _tokenize(run: _Run, engine: LocalEngine, plan: TokenizePlan) -> None:
@@ -328,7 +349,7 @@ def _tokenize(run: _Run, engine: LocalEngine, plan: TokenizePlan) -> None:
         (regime, split, file)
         for regime in Regime
         for split in SPLITS
-        for file in run.lake.files(gold_table(regime, split))
+        for file in run.staged_files(gold_table(regime, split))
     ]
     # seq runs over all tasks: their quarantine and ledger parts share two tables and must not share names.
     tasks = [
@@ -354,8 +375,8 @@ def _tokenize(run: _Run, engine: LocalEngine, plan: TokenizePlan) -> None:
     run.progress.finish()
     for regime in Regime:
         for split in SPLITS:
-            run.commit(plan.table(regime, split), TOKENIZED[regime])
-    run.commit(plan.quarantine, TOKENIZE_QUARANTINE)
+            run.publish(plan.table(regime, split), TOKENIZED[regime])
+    run.publish(plan.quarantine, TOKENIZE_QUARANTINE)
     run.tokenized = {
         "fingerprint": plan.fingerprint,
         "template": plan.template_name,
@@ -366,26 +387,34 @@ def _tokenize(run: _Run, engine: LocalEngine, plan: TokenizePlan) -> None:
     run.timed("tokenize", sum(c["examples"] + c["rejected"] for c in counts.values()), started)
 
 
-PACK_WINDOW = 65_536  # examples packed together: a window wastes at most one bin, and bounds memory
+PACK_WINDOW_EXAMPLES = 65_536  # examples packed together: a window wastes at most one bin, and bounds memory
+PACK_WINDOW_TOKENS = 1 << 28  # ...and so many tokens (a pack holds at most 2**31 - 1)
 
 
 def _pack(run: _Run, engine: LocalEngine, plan: TokenizePlan) -> dict:
     """gold/tokenized/<fp>/sft_packed/<split>: each split's examples packed in windows of consecutive parts."""
-    tasks, seq = [], 0
+    tasks = []
     for split in SPLITS:
-        table = plan.table(Regime.sft, split)
-        window: list[str] = []
-        files = run.lake.files(table)
+        files = run.staged_files(plan.table(Regime.sft, split))
+        window, examples, tokens = [], 0, 0
         for i, file in enumerate(files):
+            meta = pq.ParquetFile(file).metadata
+            column = next(c for c in range(meta.num_columns) if meta.schema.column(c).path.startswith("input_ids"))
             window.append(file)
-            rows = sum(pq.ParquetFile(f).metadata.num_rows for f in window)
-            if rows >= PACK_WINDOW or i == len(files) - 1:
+            examples += meta.num_rows
+            tokens += sum(meta.row_group(g).column(column).num_values for g in range(meta.num_row_groups))
+            if examples >= PACK_WINDOW_EXAMPLES or tokens >= PACK_WINDOW_TOKENS or i == len(files) - 1:
                 tasks.append(
                     PackTask(
-                        run.lake.root, run.run_id, seq, window, plan.packed_table(split), plan.settings.max_length
+                        run.lake.root,
+                        run.run_id,
+                        len(tasks),
+                        window,
+                        plan.packed_table(split),
+                        plan.settings.max_length,
                     )
                 )
-                window, seq = [], seq + 1
+                window, examples, tokens = [], 0, 0
     per_split: dict[str, list[PackStats]] = defaultdict(list)
     for task, (parts, stats) in zip(tasks, engine.map(run_pack, tasks), strict=True):
         run.add(parts)
@@ -393,7 +422,7 @@ def _pack(run: _Run, engine: LocalEngine, plan: TokenizePlan) -> dict:
     report = {}
     for split in SPLITS:
         table = plan.packed_table(split)
-        run.commit(table, PACKED)
+        run.publish(table, PACKED)
         stats = per_split.get(table, [])
         total = PackStats(
             plan.settings.max_length,
@@ -415,18 +444,19 @@ def _reconcile(run: _Run) -> None:
             raise RuntimeError(f"counts do not reconcile for source {source.name}: {dict(c)}; nothing was published")
 
 
-def _export(run: _Run, engine: LocalEngine) -> None:
+def _export(run: _Run, engine: LocalEngine) -> Path:
+    """Every gold table exported into staging; they replace the lake's exports once all commits are done."""
     started = time.perf_counter()
-    out = run.lake.root / "exports"
-    shutil.rmtree(out, ignore_errors=True)  # exports mirror the current gold, nothing older
+    staging = run.lake.root / "_staging" / run.run_id / "exports"
     tasks = [
-        ExportTask(run.lake.files(gold_table(regime, split)), regime, split, out, run.recipe.gold.export)
+        ExportTask(run.staged_files(gold_table(regime, split)), regime, split, staging, run.recipe.gold.export)
         for regime in Regime
         for split in SPLITS
     ]
     for _ in engine.map(run_export, tasks):
         pass
     run.timed("export", sum(run.counts["_gold"].values()), started)
+    return staging
 
 
 def _manifest(run: _Run, recipe_sha256: str, started_at: str) -> dict:

@@ -115,6 +115,9 @@ def explain(
     lk = Lake(lake)
     if ":" in record:
         source, *file, row = record.split(":")
+        if not row.isdigit():
+            console.print(f"[red]{record}: expected SOURCE:ROW or SOURCE:FILE:ROW with a row number.[/red]")
+            raise typer.Exit(2)
         where = "source = $source and row = $row" + (" and file like $file" if file else "")
         params = {"source": source, "row": int(row)} | ({"file": f"%{file[0]}"} if file else {})
     else:

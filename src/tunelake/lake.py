@@ -68,12 +68,6 @@ class Lake:
 
     # Reads go through pyarrow.parquet on the version's file list: deltalake's to_pyarrow_table was seen
     # to abort the interpreter at exit, and the file list keeps write order.
-    def batches(
-        self, table: str, columns: list[str] | None = None, version: int | None = None
-    ) -> Iterator[pa.RecordBatch]:
-        for f in self.files(table, version):
-            yield from pq.ParquetFile(f, pre_buffer=False).iter_batches(columns=columns, batch_size=8192)
-
     def read(self, table: str, columns: list[str] | None = None, version: int | None = None) -> pa.Table:
         files = self.files(table, version)
         if not files:
@@ -115,10 +109,36 @@ class Lake:
             )
         return DeltaTable(uri).version()
 
-    def staging(self, run_id: str) -> Path:
-        path = self.root / "_staging" / run_id
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+    def replace_exports(self, new: Path) -> None:
+        """Swap in a build's exports: the old ones stay whole until the new ones are complete."""
+        current, old = self.root / "exports", self.root / "_staging" / "exports.old"
+        if current.exists():
+            os.replace(current, old)
+        if new.exists():
+            os.replace(new, current)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def orphans(self, run_id: str) -> list[Path]:
+        """Parquet parts that no version of their table references (written by builds killed before their commit),
+        other than the running build's own."""
+        found = []
+        for table in self.tables():
+            folder = self.path(table)
+            referenced = set()
+            for commit in (folder / "_delta_log").glob("*.json"):
+                for line in commit.read_text().splitlines():
+                    if action := json.loads(line).get("add"):
+                        referenced.add(unquote(action["path"]))
+            found += [p for p in folder.glob("part-*.parquet") if p.name not in referenced and run_id not in p.name]
+        return found
+
+    def remove_orphans(self, run_id: str) -> int:
+        """Delete the orphaned parts; only under the build lock (a running build's parts are orphans until it
+        commits). Returns how many."""
+        parts = self.orphans(run_id)
+        for part in parts:
+            part.unlink()
+        return len(parts)
 
     def clear_staging(self) -> None:
         shutil.rmtree(self.root / "_staging", ignore_errors=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from datetime import date
 from pathlib import Path
 from typing import Literal
 
@@ -93,8 +94,9 @@ class Tokenize(_Strict):
         description="An example over max_length is dropped, or cut from the left (keeping the last assistant "
         "turn whole) or from the right; a cut that leaves no trained token drops it.",
     )
-    template_date: str = Field(
-        "2024-07-26", description="The date a template that prints today's date sees, so renders are reproducible."
+    template_date: date = Field(
+        date(2024, 7, 26),
+        description="The date a template that prints today's date sees, so renders are reproducible.",
     )
     pack: Pack = Field(default_factory=Pack, description="Packing of SFT examples.")
 

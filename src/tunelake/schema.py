@@ -132,7 +132,7 @@ CONTENT_FIELDS = (
 
 
 class Reason(StrEnum):
-    """Why a record was quarantined or dropped. Each code is documented in docs/reasons.md."""
+    """Why a record was quarantined or dropped. Each code is explained in the README's table of reason codes."""
 
     invalid_json = "invalid_json"
     invalid_utf8 = "invalid_utf8"

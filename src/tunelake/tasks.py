@@ -2,7 +2,7 @@
 
 Each task runs one stage over one piece of the input and writes the stage's outputs as Parquet parts itself,
 returning only what the parent needs to count and commit: no data travels back between processes. Tasks
-import no Delta or DuckDB code, so workers stay small.
+import no Delta code; only the dedup and export steps run DuckDB in a worker.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tunelake.engine.local import ordered_map
+from tunelake.engine.local import LocalEngine
 
 
 def _square(x: int) -> int:
@@ -13,7 +13,8 @@ def _square(x: int) -> int:
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_ordered_map_keeps_input_order(workers):
-    assert list(ordered_map(_square, iter(range(50)), workers)) == [x * x for x in range(50)]
+    with LocalEngine(workers) as engine:
+        assert list(engine.map(_square, iter(range(50)))) == [x * x for x in range(50)]
 
 
 def _fail_on_three(x: int) -> int:
@@ -23,5 +24,5 @@ def _fail_on_three(x: int) -> int:
 
 
 def test_a_worker_error_reaches_the_caller():
-    with pytest.raises(ValueError, match="three"):
-        list(ordered_map(_fail_on_three, iter(range(10)), 2))
+    with pytest.raises(ValueError, match="three"), LocalEngine(2) as engine:
+        list(engine.map(_fail_on_three, iter(range(10))))

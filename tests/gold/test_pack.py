@@ -10,7 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from tunelake.gold.tokenize.pack import IGNORE_INDEX, PackStats, best_fit_decreasing, pack
+from tunelake.gold.tokenize.masks import IGNORE as IGNORE_INDEX
+from tunelake.gold.tokenize.pack import PackStats, best_fit_decreasing, pack
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 if not DATA.exists():

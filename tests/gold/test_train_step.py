@@ -18,7 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from tunelake.gold.tokenize.pack import IGNORE_INDEX, pack
+from tunelake.gold.tokenize.masks import IGNORE as IGNORE_INDEX
+from tunelake.gold.tokenize.pack import pack
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -58,9 +58,3 @@ def _run_and_release(fn: Callable[[T], R], item: T) -> R:
         return fn(item)
     finally:
         pa.default_memory_pool().release_unused()
-
-
-def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
-    """fn over items in order, on a pool used for this one map."""
-    with LocalEngine(workers) as engine:
-        yield from engine.map(fn, items)

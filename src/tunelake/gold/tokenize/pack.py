@@ -26,7 +26,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-IGNORE_INDEX = -100
+from tunelake.gold.tokenize.masks import IGNORE
+
 _INT32_MAX = 2**31 - 1
 
 
@@ -155,7 +156,7 @@ def pack(table: pa.Table, max_length: int) -> tuple[pa.Table, PackStats]:
 
     flat_input_ids = input_ids.take(order).flatten().cast(pa.int32())
     flat_labels = labels.take(order).flatten().cast(pa.int32()).to_numpy(zero_copy_only=False).copy()
-    flat_labels[example_starts] = IGNORE_INDEX
+    flat_labels[example_starts] = IGNORE
     # Positions count up by 1 and drop back to 0 at each example start: one cumsum over the step sizes.
     position_ids = np.ones(tokens, dtype=np.int32)
     if tokens:

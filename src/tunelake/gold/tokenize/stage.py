@@ -184,7 +184,7 @@ class TokenizePlan:
 def plan_tokenize(cfg: Tokenize) -> TokenizePlan:
     """Load and probe the template and tokenizer once, up front, so a bad path or template fails the build
     before it reads any data; raises TemplateError."""
-    spec = TokenizerSpec(cfg.tokenizer, cfg.chat_template, date.fromisoformat(cfg.template_date))
+    spec = TokenizerSpec(cfg.tokenizer, cfg.chat_template, cfg.template_date)
     template, _ = spec.load()
     settings = MaskSettings(cfg.max_length, cfg.train_on, cfg.train_on_eot, cfg.overlong)
     fp = fingerprint(cfg.tokenizer, template, cfg.model_dump(mode="json", exclude={"tokenizer"}))
