@@ -73,3 +73,14 @@ def test_responses_differing_only_in_reasoning_the_template_drops_are_rejected()
     with pytest.raises(Rejected) as caught:
         preference_example(chat, tok, prompt, chosen, rejected, settings())
     assert caught.value.reason == Reason.template_dropped_content
+
+
+def test_token_span_classification_on_hand_made_offsets():
+    import numpy as np
+
+    from tunelake.gold.tokenize.masks import _token_spans
+
+    offsets = np.array([[0, 5], [5, 8], [27, 29], [28, 31], [31, 40], [40, 42], [44, 46], [46, 46]])
+    inside, straddle = _token_spans(offsets, [(29, 40), (42, 46)])
+    assert inside.tolist() == [False, False, False, False, True, False, True, False]
+    assert straddle.tolist() == [False, False, False, True, False, False, False, False]

@@ -215,24 +215,28 @@ def _check_prefix_stable(template, messages, tools, text: str, spans: list[tuple
 
 
 def _token_spans(offsets: np.ndarray, spans: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
-    """(inside, straddling) per token: fully within a span, or crossing a span's edge."""
+    """(inside, straddling) per token: fully within a span, or crossing a span's edge (spans sorted, disjoint)."""
     starts, ends = offsets[:, 0], offsets[:, 1]
-    inside = np.zeros(len(offsets), bool)
-    straddle = np.zeros(len(offsets), bool)
-    for s, e in spans:
-        within = (starts >= s) & (ends <= e) & ((starts < e) | (ends > s))
-        overlaps = (starts < e) & (ends > s)
-        inside |= within
-        straddle |= overlaps & ~within
-    return inside, straddle
+    span_starts = np.fromiter((s for s, _ in spans), np.int64, len(spans))
+    span_ends = np.fromiter((e for _, e in spans), np.int64, len(spans))
+    before = np.searchsorted(span_starts, starts, side="right") - 1  # the last span starting at or before a token
+    has, k = before >= 0, np.maximum(before, 0)
+    inside = has & (starts < span_ends[k]) & (ends <= span_ends[k])
+    overlaps = has & (starts < span_ends[k]) & (ends > span_starts[k])
+    nxt = np.minimum(before + 1, len(spans) - 1)  # the first span starting after the token starts
+    into_next = (before + 1 < len(spans)) & (starts < span_starts[nxt]) & (ends > span_starts[nxt])
+    return inside, (overlaps & ~inside) | into_next
 
 
-def _covered(length: int, ranges: np.ndarray) -> np.ndarray:
-    """Boolean per character: covered by any of the [start, end) ranges."""
-    marks = np.zeros(length + 1, np.int64)
-    np.add.at(marks, ranges[:, 0], 1)
-    np.add.at(marks, ranges[:, 1], -1)
-    return np.cumsum(marks)[:length] > 0
+def _runs(ranges: np.ndarray) -> np.ndarray:
+    """[start, end) ranges (sorted by start) merged where they overlap or touch: the characters they cover."""
+    if not len(ranges):
+        return ranges.reshape(0, 2)
+    reach = np.maximum.accumulate(ranges[:, 1])
+    new = np.concatenate(([True], ranges[1:, 0] > reach[:-1]))
+    first = np.flatnonzero(new)
+    last = np.concatenate((first[1:] - 1, [len(ranges) - 1]))
+    return np.stack([ranges[first, 0], reach[last]], axis=1)
 
 
 def sft_labels(rendered: Rendered, ids: np.ndarray, offsets: np.ndarray, tok: TextTokenizer) -> np.ndarray:
@@ -241,12 +245,12 @@ def sft_labels(rendered: Rendered, ids: np.ndarray, offsets: np.ndarray, tok: Te
     if len(ids) > 1 and tok.bos_id is not None and ids[0] == ids[1] == tok.bos_id:
         raise Rejected(Reason.double_bos, None, "the rendered text starts with two BOS tokens")
     reject_control_text(tok, rendered.texts, None)
-    if tok.special_ids and rendered.contents:
-        special = np.isin(ids, list(tok.special_ids))
-        in_content, _ = _token_spans(offsets, rendered.contents)
-        hit = np.flatnonzero(special & in_content)
-        if len(hit):
-            s, e = offsets[hit[0]]
+    if rendered.contents:
+        # Only the special tokens need checking against the message contents: a handful per record.
+        special = np.flatnonzero(tok.is_special[ids])
+        in_content, _ = _token_spans(offsets[special], rendered.contents)
+        if in_content.any():
+            s, e = offsets[special[np.flatnonzero(in_content)[0]]]
             raise Rejected(Reason.special_token_in_content, None, f"{text[s:e]!r} inside a message would end a turn")
     inside, straddle = _token_spans(offsets, spans)
     if straddle.any():
@@ -256,11 +260,12 @@ def sft_labels(rendered: Rendered, ids: np.ndarray, offsets: np.ndarray, tok: Te
     if not inside.any():
         raise Rejected(Reason.mask_empty, None, "no token is trained")
     # Audit (a): trained characters are exactly the spans.
-    trained_chars = _covered(len(text), offsets[inside])
-    span_chars = _covered(len(text), np.asarray(spans, np.int64))
-    if not np.array_equal(trained_chars, span_chars):
-        at = int(np.flatnonzero(trained_chars != span_chars)[0])
-        raise Rejected(Reason.mask_audit_failed, None, f"trained characters differ from the spans at char {at}")
+    trained_runs = _runs(offsets[inside][(offsets[inside, 1] > offsets[inside, 0])])
+    span_runs = _runs(np.asarray(spans, np.int64))
+    if not np.array_equal(trained_runs, span_runs):
+        raise Rejected(
+            Reason.mask_audit_failed, None, f"trained characters {trained_runs.tolist()} != spans {span_runs.tolist()}"
+        )
     # Audit (b): decoding the trained tokens gives back each span's text.
     if tok.round_trips:
         for s, e in spans:

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from datetime import date
 from functools import cached_property
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -161,8 +162,18 @@ class TextTokenizer:
         """(ids, offsets) per text; the text already holds its special tokens, so none are added."""
         out = []
         for enc in self.tokenizer.encode_batch(texts, add_special_tokens=False):
-            out.append((np.asarray(enc.ids, dtype=np.int32), np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)))
+            n = len(enc.ids)
+            ids = np.fromiter(enc.ids, np.int32, n)
+            offsets = np.fromiter(chain.from_iterable(enc.offsets), np.int64, 2 * n).reshape(n, 2)
+            out.append((ids, offsets))
         return out
+
+    @cached_property
+    def is_special(self) -> np.ndarray:
+        """A lookup table over the vocabulary: True for special token ids."""
+        table = np.zeros(self.tokenizer.get_vocab_size(with_added_tokens=True) + 1, bool)
+        table[list(self.special_ids)] = True
+        return table
 
     def decode(self, ids: np.ndarray) -> str:
         return self.tokenizer.decode(ids.tolist(), skip_special_tokens=False)
