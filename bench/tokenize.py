@@ -6,8 +6,8 @@ Three sides, each in its own subprocess, on the same list of conversations and t
 - tunelake: what `tunelake build` runs for SFT tokenization: `tasks.run_tokenize` (read a gold part, render with the
   chat template, encode, mask, audit, write the tokenized part and the quarantine) over gold parts of --chunk-rows
   canonical records on `LocalEngine(--workers)`, then `tasks.run_pack` (best-fit decreasing, max_length) over
-  windows of `build.PACK_WINDOW_EXAMPLES` examples, as with `gold.tokenize.pack.enabled: true`. Timed from the pool's start
-  (spawned workers import tunelake there) to its shutdown; the plan (template load + probe) is not timed.
+  windows of `build.PACK_WINDOW_EXAMPLES` examples, as with `gold.tokenize.pack.enabled: true`. Timed from the
+  pool's start (spawned workers import tunelake there) to its shutdown; the plan (template load + probe) is not timed.
 - floor: `tokenizers.Tokenizer.encode_batch` (with offsets, no special tokens added, as tunelake encodes) of the
   texts tunelake's template renders, in chunks of --chunk-rows, in one process with the Rust (rayon) thread pool
   set to --workers threads. Rendering is done once, up front, and not timed.
