@@ -1,5 +1,6 @@
 """Tokenize benchmark: SFT render + tokenize + mask + audit + pack on >= 100k real conversations, against the floor
-and against TRL, in the same run.
+and against TRL, in the same run. (Not named tokenize.py: a script's folder comes first on sys.path, and a
+bench/tokenize.py would shadow the standard library's `tokenize` for every script in bench/.)
 
 Three sides, each in its own subprocess, on the same list of conversations and the same tokenizer:
 
@@ -31,10 +32,10 @@ Conversations are built deterministically from the real data in shared/data (alp
 alpaca/identity demos, FastChat's multi-turn dummy conversations, OASST2 trees walked root -> leaf, GSM8K train,
 HH-RLHF harmless chosen transcripts), shuffled, and repeated with a varied first user turn to reach --records.
 
-    python bench/tokenize.py --quick                    # 10k conversations, 1 run
-    python bench/tokenize.py                            # 100k conversations, medians of 3 runs
-    python bench/tokenize.py --tokenizer llama-3.1-instruct
-    python bench/tokenize.py --quick --profile-only     # cProfile of run_tokenize on one gold part
+    python bench/tokenization.py --quick                    # 10k conversations, 1 run
+    python bench/tokenization.py                            # 100k conversations, medians of 3 runs
+    python bench/tokenization.py --tokenizer llama-3.1-instruct
+    python bench/tokenization.py --quick --profile-only     # cProfile of run_tokenize on one gold part
 """
 
 from __future__ import annotations
