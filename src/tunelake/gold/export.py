@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import pyarrow.parquet as pq
 
 from tunelake.schema import MESSAGE_FIELDS, Regime
 
@@ -39,10 +40,25 @@ def _messages(con: duckdb.DuckDBPyConnection, column: str) -> str:
     return f"list_transform({column}, lambda m: {{{', '.join(fields)}}}) as {column}"
 
 
-def _select(con: duckdb.DuckDBPyConnection, regime: Regime, split: str) -> str:
+def _sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _row_index(files: list[str]) -> str:
+    """A DuckDB expression for a row's index in the whole table: its row in its file plus the rows of the files
+    before it. A streaming alternative to row_number() over (), which holds the whole table in memory."""
+    offsets, total = [], 0
+    for f in files:
+        offsets.append(f"when {_sql_text(f)} then {total}")
+        total += pq.ParquetFile(f).metadata.num_rows
+    return f"(case filename {' '.join(offsets)} end + file_row_number)"
+
+
+def _select(con: duckdb.DuckDBPyConnection, regime: Regime, split: str, files: list[str]) -> str:
     if regime == Regime.sft:
         has_tools = con.execute("select count(tools) > 0 from gold").fetchone()[0]
-        return f"select id, {_messages(con, 'messages')}{', json(tools) as tools' if has_tools else ''} from gold"
+        tools = ", json(tools) as tools" if has_tools else ""
+        return f"select id, {_messages(con, 'messages')}{tools} from gold"
     if regime == Regime.preference:
         sides = ", ".join(_messages(con, c) for c in ("prompt", "chosen", "rejected"))
         return f"select id, {sides}, score_chosen, score_rejected from gold"
@@ -51,7 +67,7 @@ def _select(con: duckdb.DuckDBPyConnection, regime: Regime, split: str) -> str:
                {{'style': 'rule',
                  'ground_truth': case when verifier = 'python_tests' then verifier_config else answer end}}
                  as reward_model,
-               {{'split': '{split}', 'index': row_number() over () - 1, 'id': id, 'answer': answer,
+               {{'split': '{split}', 'index': {_row_index(files)}, 'id': id, 'answer': answer,
                  'verifier': verifier, 'verifier_config': verifier_config, 'difficulty': difficulty}} as extra_info
         from gold"""
 
@@ -73,10 +89,11 @@ def run_export(task: ExportTask) -> list[Path]:
     files, regime, split, out_dir, formats = task.files, task.regime, task.split, task.out_dir, task.formats
     if not files:
         return []
-    config = {"memory_limit": "128MB", "threads": 1, "preserve_insertion_order": True}
+    config = {"memory_limit": "256MB", "threads": 1, "preserve_insertion_order": True}
     con = duckdb.connect(config=config)
-    con.read_parquet(files).create_view("gold")
-    query = _select(con, regime, split)
+    # filename and file_row_number give each row its index in the table (see _row_index).
+    con.read_parquet(files, filename=True, file_row_number=True).create_view("gold")
+    query = _select(con, regime, split, files)
     folder = out_dir / regime.value
     folder.mkdir(parents=True, exist_ok=True)
     written = []
