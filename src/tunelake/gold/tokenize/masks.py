@@ -59,20 +59,15 @@ def _render(template: ChatTemplate, messages: list[dict], tools, generation_prom
 class Rendered:
     text: str
     spans: list[tuple[int, int]]  # trained character spans, in order
-    contents: list[tuple[int, int]]  # every message's content span (special tokens may not appear inside)
-    # Other message text the template copies into the render (reasoning, tool calls): it may not spell a special
-    # token either, but has no span of its own to check tokens against.
+    # The messages' own text the template copies into the render (content, reasoning, names, tool calls, tool
+    # schemas): none of it may spell a special token, or the tokenizer would parse it as one.
     texts: tuple[str, ...] = ()
 
 
-def message_texts(messages: list[dict], tools: list[dict] | None = None, content: bool = True) -> tuple[str, ...]:
+def message_texts(messages: list[dict], tools: list[dict] | None = None) -> tuple[str, ...]:
     """The free text of template messages (content, reasoning, names, tool calls) and of the tool schemas, for the
     special-token check: the template copies all of it into the render."""
-    keys = (
-        ("content", "reasoning_content", "name", "tool_call_id")
-        if content
-        else ("reasoning_content", "name", "tool_call_id")
-    )
+    keys = ("content", "reasoning_content", "name", "tool_call_id")
     out = []
     for m in messages:
         out += [m[k] for k in keys if isinstance(m.get(k), str) and m.get(k)]
@@ -108,8 +103,8 @@ def require_rendered(template: ChatTemplate, text: str, messages: list[dict], fi
 def reject_control_text(tok: TextTokenizer, texts: tuple[str, ...], field: str | None) -> None:
     """Rejects text that spells one of the tokenizer's special tokens: it would be parsed as a control token."""
     for text in texts:
-        if hit := next((s for s in tok.special_texts if s in text), None):
-            raise Rejected(Reason.special_token_in_content, field, f"{hit!r} inside a message would end a turn")
+        if hit := tok.special_pattern.search(text):
+            raise Rejected(Reason.special_token_in_content, field, f"{hit[0]!r} inside a message would end a turn")
 
 
 def _after_header(text: str, cursor: int, header: str) -> int | None:
@@ -125,7 +120,7 @@ def render_sft(template: ChatTemplate, messages: list[dict], tools, settings: Ma
     eot = template.end_of_turn
     assistants = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
     trained = set(assistants if settings.train_on == "all_assistant" else assistants[-1:])
-    spans, contents, cursor = [], [], 0
+    spans, cursor = [], 0
     for i, msg in enumerate(messages):
         content = msg.get("content") or ""
         after = _after_header(text, cursor, template.assistant_header) if msg["role"] == "assistant" else None
@@ -143,8 +138,6 @@ def render_sft(template: ChatTemplate, messages: list[dict], tools, settings: Ma
                 Reason.template_dropped_content, f"messages[{i}].content", f"{template.name} does not render it"
             )
         end = start + len(content)
-        if content:
-            contents.append((start, end))
         if msg.get("tool_calls"):
             close = text.find(eot, max(end, after or 0))
             turn = text[cursor : close if close >= 0 else len(text)]
@@ -188,7 +181,7 @@ def render_sft(template: ChatTemplate, messages: list[dict], tools, settings: Ma
         spans.append((start, close + len(eot) if settings.train_on_eot else (close if msg.get("tool_calls") else end)))
         cursor = close + len(eot)
     _check_prefix_stable(template, messages, tools, text, spans, trained)
-    return Rendered(text, spans, contents, message_texts(messages, tools, content=False))
+    return Rendered(text, spans, message_texts(messages, tools))
 
 
 def _generation_start(template: ChatTemplate, context: list[dict], tools, text: str, i: int) -> int:
@@ -245,13 +238,6 @@ def sft_labels(rendered: Rendered, ids: np.ndarray, offsets: np.ndarray, tok: Te
     if len(ids) > 1 and tok.bos_id is not None and ids[0] == ids[1] == tok.bos_id:
         raise Rejected(Reason.double_bos, None, "the rendered text starts with two BOS tokens")
     reject_control_text(tok, rendered.texts, None)
-    if rendered.contents:
-        # Only the special tokens need checking against the message contents: a handful per record.
-        special = np.flatnonzero(tok.is_special[ids])
-        in_content, _ = _token_spans(offsets[special], rendered.contents)
-        if in_content.any():
-            s, e = offsets[special[np.flatnonzero(in_content)[0]]]
-            raise Rejected(Reason.special_token_in_content, None, f"{text[s:e]!r} inside a message would end a turn")
     inside, straddle = _token_spans(offsets, spans)
     if straddle.any():
         j = int(np.flatnonzero(straddle)[0])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from datetime import date
 from functools import cached_property
@@ -142,10 +143,9 @@ def _tokenizer_config(tokenizer_dir: Path) -> dict:
 
 @dataclass(frozen=True)
 class TextTokenizer:
-    """A fast (Rust) tokenizer with the facts masking needs: special token ids, BOS, round-tripping."""
+    """A fast (Rust) tokenizer with the facts masking needs: special tokens, BOS, round-tripping."""
 
     tokenizer: Tokenizer
-    special_ids: frozenset[int]
     bos_id: int | None
 
     @classmethod
@@ -154,9 +154,8 @@ class TextTokenizer:
         if not path.exists():
             raise TemplateError(f"{tokenizer_dir}: no tokenizer.json (a fast tokenizer is required for offsets)")
         tok = Tokenizer.from_file(str(path))
-        special = frozenset(i for i, t in tok.get_added_tokens_decoder().items() if t.special)
         bos = _token_text(_tokenizer_config(tokenizer_dir).get("bos_token"))
-        return cls(tok, special, tok.token_to_id(bos) if bos else None)
+        return cls(tok, tok.token_to_id(bos) if bos else None)
 
     def encode(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         """(ids, offsets) per text; the text already holds its special tokens, so none are added."""
@@ -168,20 +167,14 @@ class TextTokenizer:
             out.append((ids, offsets))
         return out
 
-    @cached_property
-    def is_special(self) -> np.ndarray:
-        """A lookup table over the vocabulary: True for special token ids."""
-        table = np.zeros(self.tokenizer.get_vocab_size(with_added_tokens=True) + 1, bool)
-        table[list(self.special_ids)] = True
-        return table
-
     def decode(self, ids: np.ndarray) -> str:
         return self.tokenizer.decode(ids.tolist(), skip_special_tokens=False)
 
     @cached_property
-    def special_texts(self) -> tuple[str, ...]:
-        """The text of every special token: what a message may not spell (it would be parsed as the token)."""
-        return tuple(t.content for t in self.tokenizer.get_added_tokens_decoder().values() if t.special)
+    def special_pattern(self) -> re.Pattern:
+        """Matches the text of any special token: what a message may not spell (it would be parsed as the token)."""
+        texts = sorted((t.content for t in self.tokenizer.get_added_tokens_decoder().values() if t.special), key=len)
+        return re.compile("|".join(re.escape(t) for t in reversed(texts)) or "(?!)")
 
     @cached_property
     def round_trips(self) -> bool:
