@@ -7,7 +7,7 @@ Three sides, each in its own subprocess, on the same list of conversations and t
 - tunelake: what `tunelake build` runs for SFT tokenization: `tasks.run_tokenize` (read a gold part, render with the
   chat template, encode, mask, audit, write the tokenized part and the quarantine) over gold parts of --chunk-rows
   canonical records on `LocalEngine(--workers)`, then `tasks.run_pack` (best-fit decreasing, max_length) over
-  windows of `build.PACK_WINDOW_EXAMPLES` examples, as with `gold.tokenize.pack.enabled: true`. Timed from the
+  `pack.pack_windows` of the tokenized parts, as with `gold.tokenize.pack.enabled: true`. Timed from the
   pool's start (spawned workers import tunelake there) to its shutdown; the plan (template load + probe) is not timed.
 - floor: `tokenizers.Tokenizer.encode_batch` (with offsets, no special tokens added, as tunelake encodes) of the
   texts tunelake's template renders, in chunks of --chunk-rows, in one process with the Rust (rayon) thread pool
@@ -330,8 +330,8 @@ def _tunelake_child(gold_dir: str, tokenizer: str, out_root: str, workers: int, 
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from tunelake.build import PACK_WINDOW_EXAMPLES
     from tunelake.engine.local import LocalEngine
+    from tunelake.gold.tokenize.pack import pack_windows, part_size
     from tunelake.gold.tokenize.stage import plan_tokenize
     from tunelake.recipe import Pack, Tokenize
     from tunelake.schema import Regime
@@ -357,15 +357,11 @@ def _tunelake_child(gold_dir: str, tokenizer: str, out_root: str, workers: int, 
             examples, rejected = examples + done.examples, rejected + done.rejected
             parts += [p for p in done.parts if p.table == table]
         tokenized = time.perf_counter()
-        pack_tasks, window, rows = [], [], 0  # windows of consecutive parts, as build._pack makes them
-        for i, part in enumerate(parts):
-            window.append(str(root / part.table / part.name))
-            rows += part.rows
-            if rows >= PACK_WINDOW_EXAMPLES or i == len(parts) - 1:
-                pack_tasks.append(
-                    PackTask(root, "bench", len(pack_tasks), window, plan.packed_table("train"), max_length)
-                )
-                window, rows = [], 0
+        files = [str(root / part.table / part.name) for part in parts]
+        pack_tasks = [  # windows of consecutive parts, as build._pack makes them
+            PackTask(root, "bench", seq, [files[i] for i in window], plan.packed_table("train"), max_length)
+            for seq, window in enumerate(pack_windows([part_size(f) for f in files]))
+        ]
         stats = [s for _, s in engine.map(run_pack, pack_tasks)]
         packed = time.perf_counter()
     seconds = time.perf_counter() - started

@@ -25,7 +25,6 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from tunelake import __version__
 from tunelake.engine.local import LocalEngine
@@ -33,7 +32,7 @@ from tunelake.engine.parts import Part, part_name, write_part
 from tunelake.gold.export import ExportTask, run_export
 from tunelake.gold.project import gold_schema, gold_table
 from tunelake.gold.split import SPLITS
-from tunelake.gold.tokenize.pack import PackStats
+from tunelake.gold.tokenize.pack import PackStats, pack_windows, part_size
 from tunelake.gold.tokenize.stage import PACKED, TOKENIZED, TokenizePlan, plan_tokenize
 from tunelake.gold.tokenize.template import TemplateError
 from tunelake.ingest.adapters import FormatError, detect_format
@@ -387,34 +386,18 @@ def _tokenize(run: _Run, engine: LocalEngine, plan: TokenizePlan) -> None:
     run.timed("tokenize", sum(c["examples"] + c["rejected"] for c in counts.values()), started)
 
 
-PACK_WINDOW_EXAMPLES = 65_536  # examples packed together: a window wastes at most one bin, and bounds memory
-PACK_WINDOW_TOKENS = 1 << 28  # ...and so many tokens (a pack holds at most 2**31 - 1)
-
-
 def _pack(run: _Run, engine: LocalEngine, plan: TokenizePlan) -> dict:
     """gold/tokenized/<fp>/sft_packed/<split>: each split's examples packed in windows of consecutive parts."""
     tasks = []
     for split in SPLITS:
         files = run.staged_files(plan.table(Regime.sft, split))
-        window, examples, tokens = [], 0, 0
-        for i, file in enumerate(files):
-            meta = pq.ParquetFile(file).metadata
-            column = next(c for c in range(meta.num_columns) if meta.schema.column(c).path.startswith("input_ids"))
-            window.append(file)
-            examples += meta.num_rows
-            tokens += sum(meta.row_group(g).column(column).num_values for g in range(meta.num_row_groups))
-            if examples >= PACK_WINDOW_EXAMPLES or tokens >= PACK_WINDOW_TOKENS or i == len(files) - 1:
-                tasks.append(
-                    PackTask(
-                        run.lake.root,
-                        run.run_id,
-                        len(tasks),
-                        window,
-                        plan.packed_table(split),
-                        plan.settings.max_length,
-                    )
+        for window in pack_windows([part_size(f) for f in files]):
+            files_in = [files[i] for i in window]
+            tasks.append(
+                PackTask(
+                    run.lake.root, run.run_id, len(tasks), files_in, plan.packed_table(split), plan.settings.max_length
                 )
-                window, examples, tokens = [], 0, 0
+            )
     per_split: dict[str, list[PackStats]] = defaultdict(list)
     for task, (parts, stats) in zip(tasks, engine.map(run_pack, tasks), strict=True):
         run.add(parts)

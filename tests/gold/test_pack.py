@@ -198,3 +198,14 @@ def test_real_conversations_pack_within_0_2_percent_of_the_lower_bound(real_conv
     _, stats = pack(table, max_length)
     # Measured: 267 rows at 2048 and 134 at 4096, both exactly the lower bound (efficiency 99.7% / 99.3%).
     assert stats.bins <= stats.lower_bound * 1.002, stats
+
+
+def test_pack_windows_are_consecutive_balanced_and_within_limits():
+    from tunelake.gold.tokenize.pack import WINDOW_EXAMPLES, pack_windows
+
+    sizes = [(2048, 400_000)] * 49  # 100,352 examples: two windows are needed
+    windows = pack_windows(sizes)
+    assert [i for w in windows for i in w] == list(range(49))
+    assert len(windows) == 2 and abs(len(windows[0]) - len(windows[1])) <= 1
+    assert all(sum(sizes[i][0] for i in w) <= WINDOW_EXAMPLES for w in windows)
+    assert pack_windows([(10, 100)]) == [[0]] and pack_windows([]) == []

@@ -7,6 +7,7 @@ flight, so memory holds a few chunks however large the input is.
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -29,7 +30,9 @@ class LocalEngine:
     def __enter__(self) -> LocalEngine:
         if self.workers > 1:
             # spawn, not fork: the parent holds Arrow and DuckDB thread pools, which a fork would copy mid-state.
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+            self._pool = ProcessPoolExecutor(
+                self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread_per_worker
+            )
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -49,6 +52,13 @@ class LocalEngine:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+
+
+def _one_thread_per_worker() -> None:
+    """The pool already has a process per core: libraries' own thread pools (the Rust tokenizer's, Arrow's)
+    would only oversubscribe the cores."""
+    os.environ["RAYON_NUM_THREADS"] = "1"
+    pa.set_cpu_count(1)
 
 
 def _run_and_release(fn: Callable[[T], R], item: T) -> R:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from tunelake.gold.tokenize.masks import IGNORE
 
@@ -175,3 +176,31 @@ def pack(table: pa.Table, max_length: int) -> tuple[pa.Table, PackStats]:
         }
     )
     return packed, stats
+
+
+WINDOW_EXAMPLES = 65_536  # examples packed together: a window wastes at most one bin, and bounds memory
+WINDOW_TOKENS = 1 << 28  # ...and so many tokens (a pack holds at most 2**31 - 1)
+
+
+def part_size(path: str) -> tuple[int, int]:
+    """(examples, tokens) of a tokenized Parquet part, from its metadata alone."""
+    meta = pq.ParquetFile(path).metadata
+    column = next(c for c in range(meta.num_columns) if meta.schema.column(c).path.startswith("input_ids"))
+    return meta.num_rows, sum(meta.row_group(g).column(column).num_values for g in range(meta.num_row_groups))
+
+
+def pack_windows(sizes: list[tuple[int, int]]) -> list[list[int]]:
+    """Consecutive parts grouped into as few windows as the limits allow, of about equal size (so the windows
+    pack side by side in the same time): index lists into `sizes`, given (examples, tokens) per part."""
+    examples, tokens = sum(e for e, _ in sizes), sum(t for _, t in sizes)
+    count = max(1, -(-examples // WINDOW_EXAMPLES), -(-tokens // WINDOW_TOKENS))
+    target_examples, target_tokens = -(-examples // count), -(-tokens // count)
+    windows, window, e_sum, t_sum = [], [], 0, 0
+    for i, (e, t) in enumerate(sizes):
+        full = e_sum >= target_examples or t_sum >= target_tokens
+        if window and (full or e_sum + e > WINDOW_EXAMPLES or t_sum + t > WINDOW_TOKENS):
+            windows.append(window)
+            window, e_sum, t_sum = [], 0, 0
+        window.append(i)
+        e_sum, t_sum = e_sum + e, t_sum + t
+    return windows + ([window] if window else [])
