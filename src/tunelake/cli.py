@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Annotated
 
@@ -74,6 +75,9 @@ def build(recipe: Annotated[Path, typer.Argument(help="The recipe YAML file.")])
     except (RecipeError, LakeBusy) as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(2) from None
+    except BrokenProcessPool:
+        console.print("[red]A worker process died (killed, or out of memory); no table was committed. Re-run.[/red]")
+        raise typer.Exit(1) from None
     table = Table(title=f"build {manifest['run_id']}")
     for col in ("source", "bronze", "silver", "quarantined", "dropped", "file issues"):
         table.add_column(col, justify="left" if col == "source" else "right")
