@@ -22,7 +22,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -39,13 +38,12 @@ from tunelake.ingest.adapters import FormatError, detect_format
 from tunelake.ingest.readers import FileReport, RawChunk, expand, read_chunks
 from tunelake.lake import Lake
 from tunelake.recipe import Recipe, RecipeError, Source
-from tunelake.schema import BRONZE, LEDGER, QUARANTINE, RECORD, Reason, Regime
+from tunelake.schema import BRONZE, LEDGER, QUARANTINE, RECORD, TOKENIZE_QUARANTINE, Reason, Regime, table_of
 from tunelake.silver.canonicalize import MAX_FILES, FilePlan, SourcePlan
 from tunelake.silver.dedup import exact_duplicates
 from tunelake.tasks import (
     STEP_DEDUP,
     STEP_READ,
-    TOKENIZE_QUARANTINE,
     Addresses,
     CanonicalizeDone,
     CanonicalizeTask,
@@ -95,7 +93,7 @@ class _Run:
         for part in parts:
             self.parts[part.table].append(part)
 
-    def publish(self, table: str, schema: pa.Schema) -> None:
+    def will_commit(self, table: str, schema: pa.Schema) -> None:
         """Mark a table's staged parts as its next version; every table is committed at the end of the build."""
         self.schemas[table] = schema
 
@@ -155,7 +153,7 @@ def build(recipe: Recipe, recipe_sha256: str, progress: Progress | None = None) 
         _publish(run, engine, candidates, dropped)
         if tokenize:
             _tokenize(run, engine, tokenize)
-        run.publish("ledger", LEDGER)
+        run.will_commit("ledger", LEDGER)
         exports = _export(run, engine)
         # Nothing is committed until every stage has succeeded and the counts reconcile.
         run.commit_all()
@@ -189,16 +187,8 @@ def _chunks(run: _Run, source_index: int, source: Source) -> Iterator[tuple[RawC
 def _file_plan(plan: SourcePlan, file_index: int, fmt: str, first: RawChunk) -> FilePlan:
     if fmt != "auto":
         return FilePlan(plan, file_index, fmt)
-    rows = []
-    for line in first.data.split(b"\n")[:DETECT_SAMPLE]:
-        try:
-            obj = orjson.loads(line.removeprefix(b"\xef\xbb\xbf"))
-        except orjson.JSONDecodeError:
-            continue
-        if isinstance(obj, dict):
-            rows.append(obj)
     try:
-        adapter = detect_format(rows)
+        adapter = detect_format(first.sample(DETECT_SAMPLE))
     except FormatError as e:
         return FilePlan(plan, file_index, None, (e.reason, f"{first.file}: {e}"))
     if plan.regime and plan.regime not in adapter.regimes:
@@ -227,8 +217,8 @@ def _canonicalize(run: _Run, engine: LocalEngine) -> list[Staged]:
     run.progress.finish()
     _file_issues(run)
     for source in run.recipe.sources:
-        run.publish(f"bronze/{source.name}", BRONZE)
-    run.publish("silver/quarantine", QUARANTINE)
+        run.will_commit(f"bronze/{source.name}", BRONZE)
+    run.will_commit("silver/quarantine", QUARANTINE)
     run.timed("canonicalize", sum(c["bronze"] for c in run.counts.values()), started)
     return candidates
 
@@ -247,34 +237,23 @@ def _file_issues(run: _Run) -> None:
         run.counts[source]["file_issues"] += 1
     n = len(rows)
     src, paths, reasons, details = (list(c) for c in zip(*rows, strict=True))
-    none, read = [None] * n, ["read"] * n
-    quarantine = {
-        "source": src,
-        "file": paths,
-        "row": none,
-        "stage": read,
-        "reason": reasons,
-        "field": none,
-        "detail": details,
-        "raw": none,
-    }
-    ledger = {
-        "id": none,
-        "source": src,
-        "file": paths,
-        "row": none,
-        "stage": read,
-        "action": ["quarantine"] * n,
-        "reason": reasons,
-        "detail": details,
-        "run_id": [run.run_id] * n,
-    }
+    quarantine = table_of(QUARANTINE, n, source=src, file=paths, stage="read", reason=reasons, detail=details)
+    ledger = table_of(
+        LEDGER,
+        n,
+        source=src,
+        file=paths,
+        stage="read",
+        action="quarantine",
+        reason=reasons,
+        detail=details,
+        run_id=run.run_id,
+    )
     name = part_name(run.run_id, STEP_READ, 0)
-    root = run.lake.root
     run.add(
         [
-            write_part(root, "silver/quarantine", name, pa.Table.from_pydict(quarantine, schema=QUARANTINE)),
-            write_part(root, "ledger", name, pa.Table.from_pydict(ledger, schema=LEDGER)),
+            write_part(run.lake.root, "silver/quarantine", name, quarantine),
+            write_part(run.lake.root, "ledger", name, ledger),
         ]
     )
 
@@ -319,12 +298,12 @@ def _publish(run: _Run, engine: LocalEngine, candidates: list[Staged], dups: pa.
         run.progress.advance(sum(done.silver.values()))
     run.progress.finish()
     _reconcile(run)
-    run.publish("silver/records", RECORD)
+    run.will_commit("silver/records", RECORD)
     for regime in Regime:
         for split in SPLITS:
             table = gold_table(regime, split)
             run.counts["_gold"][table] = sum(p.rows for p in run.parts.get(table, []))
-            run.publish(table, gold_schema(regime))
+            run.will_commit(table, gold_schema(regime))
     run.timed("publish", sum(run.counts[s.name]["silver"] for s in run.recipe.sources), started)
 
 
@@ -374,8 +353,8 @@ def _tokenize(run: _Run, engine: LocalEngine, plan: TokenizePlan) -> None:
     run.progress.finish()
     for regime in Regime:
         for split in SPLITS:
-            run.publish(plan.table(regime, split), TOKENIZED[regime])
-    run.publish(plan.quarantine, TOKENIZE_QUARANTINE)
+            run.will_commit(plan.table(regime, split), TOKENIZED[regime])
+    run.will_commit(plan.quarantine, TOKENIZE_QUARANTINE)
     run.tokenized = {
         "fingerprint": plan.fingerprint,
         "template": plan.template_name,
@@ -405,7 +384,7 @@ def _pack(run: _Run, engine: LocalEngine, plan: TokenizePlan) -> dict:
     report = {}
     for split in SPLITS:
         table = plan.packed_table(split)
-        run.publish(table, PACKED)
+        run.will_commit(table, PACKED)
         stats = per_split.get(table, [])
         total = PackStats(
             plan.settings.max_length,

@@ -117,6 +117,32 @@ LEDGER = pa.schema(
 )
 
 
+# Records that cannot be trained on, found by tokenization (gold/tokenized/<fingerprint>/quarantine).
+TOKENIZE_QUARANTINE = pa.schema(
+    [
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("table", pa.string()),
+        ("reason", pa.string()),
+        ("field", pa.string()),
+        ("detail", pa.string()),
+    ]
+)
+
+
+def table_of(schema: pa.Schema, rows: int, **columns: object) -> pa.Table:
+    """A table of `rows` rows in `schema`: each keyword is a column (a list or an Arrow array) or one value for
+    every row; a column not given is null."""
+
+    def column(field: pa.Field) -> pa.Array:
+        value = columns.get(field.name)
+        if isinstance(value, list | pa.Array | pa.ChunkedArray):
+            return value if isinstance(value, pa.Array | pa.ChunkedArray) else pa.array(value, field.type)
+        return pa.array([value] * rows, field.type)
+
+    return pa.Table.from_arrays([column(f) for f in schema], schema=schema)
+
+
 # Fields that make up a record's content, and so its id.
 CONTENT_FIELDS = (
     "regime",

@@ -24,7 +24,7 @@ from tunelake.gold.tokenize.pack import PackStats, pack
 from tunelake.gold.tokenize.stage import PACKED, TokenizerSpec, tokenize_rows
 from tunelake.ingest.readers import RawChunk
 from tunelake.recipe import Split
-from tunelake.schema import LEDGER, RECORD, Regime
+from tunelake.schema import LEDGER, RECORD, TOKENIZE_QUARANTINE, Regime, table_of
 from tunelake.silver.canonicalize import FilePlan, canonicalize, ordinal_parts
 
 # A build's steps, in the order their ledger parts sort.
@@ -53,13 +53,19 @@ class Addresses:
     def ledger(self, ords: pa.Array, ids: pa.Array, stage: str, action: str, reason, detail, run_id: str) -> pa.Table:
         """Ledger rows for candidates; reason and detail are arrays or one value for all."""
         source, file, row = self.of(ords)
-        n = len(ords)
-
-        def column(value: object) -> pa.Array:
-            return value if isinstance(value, pa.Array | pa.ChunkedArray) else pa.array([value] * n, pa.string())
-
-        cols = [ids, source, file, row, column(stage), column(action), column(reason), column(detail), column(run_id)]
-        return pa.Table.from_arrays(cols, schema=LEDGER)
+        return table_of(
+            LEDGER,
+            len(ords),
+            id=ids,
+            source=source,
+            file=file,
+            row=row,
+            stage=stage,
+            action=action,
+            reason=reason,
+            detail=detail,
+            run_id=run_id,
+        )
 
 
 @dataclass(frozen=True)
@@ -147,18 +153,6 @@ def run_publish(task: PublishTask) -> PublishDone:
     return done
 
 
-TOKENIZE_QUARANTINE = pa.schema(
-    [
-        ("id", pa.string()),
-        ("source", pa.string()),
-        ("table", pa.string()),
-        ("reason", pa.string()),
-        ("field", pa.string()),
-        ("detail", pa.string()),
-    ]
-)
-
-
 @dataclass(frozen=True)
 class TokenizeTask:
     root: Path
@@ -189,34 +183,36 @@ def run_tokenize(task: TokenizeTask) -> TokenizeDone:
     if rejects:
         source = dict(zip(gold["id"].to_pylist(), gold["source"].to_pylist(), strict=True))
         ids = [i for i, _ in rejects]
-        reasons = [r.reason.value for _, r in rejects]
-        details = [r.detail for _, r in rejects]
-        fields = [r.field for _, r in rejects]
         sources = [source[i] for i in ids]
+        reasons = [r.reason.value for _, r in rejects]
+        fields = [r.field for _, r in rejects]
+        details = [r.detail for _, r in rejects]
+        where = [f"{r.field}: {r.detail}" if r.field else r.detail for _, r in rejects]
         n = len(ids)
-        quarantine = {
-            "id": ids,
-            "source": sources,
-            "table": [task.output] * n,
-            "reason": reasons,
-            "field": fields,
-            "detail": details,
-        }
-        where = [f"{f}: {d}" if f else d for f, d in zip(fields, details, strict=True)]
-        ledger = {
-            "id": ids,
-            "source": sources,
-            "file": [None] * n,
-            "row": [None] * n,
-            "stage": ["tokenize"] * n,
-            "action": ["quarantine"] * n,
-            "reason": reasons,
-            "detail": where,
-            "run_id": [task.run_id] * n,
-        }
+        quarantine = table_of(
+            TOKENIZE_QUARANTINE,
+            n,
+            id=ids,
+            source=sources,
+            table=task.output,
+            reason=reasons,
+            field=fields,
+            detail=details,
+        )
+        ledger = table_of(
+            LEDGER,
+            n,
+            id=ids,
+            source=sources,
+            stage="tokenize",
+            action="quarantine",
+            reason=reasons,
+            detail=where,
+            run_id=task.run_id,
+        )
         parts += [
-            write_part(task.root, task.quarantine, name, pa.Table.from_pydict(quarantine, schema=TOKENIZE_QUARANTINE)),
-            write_part(task.root, "ledger", name, pa.Table.from_pydict(ledger, schema=LEDGER)),
+            write_part(task.root, task.quarantine, name, quarantine),
+            write_part(task.root, "ledger", name, ledger),
         ]
     return TokenizeDone(task.output, [p for p in parts if p], gold.num_rows - len(rejects), len(rejects))
 

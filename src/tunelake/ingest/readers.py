@@ -44,6 +44,18 @@ class RawChunk:
     first_row: int
     data: bytes
 
+    def sample(self, limit: int) -> list[dict]:
+        """The JSON objects among the first `limit` lines (what format detection looks at)."""
+        rows = []
+        for line in self.data.split(b"\n", limit)[:limit]:
+            try:
+                obj = orjson.loads(line.removeprefix(_BOM))
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(obj, dict):
+                rows.append(obj)
+        return rows
+
 
 def expand(pattern: str) -> list[str]:
     """Files matching a path or glob, sorted so the build order never depends on the filesystem."""
