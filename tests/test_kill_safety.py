@@ -51,13 +51,13 @@ def test_sigkill_at_any_point_leaves_tables_readable_and_rerun_converges(tmp_pat
     run_build(recipe)
     killed = Lake(folder / "lake")
     lake_dir = folder / "lake"
-    silver_v = killed.version("silver/records")
+    silver_v, bronze_v = killed.version("silver/records"), killed.version("bronze/gsm8k")
     moments = {
         # Each moment is a state of the lake on disk, so the kills land mid-build however fast the machine is.
         "canonicalize": lambda: (lake_dir / "_staging").exists() and any((lake_dir / "_staging").iterdir()),
         "publish": lambda: len(list((lake_dir / "silver/records").glob("*.parquet"))) > 1 + silver_v,
-        # A file test, not a Delta read: the window between this commit and the end of the build is short.
-        "after silver commit": lambda: (lake_dir / f"silver/records/_delta_log/{silver_v + 1:020d}.json").exists(),
+        # The first of the build's commits (a file test, not a Delta read): every other table is still to commit.
+        "mid-commit": lambda: (lake_dir / f"bronze/gsm8k/_delta_log/{bronze_v + 1:020d}.json").exists(),
     }
     for name, reached in moments.items():
         proc = subprocess.Popen(
@@ -72,8 +72,10 @@ def test_sigkill_at_any_point_leaves_tables_readable_and_rerun_converges(tmp_pat
         os.killpg(proc.pid, signal.SIGKILL)  # the build and its workers, with no chance to clean up
         proc.wait()
         _all_versions_readable(killed)
-        silver_v = killed.version("silver/records")
-    assert killed.orphans("none")  # the killed builds' parts, which no version references...
+        if name == "publish":  # nothing commits before the end: the parts written so far belong to no version
+            assert killed.orphans("none")
+        silver_v, bronze_v = killed.version("silver/records"), killed.version("bronze/gsm8k")
+    assert killed.orphans("none")  # the last killed build's uncommitted parts...
     run_build(recipe)
     assert gold_digest(killed) == expected
     assert not killed.orphans("none")  # ...are removed by the next build
