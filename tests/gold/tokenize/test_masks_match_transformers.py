@@ -19,6 +19,8 @@ must be identical and the trained positions must agree, or differ only where a t
 
 from __future__ import annotations
 
+from datetime import date
+
 import numpy as np
 import pytest
 
@@ -135,3 +137,29 @@ def test_qwen3_training_empty_think_block_of_a_turn_without_reasoning_is_trained
     assert np.array_equal(ids, hf_ids)
     only_theirs = trained_runs(QWEN, ids, np.where(theirs & ~ours, ids, IGNORE))
     assert only_theirs == ["<think>\n\n</think>\n\n", "\n"]
+
+
+MODEL_TEMPLATE_FILES = sorted(p.name for p in (TOKENIZERS / "chat_templates").glob("*.jinja"))
+
+
+@pytest.mark.parametrize("template", ["auto", *MODEL_TEMPLATE_FILES])
+def test_render_is_apply_chat_template_byte_for_byte(hf, template):
+    # tunelake calls transformers' compiled template directly (not its render wrapper); every real record, with
+    # its tools and reasoning, must render exactly as apply_chat_template renders it, or masks would be computed on
+    # text the model never sees. A template that raises on a record (a system role it refuses) must raise in both.
+    path = template if template == "auto" else str(TOKENIZERS / "chat_templates" / template)
+    chat, _ = load(QWEN, path)
+    for name in REAL_SFT:
+        record = real_sft(name)
+        messages, tools = template_messages(record["messages"]), template_tools(record["tools"])
+        try:
+            expected = hf[QWEN].apply_chat_template(
+                messages, tools=tools, chat_template=chat.text, tokenize=False, date_string="26 Jul 2024"
+            )
+        except Exception as e:  # noqa: BLE001 - compared below: tunelake must raise too
+            with pytest.raises(type(e)):
+                chat.render(messages, tools)
+            continue
+        if "strftime_now" in chat.text:  # transformers prints the real date; tunelake the recipe's template_date
+            expected = expected.replace(date.today().strftime("%d %b %Y"), "26 Jul 2024")
+        assert chat.render(messages, tools) == expected, name

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
-from tunelake.gold.tokenize.template import ChatTemplate, TextTokenizer
+from tunelake.gold.tokenize.template import ChatTemplate, Encoded, TextTokenizer
 from tunelake.schema import Reason, Rejected
 
 MASKING_VERSION = "masks-4"  # bump when a change alters ids or labels: it is part of the fingerprint
@@ -100,11 +100,17 @@ def require_rendered(template: ChatTemplate, text: str, messages: list[dict], fi
                 )
 
 
-def reject_control_text(tok: TextTokenizer, texts: tuple[str, ...], field: str | None) -> None:
-    """Rejects text that spells one of the tokenizer's special tokens: it would be parsed as a control token."""
+def find_control_text(tok: TextTokenizer, texts: tuple[str, ...]) -> str | None:
+    """The first special token's text spelled in the texts: the tokenizer would parse it as a control token."""
     for text in texts:
         if hit := tok.special_pattern.search(text):
-            raise Rejected(Reason.special_token_in_content, field, f"{hit[0]!r} inside a message would end a turn")
+            return hit[0]
+    return None
+
+
+def reject_control_text(tok: TextTokenizer, texts: tuple[str, ...], field: str | None) -> None:
+    if hit := find_control_text(tok, texts):
+        raise Rejected(Reason.special_token_in_content, field, f"{hit!r} inside a message would end a turn")
 
 
 def _after_header(text: str, cursor: int, header: str) -> int | None:
@@ -232,34 +238,76 @@ def _runs(ranges: np.ndarray) -> np.ndarray:
     return np.stack([ranges[first, 0], reach[last]], axis=1)
 
 
-def sft_labels(rendered: Rendered, ids: np.ndarray, offsets: np.ndarray, tok: TextTokenizer) -> np.ndarray:
-    """Labels for one rendered conversation (IGNORE off the trained spans), after the audits."""
-    text, spans = rendered.text, rendered.spans
-    if len(ids) > 1 and tok.bos_id is not None and ids[0] == ids[1] == tok.bos_id:
-        raise Rejected(Reason.double_bos, None, "the rendered text starts with two BOS tokens")
-    reject_control_text(tok, rendered.texts, None)
+def _record_of(runs: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """The record each run (of shifted characters) belongs to."""
+    return np.searchsorted(base, runs[:, 0], side="right") - 1
+
+
+def _records_differing(a: np.ndarray, b: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """The records whose runs differ between two sets of runs."""
+    width = int(max(a.max(initial=0), b.max(initial=0))) + 1
+    key_a, key_b = a[:, 0] * width + a[:, 1], b[:, 0] * width + b[:, 1]
+    odd = np.concatenate((a[~np.isin(key_a, key_b)], b[~np.isin(key_b, key_a)]))
+    return np.unique(_record_of(odd, base))
+
+
+def sft_labels(rendered: list[Rendered], enc: Encoded, tok: TextTokenizer) -> tuple[np.ndarray, dict[int, Rejected]]:
+    """Labels (IGNORE off the trained spans) for all tokens of many rendered conversations, after the audits, and
+    the rejection of each record that fails one, by its index (its labels are then meaningless).
+
+    The records are audited together: each one's character offsets and spans are shifted past the record before
+    (with a one-character gap, so no run of characters joins two records), and one numpy pass serves them all.
+    """
+    rejects: dict[int, Rejected] = {}
+
+    def reject(r: int, reason: Reason, detail: str) -> None:
+        rejects.setdefault(r, Rejected(reason, None, detail))  # the first failed check of a record is its reason
+
+    lengths = np.diff(enc.bounds)
+    token_record = np.repeat(np.arange(len(rendered)), lengths)
+    sizes = np.fromiter((len(r.text) + 1 for r in rendered), np.int64, len(rendered))
+    base = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+    offsets = enc.offsets + base[token_record, None]
+    span_counts = np.fromiter((len(r.spans) for r in rendered), np.int64, len(rendered))
+    spans = np.asarray([s for r in rendered for s in r.spans], np.int64).reshape(-1, 2)
+    span_record = np.repeat(np.arange(len(rendered)), span_counts)
+    spans += base[span_record, None]
+
+    if tok.bos_id is not None:
+        first = enc.bounds[:-1]
+        second = np.minimum(first + 1, max(len(enc.ids) - 1, 0))
+        for r in np.flatnonzero((lengths > 1) & (enc.ids[first] == tok.bos_id) & (enc.ids[second] == tok.bos_id)):
+            reject(r, Reason.double_bos, "the rendered text starts with two BOS tokens")
+    for r, rendered_r in enumerate(rendered):
+        if hit := find_control_text(tok, rendered_r.texts):
+            reject(r, Reason.special_token_in_content, f"{hit!r} inside a message would end a turn")
     inside, straddle = _token_spans(offsets, spans)
-    if straddle.any():
-        j = int(np.flatnonzero(straddle)[0])
-        s, e = offsets[j]
-        raise Rejected(Reason.mask_overruns_turn, None, f"token {text[s:e]!r} at chars {s}-{e} crosses a span edge")
-    if not inside.any():
-        raise Rejected(Reason.mask_empty, None, "no token is trained")
+    for j in np.flatnonzero(straddle):
+        r = token_record[j]
+        s, e = enc.offsets[j]
+        reject(r, Reason.mask_overruns_turn, f"token {rendered[r].text[s:e]!r} at chars {s}-{e} crosses a span edge")
+    for r in np.flatnonzero(np.bincount(token_record[inside], minlength=len(rendered)) == 0):
+        reject(r, Reason.mask_empty, "no token is trained")
     # Audit (a): trained characters are exactly the spans.
-    trained_runs = _runs(offsets[inside][(offsets[inside, 1] > offsets[inside, 0])])
-    span_runs = _runs(np.asarray(spans, np.int64))
+    trained_runs = _runs(offsets[inside & (offsets[:, 1] > offsets[:, 0])])
+    span_runs = _runs(spans)
     if not np.array_equal(trained_runs, span_runs):
-        raise Rejected(
-            Reason.mask_audit_failed, None, f"trained characters {trained_runs.tolist()} != spans {span_runs.tolist()}"
-        )
-    # Audit (b): decoding the trained tokens gives back each span's text.
-    if tok.round_trips:
-        for s, e in spans:
-            in_span = inside & (offsets[:, 0] >= s) & (offsets[:, 1] <= e)
-            decoded = tok.decode(ids[in_span])
-            if decoded != text[s:e]:
-                raise Rejected(Reason.mask_audit_failed, None, f"decoded {decoded[:60]!r} != {text[s:e][:60]!r}")
-    return np.where(inside, ids, IGNORE).astype(np.int32)
+        for r in _records_differing(trained_runs, span_runs, base):
+            local = (trained_runs[_record_of(trained_runs, base) == r] - base[r]).tolist()
+            expected = (span_runs[_record_of(span_runs, base) == r] - base[r]).tolist()
+            reject(r, Reason.mask_audit_failed, f"trained characters {local} != spans {expected}")
+    # Audit (b): decoding the trained tokens gives back each span's text (one batched decode for all spans).
+    trained = np.flatnonzero(inside)
+    if tok.round_trips and len(trained):
+        span_of = np.searchsorted(spans[:, 0], offsets[trained, 0], side="right") - 1
+        cuts = np.flatnonzero(np.diff(span_of)) + 1
+        decoded = tok.decode_many([g.tolist() for g in np.split(enc.ids[trained], cuts)])
+        for k, text in zip(span_of[np.concatenate(([0], cuts))], decoded, strict=True):
+            r = span_record[k]
+            s, e = spans[k] - base[r]
+            if text != rendered[r].text[s:e]:
+                reject(r, Reason.mask_audit_failed, f"decoded {text[:60]!r} != {rendered[r].text[s:e][:60]!r}")
+    return np.where(inside, enc.ids, IGNORE).astype(np.int32), rejects
 
 
 def fit_length(ids: np.ndarray, labels: np.ndarray, settings: MaskSettings) -> tuple[np.ndarray, np.ndarray]:
@@ -290,8 +338,11 @@ def sft_example(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(input_ids, labels) for one SFT record; raises Rejected."""
     rendered = render_sft(template, template_messages(messages), template_tools(tools), settings)
-    ((ids, offsets),) = tok.encode([rendered.text])
-    return fit_length(ids, sft_labels(rendered, ids, offsets, tok), settings)
+    enc = tok.encode_many([rendered.text])
+    labels, rejects = sft_labels([rendered], enc, tok)
+    if rejects:
+        raise rejects[0]
+    return fit_length(enc.ids, labels, settings)
 
 
 def prompt_ids(template: ChatTemplate, tok: TextTokenizer, prompt: list[dict], settings: MaskSettings) -> np.ndarray:

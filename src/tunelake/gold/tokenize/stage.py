@@ -126,31 +126,47 @@ def _rl(template, tok, row: dict, settings: MaskSettings) -> dict:
     }
 
 
+def _sft_columns(input_ids: list[np.ndarray], labels: list[np.ndarray]) -> dict[str, pa.ListArray]:
+    """The examples' list columns, each built from one concatenated array (no per-row conversion)."""
+    lengths = np.fromiter((len(a) for a in input_ids), np.int64, len(input_ids))
+    offsets = pa.array(np.concatenate(([0], np.cumsum(lengths))).astype(np.int32))
+    return {
+        "input_ids": pa.ListArray.from_arrays(offsets, np.concatenate([np.empty(0, np.int32), *input_ids])),
+        "labels": pa.ListArray.from_arrays(offsets, np.concatenate([np.empty(0, np.int32), *labels])),
+        "attention_mask": pa.ListArray.from_arrays(offsets, np.ones(lengths.sum(), np.int8)),
+    }
+
+
 def tokenize_rows(
     table: pa.Table, regime: Regime, spec: TokenizerSpec, settings: MaskSettings
 ) -> tuple[pa.Table, list[tuple[str, Rejected]]]:
     """The tokenized rows of a gold table, and (id, Rejected) for each record that cannot be trained on."""
     template, tok = spec.load()
     rejects: list[tuple[str, Rejected]] = []
-    out: dict[str, list] = {name: [] for name in TOKENIZED[regime].names}
+    out: dict[str, list | pa.Array] = {name: [] for name in TOKENIZED[regime].names}
     if regime == Regime.sft:
-        rendered = []
-        for row in table.to_pylist():
+        kept, rendered = [], []
+        for row in table.select(["id", "messages", "tools"]).to_pylist():
             work = lambda row=row: render_sft(  # noqa: E731
                 template, template_messages(row["messages"]), template_tools(row["tools"]), settings
             )
             if (r := _attempt(row["id"], rejects, work)) is not None:
-                rendered.append((row["id"], r))
-        # One batched call: the Rust tokenizer encodes a whole part at once.
-        for (id_, r), (ids, offsets) in zip(rendered, tok.encode([r.text for _, r in rendered]), strict=True):
-            work = lambda r=r, ids=ids, offsets=offsets: fit_length(  # noqa: E731
-                ids, sft_labels(r, ids, offsets, tok), settings
-            )
+                kept.append(row["id"])
+                rendered.append(r)
+        # One batched encode and one vectorised audit for the whole part.
+        enc = tok.encode_many([r.text for r in rendered])
+        labels, failed = sft_labels(rendered, enc, tok)
+        for r, id_ in enumerate(kept):
+            if r in failed:
+                rejects.append((id_, failed[r]))
+                continue
+            start, end = enc.bounds[r], enc.bounds[r + 1]
+            work = lambda start=start, end=end: fit_length(enc.ids[start:end], labels[start:end], settings)  # noqa: E731
             if (result := _attempt(id_, rejects, work)) is not None:
                 out["id"].append(id_)
                 out["input_ids"].append(result[0])
                 out["labels"].append(result[1])
-                out["attention_mask"].append(np.ones(len(result[0]), np.int8))
+        out |= _sft_columns(out["input_ids"], out["labels"])
     else:
         example = _preference if regime == Regime.preference else _rl
         for row in table.to_pylist():
