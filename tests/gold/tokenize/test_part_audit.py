@@ -10,6 +10,7 @@ import pytest
 from tests.conftest import TOKENIZERS
 from tests.gold.tokenize.support import (
     LLAMA,
+    MISTRAL,
     MODEL_TEMPLATES,
     QWEN,
     REAL_SFT,
@@ -20,7 +21,8 @@ from tests.gold.tokenize.support import (
     settings,
     user,
 )
-from tunelake.gold.tokenize.masks import IGNORE, render_sft, sft_example, sft_labels, template_messages
+from tunelake.gold.tokenize import masks
+from tunelake.gold.tokenize.masks import IGNORE, Rendered, render_sft, sft_example, sft_labels, template_messages
 from tunelake.gold.tokenize.stage import TokenizerSpec, tokenize_rows
 from tunelake.schema import RECORD, Reason, Regime, Rejected
 
@@ -128,3 +130,46 @@ def test_a_template_that_renders_two_bos_rejects_each_record_of_the_part(tmp_pat
     table, rejects = tokenize_rows(part, Regime.sft, spec, settings())
     assert table.num_rows == 0
     assert [(i, r.reason) for i, r in rejects] == [("a", Reason.double_bos), ("b", Reason.double_bos)]
+
+
+@pytest.mark.parametrize("tokenizer", [QWEN, LLAMA, MISTRAL])
+def test_parts_of_every_tokenizer_audit_as_records_alone(tokenizer):
+    # Llama has a BOS to check, Mistral does not round-trip (no decode audit): the part must still match.
+    records = [(name, real_sft(name)["messages"], real_sft(name)["tools"]) for name in REAL_SFT]
+    spec = TokenizerSpec(TOKENIZERS / tokenizer, "auto", TEMPLATE_DATE)
+    table, rejects = tokenize_rows(_part(records), Regime.sft, spec, settings())
+    tokenized, rejected = {row["id"]: row for row in table.to_pylist()}, {i: r.reason for i, r in rejects}
+    chat, tok = spec.load()
+    for id_, messages, tools in records:
+        try:
+            ids, labels = sft_example(chat, tok, _canonical(messages), tools, settings())
+        except Rejected as alone:
+            assert rejected[id_] == alone.reason, id_
+            continue
+        assert (tokenized[id_]["input_ids"], tokenized[id_]["labels"]) == (ids.tolist(), labels.tolist()), id_
+
+
+def test_a_record_with_no_tokens_last_in_a_part_is_mask_empty_and_the_others_are_kept():
+    chat, tok = load(LLAMA)
+    rendered = [render_sft(chat, template_messages(_canonical(m)), None, settings()) for m in CHATS]
+    rendered.append(Rendered("", [(0, 0)]))
+    _, rejects = sft_labels(rendered, tok.encode_many([r.text for r in rendered]), tok)
+    assert {r: e.reason for r, e in rejects.items()} == {3: Reason.mask_empty}
+
+
+def test_an_audit_that_raises_on_one_record_rejects_that_record_not_its_part(monkeypatch):
+    # The batched audit's safety net: anything a record makes it raise is audited record by record.
+    real = masks.find_control_text
+
+    def explode(tok, texts):
+        if any("boom" in t for t in texts):
+            raise RuntimeError("a check no one foresaw")
+        return real(tok, texts)
+
+    monkeypatch.setattr(masks, "find_control_text", explode)
+    records = [("a", CHATS[0], None), ("b", [user("boom"), assistant("Bang.")], None), ("c", CHATS[2], None)]
+    spec = TokenizerSpec(TOKENIZERS / QWEN, "auto", TEMPLATE_DATE)
+    table, rejects = tokenize_rows(_part(records), Regime.sft, spec, settings())
+    assert table.column("id").to_pylist() == ["a", "c"]
+    assert [(i, r.reason) for i, r in rejects] == [("b", Reason.template_error)]
+    assert "a check no one foresaw" in rejects[0][1].detail

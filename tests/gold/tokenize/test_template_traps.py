@@ -83,8 +83,8 @@ def test_llama31_renders_the_same_dated_system_header_on_any_day():
 
 
 def test_llama32_prints_the_recipe_template_date_not_today():
-    # Llama-3.2's template calls strftime_now(). transformers 5.x turns a callable passed to the render into an inert
-    # string, so tunelake's old `strftime_now=` keyword made every render raise ("'str' object is not callable").
+    # Llama-3.2's template calls strftime_now(); transformers' own prints the real date, so a render (and the ids)
+    # would change with the day the build runs. tunelake's prints the recipe's template_date.
     path = str(MODEL_TEMPLATES / "meta-llama-Llama-3.2-3B-Instruct.jinja")
     for day, printed in [(date(2024, 7, 26), "26 Jul 2024"), (date(2025, 1, 2), "02 Jan 2025")]:
         chat, tok = load(LLAMA, path, today=day)

@@ -213,11 +213,13 @@ def _check_prefix_stable(template, messages, tools, text: str, spans: list[tuple
             )
 
 
-def _token_spans(offsets: np.ndarray, spans: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+def _token_spans(offsets: np.ndarray, spans) -> tuple[np.ndarray, np.ndarray]:
     """(inside, straddling) per token: fully within a span, or crossing a span's edge (spans sorted, disjoint)."""
     starts, ends = offsets[:, 0], offsets[:, 1]
-    span_starts = np.fromiter((s for s, _ in spans), np.int64, len(spans))
-    span_ends = np.fromiter((e for _, e in spans), np.int64, len(spans))
+    spans = np.asarray(spans, np.int64).reshape(-1, 2)
+    if not len(spans):
+        return np.zeros(len(offsets), bool), np.zeros(len(offsets), bool)
+    span_starts, span_ends = spans[:, 0], spans[:, 1]
     before = np.searchsorted(span_starts, starts, side="right") - 1  # the last span starting at or before a token
     has, k = before >= 0, np.maximum(before, 0)
     inside = has & (starts < span_ends[k]) & (ends <= span_ends[k])
@@ -244,11 +246,10 @@ def _record_of(runs: np.ndarray, base: np.ndarray) -> np.ndarray:
 
 
 def _records_differing(a: np.ndarray, b: np.ndarray, base: np.ndarray) -> np.ndarray:
-    """The records whose runs differ between two sets of runs."""
-    width = int(max(a.max(initial=0), b.max(initial=0))) + 1
-    key_a, key_b = a[:, 0] * width + a[:, 1], b[:, 0] * width + b[:, 1]
-    odd = np.concatenate((a[~np.isin(key_a, key_b)], b[~np.isin(key_b, key_a)]))
-    return np.unique(_record_of(odd, base))
+    """The records whose runs differ between two sets of runs (only called when some do: a set of tuples is
+    plenty for this path, and exact however large the offsets)."""
+    odd = set(map(tuple, a.tolist())) ^ set(map(tuple, b.tolist()))
+    return np.unique(_record_of(np.asarray(sorted(odd), np.int64).reshape(-1, 2), base))
 
 
 def sft_labels(rendered: list[Rendered], enc: Encoded, tok: TextTokenizer) -> tuple[np.ndarray, dict[int, Rejected]]:
@@ -274,9 +275,9 @@ def sft_labels(rendered: list[Rendered], enc: Encoded, tok: TextTokenizer) -> tu
     spans += base[span_record, None]
 
     if tok.bos_id is not None:
-        first = enc.bounds[:-1]
-        second = np.minimum(first + 1, max(len(enc.ids) - 1, 0))
-        for r in np.flatnonzero((lengths > 1) & (enc.ids[first] == tok.bos_id) & (enc.ids[second] == tok.bos_id)):
+        two = np.flatnonzero(lengths > 1)  # records with a first and a second token
+        first = enc.bounds[two]
+        for r in two[(enc.ids[first] == tok.bos_id) & (enc.ids[first + 1] == tok.bos_id)]:
             reject(r, Reason.double_bos, "the rendered text starts with two BOS tokens")
     for r, rendered_r in enumerate(rendered):
         if hit := find_control_text(tok, rendered_r.texts):

@@ -17,7 +17,9 @@ import numpy as np
 import pyarrow as pa
 
 from tunelake.gold.tokenize.masks import (
+    IGNORE,
     MaskSettings,
+    Rendered,
     fit_length,
     preference_example,
     prompt_ids,
@@ -26,12 +28,12 @@ from tunelake.gold.tokenize.masks import (
     template_messages,
     template_tools,
 )
-from tunelake.gold.tokenize.template import ChatTemplate, TextTokenizer, fingerprint, load_template
+from tunelake.gold.tokenize.template import ChatTemplate, Encoded, TextTokenizer, fingerprint, load_template
 from tunelake.recipe import Tokenize
 from tunelake.schema import Reason, Regime, Rejected
 
 IDS = pa.list_(pa.int32())
-T = TypeVar("T")
+T, K = TypeVar("T"), TypeVar("K")
 TOKENIZED = {
     Regime.sft: pa.schema(
         [("id", pa.string()), ("input_ids", IDS), ("labels", IDS), ("attention_mask", pa.list_(pa.int8()))]
@@ -91,7 +93,7 @@ def _load(tokenizer_dir: Path, chat_template: str, today: date) -> tuple[ChatTem
     return template, TextTokenizer.load(tokenizer_dir)
 
 
-def _attempt(id_: str, rejects: list[tuple[str, Rejected]], work: Callable[[], T]) -> T | None:
+def _attempt(id_: K, rejects: list[tuple[K, Rejected]], work: Callable[[], T]) -> T | None:
     """work(), or None with the record's rejection noted; anything a record's data makes a template or the
     tokenizer raise rejects that record only."""
     try:
@@ -126,6 +128,25 @@ def _rl(template, tok, row: dict, settings: MaskSettings) -> dict:
     }
 
 
+def _audit(rendered: list[Rendered], enc: Encoded, tok: TextTokenizer) -> tuple[np.ndarray, dict[int, Rejected]]:
+    """The part's labels and rejections. Should the batched audit itself raise (on a record no check foresaw),
+    each record is audited alone, so that only the record that raises is rejected, not its part."""
+    try:
+        return sft_labels(rendered, enc, tok)
+    except Exception:  # noqa: BLE001
+        labels, failed = np.full(len(enc.ids), IGNORE, np.int32), {}
+        for r, one in enumerate(rendered):
+            start, end = enc.bounds[r], enc.bounds[r + 1]
+            alone = Encoded(enc.ids[start:end], enc.offsets[start:end], np.array([0, end - start]))
+            rejects: list[tuple[int, Rejected]] = []
+            result = _attempt(r, rejects, lambda one=one, alone=alone: sft_labels([one], alone, tok))
+            if rejects or result[1]:
+                failed[r] = rejects[0][1] if rejects else result[1][0]
+            else:
+                labels[start:end] = result[0]
+        return labels, failed
+
+
 def _sft_columns(input_ids: list[np.ndarray], labels: list[np.ndarray]) -> dict[str, pa.ListArray]:
     """The examples' list columns, each built from one concatenated array (no per-row conversion)."""
     lengths = np.fromiter((len(a) for a in input_ids), np.int64, len(input_ids))
@@ -155,7 +176,7 @@ def tokenize_rows(
                 rendered.append(r)
         # One batched encode and one vectorised audit for the whole part.
         enc = tok.encode_many([r.text for r in rendered])
-        labels, failed = sft_labels(rendered, enc, tok)
+        labels, failed = _audit(rendered, enc, tok)
         for r, id_ in enumerate(kept):
             if r in failed:
                 rejects.append((id_, failed[r]))
