@@ -66,7 +66,7 @@ import orjson  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("TUNELAKE_SHARED_DATA", ROOT.parent / "shared" / "data"))
-GEN_VERSION = 1  # bump when the generated conversations change, so old work dirs are not reused
+GEN_VERSION = 2  # bump when the generated conversations change, so old work dirs are not reused
 RESULT = "RESULT "  # prefix of the one JSON line a child prints
 
 _spec = importlib.util.spec_from_file_location("bench_ingest", Path(__file__).with_name("ingest.py"))
@@ -230,7 +230,8 @@ def write_gold_parts(inputs: dict, chunk_rows: int) -> Path:
     import pyarrow.parquet as pq
 
     from tunelake.gold.project import gold_schema
-    from tunelake.schema import MESSAGE_FIELDS, Regime, prompt_id, record_id
+    from tunelake.schema import MESSAGE_FIELDS, RECORD, Regime
+    from tunelake.silver.identify import prompt_ids, record_ids
 
     folder = Path(inputs["folder"]) / f"gold-c{chunk_rows}"
     if (folder / "_done").exists():
@@ -241,21 +242,23 @@ def write_gold_parts(inputs: dict, chunk_rows: int) -> Path:
     rows = []
 
     def flush(seq: int) -> None:
-        table = pa.Table.from_pylist(rows, schema=schema)
+        batch = pa.RecordBatch.from_pylist(rows, schema=RECORD)
+        ids = {"id": record_ids(batch), "prompt_id": prompt_ids(batch)}
+        table = pa.Table.from_arrays([ids.get(n, batch[n]) for n in schema.names], schema=schema)
         pq.write_table(table, folder / f"part-{seq:05d}.parquet", compression="zstd")
         rows.clear()
 
     seq = 0
     for conv in read_conversations(inputs["path"]):
         messages = [{f: m.get(f) for f in MESSAGE_FIELDS} for m in conv["messages"]]
-        record = {"regime": Regime.sft.value, "messages": messages}
         rows.append(
             {
-                "id": record_id(record),
+                "id": "",  # the ids are hashed per part, in flush
+                "regime": Regime.sft.value,
                 "source": conv["source"],
                 "origin": "human",
                 "license": "mixed",
-                "prompt_id": prompt_id(record),
+                "prompt_id": "",
                 "messages": messages,
             }
         )

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 from enum import StrEnum
 
-import orjson
 import pyarrow as pa
 
 
@@ -193,30 +191,6 @@ class Reason(StrEnum):
     mask_audit_failed = "mask_audit_failed"
     overlong = "overlong"
     labels_lost_to_truncation = "labels_lost_to_truncation"
-
-
-def content_hash(value: object) -> str:
-    """A 128-bit hex digest of a JSON-serialisable value (orjson: keys as given, no whitespace)."""
-    return hashlib.blake2b(orjson.dumps(value), digest_size=16).hexdigest()
-
-
-def record_id(record: dict) -> str:
-    """The stable id of a canonical record: the hash of its normalised content, nothing else."""
-    return content_hash([record.get(f) for f in CONTENT_FIELDS])
-
-
-def prompt_messages(record: dict) -> list[dict]:
-    """The messages that define a record's prompt group, what must never sit in two splits: the system turn and
-    the first user turn, in every regime, so an SFT conversation and a preference pair or RL prompt that open
-    the same way share a split."""
-    msgs = record["messages"] if record["regime"] == Regime.sft else record["prompt"]
-    system = [m for m in msgs[:1] if m["role"] == "system"]
-    first_user = next((m for m in msgs if m["role"] == "user"), None)
-    return system + ([first_user] if first_user else [])
-
-
-def prompt_id(record: dict) -> str:
-    return content_hash([[m["role"], m["content"]] for m in prompt_messages(record)])
 
 
 class Rejected(Exception):

@@ -151,10 +151,10 @@ def trl_cases() -> list[Case]:
         ),
         Case("empty_prompt_turn", dump(pair(0, prompt=[msg("user", "")])), "empty_turn", "prompt[0].content"),
         Case(
-            "chosen_starts_with_user",
+            "chosen_starts_with_user",  # a response holds only what the policy generates
             dump(pair(1, chosen=[msg("user", human)])),
             "bad_role_order",
-            "prompt+chosen[1].role",
+            "chosen[0].role",
         ),
         Case(
             "chosen_holds_a_user_turn",

@@ -1,41 +1,96 @@
-"""Normalisation that never changes meaning: Unicode NFC, whitespace at turn edges, role aliases."""
+"""Normalisation that never changes meaning: Unicode NFC, whitespace at turn edges, role aliases.
+
+Vectorised over a batch of canonical records. Each rule is Python's own, so a record normalises the same
+whichever way it came in: `str.strip()`'s whitespace is trimmed by Arrow with exactly that character set, and
+NFC is Python's `unicodedata` (applied only to the few non-ASCII strings; ASCII text is always NFC).
+"""
 
 from __future__ import annotations
 
 import unicodedata
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from tunelake.schema import ROLE_ALIASES
+from tunelake.silver.turns import MESSAGE_LISTS, Turns
 
-MESSAGE_LISTS = ("messages", "prompt", "chosen", "rejected")
+# Every character str.strip() removes (tests/silver/test_normalize.py checks it against str.isspace()).
+WHITESPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008"
+    "\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+_ALIASES = pa.array(list(ROLE_ALIASES))
+_CANONICAL = pa.array(list(ROLE_ALIASES.values()))
+# What changed, by a 3-bit code (nfc 1, role 2, strip 4): the names, sorted, or None.
+_CHANGES = np.array(
+    [",".join(k for bit, k in ((1, "nfc"), (2, "role"), (4, "strip")) if code & bit) or None for code in range(8)],
+    object,
+)
 
 
-def normalize_text(text: str, changes: set[str], strip: bool = True) -> str:
-    if not text.isascii() and not unicodedata.is_normalized("NFC", text):
-        text = unicodedata.normalize("NFC", text)
-        changes.add("nfc")
-    if not strip:
-        return text
-    stripped = text.strip()
-    if stripped != text:
-        changes.add("strip")
-    return stripped
+def _changed(before: pa.Array, after: pa.Array) -> np.ndarray:
+    return pc.not_equal(before, after).fill_null(False).to_numpy(zero_copy_only=False)
 
 
-def normalize_record(record: dict) -> set[str]:
-    """Normalise a canonical record in place; returns what changed ("nfc", "strip", "role")."""
-    changes: set[str] = set()
+def _nfc(texts: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """NFC of each string, and which ones it changed."""
+    candidates = np.flatnonzero(~pc.string_is_ascii(texts).fill_null(True).to_numpy(zero_copy_only=False))
+    changed = np.zeros(len(texts), bool)
+    normal = []
+    for i, text in zip(candidates, texts.take(candidates).to_pylist(), strict=True):
+        if not unicodedata.is_normalized("NFC", text):
+            changed[i] = True
+            normal.append(unicodedata.normalize("NFC", text))
+    if not normal:
+        return texts, changed
+    return pc.replace_with_mask(texts, pa.array(changed), pa.array(normal, pa.string())), changed
+
+
+def strip(texts: pa.Array) -> pa.Array:
+    """str.strip() of each string."""
+    return pc.utf8_trim(texts, characters=WHITESPACE)
+
+
+def _role(roles: pa.Array) -> pa.Array:
+    """Stripped, lower-cased, and the canonical name for a known alias (an unknown role stays, to be named by
+    validation). Non-ASCII roles go through Python's lower() so that the name quoted back is the same."""
+    lowered = pc.utf8_lower(strip(roles))
+    odd = np.flatnonzero(~pc.string_is_ascii(roles).fill_null(True).to_numpy(zero_copy_only=False))
+    if len(odd):
+        python = [r.strip().lower() for r in roles.take(odd).to_pylist()]
+        mask = np.zeros(len(roles), bool)
+        mask[odd] = True
+        lowered = pc.replace_with_mask(lowered, pa.array(mask), pa.array(python, pa.string()))
+    alias = pc.index_in(lowered, _ALIASES)
+    return pc.if_else(pc.is_valid(alias), pc.take(_CANONICAL, alias), lowered)
+
+
+def normalize(batch: pa.RecordBatch) -> tuple[pa.RecordBatch, np.ndarray]:
+    """The batch normalised, and per record what changed ("nfc", "role", "strip", comma-separated) or None."""
+    n = batch.num_rows
+    flags = {name: np.zeros(n, bool) for name in ("nfc", "role", "strip")}
+    columns = dict(zip(batch.schema.names, batch.columns, strict=True))
     for key in MESSAGE_LISTS:
-        for msg in record.get(key) or ():
-            role = msg["role"].strip().lower()
-            role = ROLE_ALIASES.get(role, role)  # an unknown role stays as it is, for validation to name
-            if role != msg["role"]:
-                changes.add("role")
-                msg["role"] = role
-            for field in ("content", "reasoning_content"):
-                if msg[field] is not None:
-                    msg[field] = normalize_text(msg[field], changes)
-    if record.get("answer") is not None:
-        # A code answer's leading indentation is code: it continues the prompt's function body.
-        strip = record.get("verifier") != "python_tests"
-        record["answer"] = normalize_text(record["answer"], changes, strip=strip)
-    return changes
+        turns = Turns.of(columns[key])
+        if not len(turns.record):
+            continue
+        role = _role(turns.fields["role"])
+        flags["role"][turns.record[_changed(turns.fields["role"], role)]] = True
+        replaced = {"role": role}
+        for field in ("content", "reasoning_content"):
+            nfc, changed = _nfc(turns.fields[field])
+            flags["nfc"][turns.record[changed]] = True
+            replaced[field] = strip(nfc)
+            flags["strip"][turns.record[_changed(nfc, replaced[field])]] = True
+        columns[key] = turns.replaced(**replaced)
+    # A code answer's leading indentation is code: it continues the prompt's function body.
+    answer, changed = _nfc(columns["answer"])
+    flags["nfc"] |= changed
+    code = pc.equal(columns["verifier"], "python_tests").fill_null(False)
+    stripped = pc.if_else(code, answer, strip(answer))
+    flags["strip"] |= _changed(answer, stripped)
+    columns["answer"] = stripped
+    code = flags["nfc"] * 1 + flags["role"] * 2 + flags["strip"] * 4
+    return pa.RecordBatch.from_arrays(list(columns.values()), schema=batch.schema), _CHANGES[code]

@@ -1,0 +1,61 @@
+"""A message-list column flattened for vectorised work: every turn of every record side by side.
+
+Normalisation, validation and identity all ask per-turn questions ("is this role known?", "which is the first
+user turn?") and answer them per record; this is the one place that maps between the two.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tunelake.schema import MESSAGE, MESSAGE_FIELDS
+
+MESSAGE_LISTS = ("messages", "prompt", "chosen", "rejected")
+
+
+@dataclass(frozen=True)
+class Turns:
+    column: pa.Array  # list<MESSAGE>, one list per record (null where the record has none)
+    fields: dict[str, pa.Array]  # each message field over all turns, in record order
+    record: np.ndarray  # the record each turn belongs to
+    position: np.ndarray  # each turn's index in its record's list
+    lengths: np.ndarray  # turns per record (0 for a null list)
+
+    @classmethod
+    def of(cls, column: pa.Array) -> Turns:
+        flat = pc.list_flatten(column)
+        lengths = pc.list_value_length(column).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        record = pc.list_parent_indices(column).to_numpy(zero_copy_only=False).astype(np.int64)
+        starts = np.cumsum(lengths) - lengths
+        fields = {name: flat.field(name) for name in MESSAGE_FIELDS}
+        return cls(column, fields, record, np.arange(len(record)) - starts[record], lengths)
+
+    @property
+    def records(self) -> int:
+        return len(self.column)
+
+    def last(self) -> np.ndarray:
+        """The index (into the turns) of each record's last turn; -1 where a record has none."""
+        return np.where(self.lengths > 0, np.cumsum(self.lengths) - 1, -1)
+
+    def first(self, turns: np.ndarray) -> np.ndarray:
+        """Per record, the index of its first turn where `turns` (a bool per turn) holds; -1 where none does."""
+        out = np.full(self.records, -1, np.int64)
+        hits = np.flatnonzero(turns)
+        records, first = np.unique(self.record[hits], return_index=True)  # turns are in record order
+        out[records] = hits[first]
+        return out
+
+    def any(self, turns: np.ndarray) -> np.ndarray:
+        return self.first(turns) >= 0
+
+    def replaced(self, **fields: pa.Array) -> pa.Array:
+        """The column with some message fields replaced (arrays over all turns, in the same order)."""
+        children = [fields.get(name, self.fields[name]) for name in MESSAGE_FIELDS]
+        values = pa.StructArray.from_arrays(children, fields=list(MESSAGE))
+        offsets = pa.array(np.concatenate(([0], np.cumsum(self.lengths))), pa.int32())
+        return pa.ListArray.from_arrays(offsets, values, mask=self.column.is_null())
