@@ -13,10 +13,10 @@ import orjson
 import pytest
 
 from tests.conftest import FIXTURES
+from tunelake.ingest.adapters.arrow import WHITESPACE
 from tunelake.ingest.adapters.messages import message
 from tunelake.schema import Reason, Rejected
-from tunelake.silver.canonicalize import FilePlan, SourcePlan, adapt, canonical_batch
-from tunelake.silver.normalize import WHITESPACE
+from tunelake.silver.canonicalize import FilePlan, SourcePlan, adapt, adapted_batch, canonical_batch
 
 REAL = {
     "alpaca_sample.jsonl": "alpaca",
@@ -51,7 +51,7 @@ def _sft(*turns: tuple[str, str | None], **fields) -> dict:
 
 
 def _alone(record: dict) -> tuple[dict | None, str | None, Rejected | None]:
-    batch, changes, problems = canonical_batch([record], MAX_CHARS)
+    batch, changes, problems = canonical_batch(adapted_batch([record]), MAX_CHARS)
     return batch.to_pylist()[0], changes[0], problems.get(0)
 
 
@@ -69,7 +69,7 @@ def test_every_record_of_a_batch_is_what_it_is_alone():
             ("user", "Hi"),
         ),  # no assistant
     ]
-    batch, changes, problems = canonical_batch(records, MAX_CHARS)
+    batch, changes, problems = canonical_batch(adapted_batch(records), MAX_CHARS)
     rows = batch.to_pylist()
     assert len(rows) == len(records) > 50
     for i, record in enumerate(records):
@@ -149,7 +149,7 @@ def test_prompt_ids_group_records_that_open_the_same_way_in_every_regime():
 def test_too_long_counts_characters_of_every_text_field(size):
     record = _sft(("user", "abc"), ("assistant", "de"), tools="[1,2]")  # 3 + 2 + 5 = 10 characters
     record["messages"][1]["reasoning_content"] = "\u00e9"  # one character, two bytes
-    _, _, problems = canonical_batch([record], size)
+    _, _, problems = canonical_batch(adapted_batch([record]), size)
     expected = {0} if size < 11 else set()
     assert set(problems) == expected
     if problems:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import io
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,8 +19,10 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.json as pj
 
 from tunelake.ingest.adapters import ADAPTERS
+from tunelake.ingest.adapters.arrow import constant, json_string
 from tunelake.ingest.adapters.messages import EXTRA
 from tunelake.ingest.readers import RawChunk
 from tunelake.schema import BRONZE, LEDGER, QUARANTINE, RECORD, Reason, Regime, Rejected, table_of
@@ -31,8 +34,9 @@ from tunelake.silver.validate import validate
 # Candidate records carry their input position so dedup can keep the first occurrence of each duplicate.
 CANDIDATE = RECORD.append(pa.field("_ord", pa.int64(), nullable=False))
 # A record as the adapters make it: everything but the ids, which are hashes of the normalised content.
-_UNIDENTIFIED = pa.schema([f for f in RECORD if f.name not in ("id", "prompt_id")])
+ADAPTED = pa.schema([f for f in RECORD if f.name not in ("id", "prompt_id")])
 STAGE = "canonicalize"
+BOM = b"\xef\xbb\xbf"
 # Canonical fields a raw row may give directly, whatever its format.
 _PASSTHROUGH = ("license", "lang", "created_at")
 
@@ -131,10 +135,15 @@ def _adapt(obj: dict, plan: FilePlan) -> dict:
     return record
 
 
-def canonical_batch(records: list[dict], max_chars: int) -> tuple[pa.RecordBatch, np.ndarray, dict[int, Rejected]]:
+def adapted_batch(records: list[dict]) -> pa.RecordBatch:
+    """Records from per-row adapters, as a batch."""
+    return pa.RecordBatch.from_pylist(records, schema=ADAPTED)
+
+
+def canonical_batch(adapted: pa.RecordBatch, max_chars: int) -> tuple[pa.RecordBatch, np.ndarray, dict[int, Rejected]]:
     """Adapted records -> the whole batch normalised and identified (RECORD schema), what normalisation changed
     per record (see normalize), and the first problem of each invalid record, by index."""
-    batch, changes = normalize(pa.RecordBatch.from_pylist(records, schema=_UNIDENTIFIED))
+    batch, changes = normalize(adapted)
     problems = validate(batch, max_chars)
     columns = dict(zip(batch.schema.names, batch.columns, strict=True))
     columns.update(id=record_ids(batch), prompt_id=prompt_ids(batch))
@@ -143,7 +152,7 @@ def canonical_batch(records: list[dict], max_chars: int) -> tuple[pa.RecordBatch
 
 def canonical_record(obj: object, plan: FilePlan) -> tuple[dict, set[str]]:
     """The canonical record for one parsed row, and what normalisation changed; raises Rejected."""
-    batch, changes, problems = canonical_batch([adapt(obj, plan)], plan.source.max_chars)
+    batch, changes, problems = canonical_batch(adapted_batch([adapt(obj, plan)]), plan.source.max_chars)
     if problems:
         raise problems[0]
     return batch.to_pylist()[0], set((changes[0] or "").split(",")) - {""}
@@ -169,33 +178,50 @@ def canonicalize(chunk: RawChunk, plan: FilePlan, run_id: str) -> ChunkResult:
 def _canonicalize(chunk: RawChunk, plan: FilePlan, run_id: str) -> ChunkResult:
     source = plan.source
     bronze = {"row": [], "raw_hash": [], "raw": []}
-    rejected: list[tuple[int, bytes, Rejected]] = []  # (row, raw line, why)
-    records, rows, raws = [], [], []  # adapted records, and their rows and raw lines
-
     lines = chunk.data.split(b"\n")
     if chunk.data.endswith(b"\n"):
         lines.pop()
     for offset, line in enumerate(lines):
-        row = chunk.first_row + offset
-        text = line.removesuffix(b"\r")
-        if not text.strip():
+        if not line.removesuffix(b"\r").strip():
             continue  # a blank line is not a row
-        bronze["row"].append(row)
+        bronze["row"].append(chunk.first_row + offset)
         bronze["raw_hash"].append(hashlib.blake2b(line, digest_size=16).hexdigest())
         bronze["raw"].append(line)
-        try:
-            records.append(adapt(_parse(text), plan))
-        except Rejected as r:
-            rejected.append((row, line, r))
-            continue
-        rows.append(row)
-        raws.append(line)
+    raws = bronze["raw"]
 
-    batch, changes, problems = canonical_batch(records, source.max_chars)
-    rejected += [(rows[i], raws[i], r) for i, r in problems.items()]
-    valid = np.ones(len(records), bool)
+    # Adapt: a whole chunk at once where the format allows it; the rows it leaves, one by one.
+    parts, at = [], []  # adapted batches, and the bronze index of each of their records
+    rejected: list[tuple[int, Rejected]] = []  # (bronze index, why)
+    whole = _columnar(chunk.data, plan, len(raws)) if len(raws) == len(lines) else None
+    if whole is not None:
+        batch, handled = whole
+        parts.append(batch.filter(pa.array(handled)))
+        at.append(np.flatnonzero(handled))
+    one_by_one = range(len(raws)) if whole is None else np.flatnonzero(~whole[1]).tolist()
+    records, record_at = [], []
+    for k in one_by_one:
+        try:
+            records.append(adapt(_parse(raws[k].removesuffix(b"\r")), plan))
+        except Rejected as r:
+            rejected.append((k, r))
+            continue
+        record_at.append(k)
+    parts.append(adapted_batch(records))
+    at.append(np.asarray(record_at, np.int64))
+    at = np.concatenate(at)
+    in_order = np.argsort(at, kind="stable")
+    at = at[in_order]
+    adapted = pa.concat_batches(parts).take(pa.array(in_order))
+
+    batch, changes, problems = canonical_batch(adapted, source.max_chars)
+    rejected += [(at[i], r) for i, r in problems.items()]
+    valid = np.ones(len(at), bool)
     valid[list(problems)] = False
-    kept_rows = pa.array(np.asarray(rows, np.int64)[valid])
+    rows = np.asarray(bronze["row"], np.int64)
+    kept_rows = pa.array(rows[at[valid]])
+    rejected.sort(key=lambda item: item[0])  # input order
+    why = [r for _, r in rejected]
+    rejected_rows = rows[[k for k, _ in rejected]].tolist()
     candidates = batch.filter(pa.array(valid)).append_column(
         CANDIDATE.field("_ord"), pc.bit_wise_or(ordinal(source.index, plan.index, 0), kept_rows)
     )
@@ -207,11 +233,11 @@ def _canonicalize(chunk: RawChunk, plan: FilePlan, run_id: str) -> ChunkResult:
             len(rejected),
             source=source.name,
             file=chunk.file,
-            row=[row for row, _, _ in rejected],
+            row=rejected_rows,
             stage=STAGE,
             action="quarantine",
-            reason=[r.reason.value for _, _, r in rejected],
-            detail=[f"{r.field}: {r.detail}" if r.field else r.detail for _, _, r in rejected],
+            reason=[r.reason.value for r in why],
+            detail=[f"{r.field}: {r.detail}" if r.field else r.detail for r in why],
             run_id=run_id,
         ),
         table_of(
@@ -245,17 +271,17 @@ def _canonicalize(chunk: RawChunk, plan: FilePlan, run_id: str) -> ChunkResult:
         len(rejected),
         source=source.name,
         file=chunk.file,
-        row=[row for row, _, _ in rejected],
+        row=rejected_rows,
         stage=STAGE,
-        reason=[r.reason.value for _, _, r in rejected],
-        field=[r.field for _, _, r in rejected],
-        detail=[r.detail for _, _, r in rejected],
-        raw=[raw for _, raw, _ in rejected],
+        reason=[r.reason.value for r in why],
+        field=[r.field for r in why],
+        detail=[r.detail for r in why],
+        raw=[raws[k] for k, _ in rejected],
     )
     return ChunkResult(
         bronze=table_of(BRONZE, len(bronze["row"]), source=source.name, file=chunk.file, **bronze),
         candidates=candidates,
-        quarantine=_by_row(quarantine),
+        quarantine=quarantine,
         ledger=_by_row(pa.concat_tables(ledger)),
         counts={"bronze": len(bronze["row"]), "quarantined": len(rejected), "candidates": candidates.num_rows},
     )
@@ -266,9 +292,59 @@ def _by_row(table: pa.Table) -> pa.Table:
     return table.take(pc.sort_indices(table["row"]))
 
 
+def _columnar(data: bytes, plan: FilePlan, rows: int) -> tuple[pa.RecordBatch, np.ndarray] | None:
+    """A chunk adapted whole by its format's columnar adapter (see ingest/adapters/arrow.py), and the rows it
+    vouches for; None when the chunk must go row by row: the format has no columnar form, or a row is not a JSON
+    object of just the string fields that form reads (an extra key goes to meta, which only the per-row adapter
+    writes)."""
+    source = plan.source
+    adapter = ADAPTERS.get(plan.adapter) if plan.adapter and not plan.format_error else None
+    columnar = adapter and adapter.columnar
+    if not columnar or (source.regime or adapter.regimes[0]) not in columnar.regimes or not source.license:
+        return None
+    if data.startswith(BOM):
+        return None
+    options = pj.ParseOptions(
+        explicit_schema=pa.schema([(k, pa.string()) for k in columnar.reads]), unexpected_field_behavior="error"
+    )
+    try:
+        table = pj.read_json(io.BytesIO(data), pj.ReadOptions(use_threads=False, block_size=len(data) + 1), options)
+    except pa.ArrowInvalid:
+        return None
+    if table.num_rows != rows:  # with no blank lines (checked by the caller), one row per line
+        return None
+    built = columnar.build(table)
+    if built.meta.keys() & source.meta.keys():  # the merged dict would keep the source's key order
+        return None
+    meta, plain = _meta(source.meta, built.meta, rows)
+    fields = built.fields | {
+        "regime": constant((source.regime or adapter.regimes[0]).value, rows),
+        "source": constant(source.name, rows),
+        "origin": constant(source.origin, rows),
+        "license": constant(source.license, rows),
+        "meta": meta,
+    }
+    columns = [fields[f.name] if f.name in fields else pa.nulls(rows, f.type) for f in ADAPTED]
+    return pa.RecordBatch.from_arrays(columns, schema=ADAPTED), built.handled & plain
+
+
+def _meta(source_meta: dict, added: dict[str, pa.Array], rows: int) -> tuple[pa.Array, np.ndarray]:
+    """The meta JSON the per-row path writes ({**source meta, **added}), and the rows where it is certain."""
+    plain = np.ones(rows, bool)
+    if not added:
+        return constant(orjson.dumps(source_meta).decode() if source_meta else None, rows), plain
+    pieces = [orjson.dumps(source_meta).decode()[:-1]]
+    for key, values in added.items():
+        text, ok = json_string(values)
+        plain &= ok
+        separator = "," if len(pieces) > 1 or source_meta else ""
+        pieces += [f"{separator}{orjson.dumps(key).decode()}:", text]
+    return pc.binary_join_element_wise(*pieces, "}", ""), plain
+
+
 def _parse(text: bytes) -> object:
     try:
-        return orjson.loads(text.removeprefix(b"\xef\xbb\xbf"))
+        return orjson.loads(text.removeprefix(BOM))
     except orjson.JSONDecodeError as e:
         try:
             text.decode("utf-8")

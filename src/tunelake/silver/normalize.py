@@ -13,14 +13,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tunelake.ingest.adapters.arrow import strip
 from tunelake.schema import ROLE_ALIASES
 from tunelake.silver.turns import MESSAGE_LISTS, Turns
 
-# Every character str.strip() removes (tests/silver/test_normalize.py checks it against str.isspace()).
-WHITESPACE = (
-    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008"
-    "\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
-)
 _ALIASES = pa.array(list(ROLE_ALIASES))
 _CANONICAL = pa.array(list(ROLE_ALIASES.values()))
 # What changed, by a 3-bit code (nfc 1, role 2, strip 4): the names, sorted, or None.
@@ -46,11 +42,6 @@ def _nfc(texts: pa.Array) -> tuple[pa.Array, np.ndarray]:
     if not normal:
         return texts, changed
     return pc.replace_with_mask(texts, pa.array(changed), pa.array(normal, pa.string())), changed
-
-
-def strip(texts: pa.Array) -> pa.Array:
-    """str.strip() of each string."""
-    return pc.utf8_trim(texts, characters=WHITESPACE)
 
 
 def _role(roles: pa.Array) -> pa.Array:

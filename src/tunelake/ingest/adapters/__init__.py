@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tunelake.ingest.adapters.arrow import Columnar
 from tunelake.schema import Reason, Regime
 
 
@@ -20,6 +21,7 @@ class Adapter:
     convert: Callable[[dict, Regime], dict]  # row, regime -> canonical fields (+ "meta" extras)
     consumes: frozenset[str]  # fields mapped into the record; the rest of the row goes to meta
     matches: Callable[[dict], bool] = lambda row: True
+    columnar: Columnar | None = None  # the same conversion for a whole parsed chunk, where the format allows it
 
     def fits(self, row: dict) -> bool:
         return self.required <= row.keys() and self.matches(row)

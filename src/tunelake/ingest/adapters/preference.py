@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from tunelake.ingest.adapters import Adapter
+from tunelake.ingest.adapters.arrow import Columnar, Columns, blank, message_lists, present
 from tunelake.ingest.adapters.messages import chat_message, chat_messages, message, split_shared_prefix, text_field
 from tunelake.schema import Reason, Regime, Rejected
 
@@ -56,6 +61,62 @@ def hh_rlhf(row: dict, regime: Regime) -> dict:
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
+def _turns(texts: pa.Array) -> tuple[pa.Array, pa.Array, np.ndarray, np.ndarray]:
+    """hh_transcript() for a whole array: (role, body) of every turn laid end to end, turns per row, and the rows
+    that are plain transcripts (nothing before the first turn, no NUL character, which marks the cuts)."""
+    has_nul = pc.match_substring(texts, "\x00").fill_null(True)
+    texts = pc.if_else(has_nul, "", texts)  # such rows go row by row; as "" they keep the others' turns in step
+    marked = pc.replace_substring_regex(texts, _HH_TURN.pattern, "\x00\\1\x00")
+    pieces = pc.split_pattern(marked, "\x00")  # ["", role, body, role, body, ...]
+    sizes = pc.list_value_length(pieces).to_numpy(zero_copy_only=False).astype(np.int64)
+    flat = pc.list_flatten(pieces)
+    position = np.arange(len(flat)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    role = flat.filter(pa.array(position % 2 == 1))
+    body = flat.filter(pa.array((position % 2 == 0) & (position > 0)))
+    role = pc.if_else(pc.equal(role, "Human"), "user", "assistant")
+    plain = blank(pc.list_element(pieces, 0)) & ~has_nul.to_numpy(zero_copy_only=False)
+    return role, body, (sizes - 1) // 2, plain
+
+
+def _ranges(first: np.ndarray, lengths: np.ndarray) -> pa.Array:
+    """The indices first[r] .. first[r] + lengths[r] - 1 of every row r, laid end to end."""
+    starts = np.repeat(first - (np.cumsum(lengths) - lengths), lengths)
+    return pa.array(starts + np.arange(lengths.sum()), pa.int64())
+
+
+def hh_rlhf_columns(table: pa.Table) -> Columns:
+    """hh_rlhf() for a whole chunk: both transcripts split into turns, then split_shared_prefix()."""
+    chosen, rejected = table["chosen"].combine_chunks(), table["rejected"].combine_chunks()
+    handled = present(chosen, rejected)
+    c_role, c_body, c_turns, c_plain = _turns(chosen.fill_null(""))
+    r_role, r_body, r_turns, r_plain = _turns(rejected.fill_null(""))
+    c_first, r_first = np.cumsum(c_turns) - c_turns, np.cumsum(r_turns) - r_turns
+    # The shared prefix: turns equal on both sides, compared pairwise up to the shorter transcript.
+    both = np.minimum(c_turns, r_turns)
+    pair_c, pair_r = _ranges(c_first, both), _ranges(r_first, both)
+    same = pc.and_(
+        pc.equal(c_role.take(pair_c), r_role.take(pair_r)), pc.equal(c_body.take(pair_c), r_body.take(pair_r))
+    )
+    differs = np.flatnonzero(~same.to_numpy(zero_copy_only=False))
+    row_of_pair = np.repeat(np.arange(len(both)), both)
+    shared = both.copy()
+    rows, first = np.unique(row_of_pair[differs], return_index=True)
+    shared[rows] = differs[first] - (np.cumsum(both) - both)[rows]
+    # ... ending before an assistant turn, so both responses start with the assistant.
+    is_assistant = pc.equal(c_role, "assistant").to_numpy(zero_copy_only=False)
+    while len(is_assistant) and (back := (shared > 0) & is_assistant[np.maximum(c_first + shared - 1, 0)]).any():
+        shared[back] -= 1
+    c_rest, r_rest = c_turns - shared, r_turns - shared
+    prompt_at, chosen_at = _ranges(c_first, shared), _ranges(c_first + shared, c_rest)
+    rejected_at = _ranges(r_first + shared, r_rest)
+    fields = {
+        "prompt": message_lists(c_role.take(prompt_at), c_body.take(prompt_at), shared),
+        "chosen": message_lists(c_role.take(chosen_at), c_body.take(chosen_at), c_rest),
+        "rejected": message_lists(r_role.take(rejected_at), r_body.take(rejected_at), r_rest),
+    }
+    return Columns(fields, {}, handled & c_plain & r_plain)
+
+
 def sharegpt_preference(row: dict, regime: Regime) -> dict:
     prompt = chat_messages(row["conversations"], "conversations")
     if isinstance(row.get("system"), str) and row["system"]:
@@ -87,6 +148,7 @@ ADAPTERS = [
         hh_rlhf,
         frozenset({"chosen", "rejected"}),
         matches=_is_hh,
+        columnar=Columnar(("chosen", "rejected"), (Regime.preference,), hh_rlhf_columns),
     ),
     Adapter(
         "sharegpt_preference",

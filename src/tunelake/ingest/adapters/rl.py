@@ -5,7 +5,11 @@ GSM8K and MATH can also be read as SFT (the worked solution becomes the assistan
 
 from __future__ import annotations
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from tunelake.ingest.adapters import Adapter
+from tunelake.ingest.adapters.arrow import Columnar, Columns, blank, constant, messages, present, strip
 from tunelake.ingest.adapters.messages import as_json, chat_messages, list_field, message, optional_text, text_field
 from tunelake.schema import Reason, Regime, Rejected
 
@@ -29,6 +33,23 @@ def gsm8k(row: dict, regime: Regime) -> dict:
         "domain": "math",
         "meta": {"solution": solution},
     }
+
+
+_AFTER_LAST_MARK = r"(?s)^.*####(?P<tail>.*)$"  # greedy: the text after the last '####', as rpartition
+
+
+def gsm8k_columns(table: pa.Table) -> Columns:
+    """gsm8k() for a whole chunk, in the RL regime."""
+    question, solution = table["question"].combine_chunks(), table["answer"].combine_chunks()
+    tail = pc.struct_field(pc.extract_regex(solution, _AFTER_LAST_MARK), [0])
+    rows = len(question)
+    fields = {
+        "prompt": messages(["user"], [question]),
+        "answer": pc.replace_substring(strip(tail), ",", ""),
+        "verifier": constant("numeric", rows),
+        "domain": constant("math", rows),
+    }
+    return Columns(fields, {"solution": solution}, present(question, solution) & ~blank(tail))
 
 
 def last_boxed(text: str) -> str | None:
@@ -130,6 +151,7 @@ ADAPTERS = [
         gsm8k,
         frozenset({"question", "answer"}),
         matches=lambda r: isinstance(r["answer"], str) and "####" in r["answer"],
+        columnar=Columnar(("question", "answer"), (Regime.rl,), gsm8k_columns),
     ),
     Adapter(
         "math",

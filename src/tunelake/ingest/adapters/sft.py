@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from tunelake.ingest.adapters import Adapter
+from tunelake.ingest.adapters.arrow import Columnar, Columns, blank, messages, present
 from tunelake.ingest.adapters.messages import (
     chat_message,
     chat_messages,
@@ -68,6 +71,14 @@ def alpaca(row: dict, regime: Regime) -> dict:
     return {"messages": [*system, *_history(row), user, message("assistant", text_field(row, "output"))]}
 
 
+def alpaca_columns(table: pa.Table) -> Columns:
+    """alpaca() for a whole chunk of rows with no system or history."""
+    instruction, context, output = (table[k].combine_chunks() for k in ("instruction", "input", "output"))
+    with_context = pc.binary_join_element_wise(instruction, "\n\n", context, "")
+    user = pc.if_else(pa.array(~blank(context)), with_context, instruction)
+    return Columns({"messages": messages(["user", "assistant"], [user, output])}, {}, present(instruction, output))
+
+
 def dolly(row: dict, regime: Regime) -> dict:
     user = message("user", _instruction(row, "context"))
     response = message("assistant", text_field(row, "response"))
@@ -111,6 +122,7 @@ ADAPTERS = [
         frozenset({"instruction", "output"}),
         alpaca,
         frozenset({"instruction", "input", "output", "system", "history"}),
+        columnar=Columnar(("instruction", "input", "output"), (Regime.sft,), alpaca_columns),
     ),
     Adapter(
         "dolly",

@@ -1,0 +1,146 @@
+"""Columnar adapters (a whole chunk adapted with Arrow kernels) against their per-row adapters: a chunk must give
+the same bronze, candidates, quarantine and ledger either way, row for row, on real rows and on rows made to hit
+every edge the columnar form has to leave to the per-row one.
+
+Real rows: examples/data (Alpaca, GSM8K train, HH-RLHF harmless test: see examples/data/SOURCES.md) and
+tests/fixtures/real (see SOURCES.md there).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+
+import orjson
+import pytest
+
+from tests.conftest import EXAMPLES, FIXTURES
+from tunelake.ingest import adapters
+from tunelake.ingest.readers import RawChunk
+from tunelake.schema import Regime
+from tunelake.silver import canonicalize as stage
+from tunelake.silver.canonicalize import FilePlan, SourcePlan, canonicalize
+
+
+def _rows(path) -> list[dict]:
+    data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    if data.lstrip()[:1] == b"[":
+        return orjson.loads(data)
+    return [orjson.loads(line) for line in data.splitlines() if line.strip()]
+
+
+HUMAN, BOT = "\n\nHuman: ", "\n\nAssistant: "
+ALPACA = [
+    *_rows(EXAMPLES / "data/alpaca_300.json.gz"),
+    *_rows(FIXTURES / "real/alpaca_sample.jsonl"),
+    {"instruction": "Add a comma.", "input": "", "output": "Done."},
+    {"instruction": "Add a comma.", "input": " \u3000 ", "output": "Done."},  # blank: no context added
+    {"instruction": "Add a comma.", "input": None, "output": "Done."},
+    {"instruction": "Add a comma.", "output": "Done."},
+    {"instruction": '  Cafe\u0301 \\ "quoted"\t', "input": "ctx\x1c", "output": "\u200bOui\r\n"},
+    {"instruction": "bell \x07 inside", "input": "x", "output": "y"},  # a control character
+    {"instruction": "", "input": "only context", "output": "y"},  # empty instruction: not a gold row
+    {"instruction": "x", "input": "y", "output": "   "},  # empty output
+    {"instruction": None, "input": "y", "output": "z"},  # a null required field
+    {"instruction": "x", "output": "x"},  # an exact duplicate below
+    {"instruction": "x", "output": "x"},
+]
+GSM8K = [
+    *_rows(EXAMPLES / "data/gsm8k_train_300.jsonl.gz"),
+    *_rows(FIXTURES / "real/gsm8k_test_sample.jsonl"),
+    {"question": "How many?", "answer": "Two and two.\n#### 1,000"},
+    {"question": "How many?", "answer": "x #### 3 #### 4\n"},  # the last mark counts
+    {"question": "How many?", "answer": "no mark at all"},
+    {"question": "How many?", "answer": "#### \u3000 "},  # nothing after the mark
+    {"question": 'Quote "me" \\ back', "answer": 'Because\t"so"\n#### 5'},  # escapes in meta
+    {"question": "Control", "answer": "bell \x07\n#### 5"},  # a control character in meta
+    {"question": "   ", "answer": "#### 5"},  # an empty prompt
+    {"question": "\u00e9t\u00e9?", "answer": "#### 6"},
+]
+HH = [
+    *_rows(EXAMPLES / "data/hh_rlhf_harmless_test_300.jsonl.gz"),
+    *_rows(FIXTURES / "real/hh_rlhf_harmless_sample.jsonl"),
+    {"chosen": f"{HUMAN}Hi{BOT}Hello", "rejected": f"{HUMAN}Hi{BOT}Go away"},
+    {"chosen": "\n\nHuman:no space\n\nAssistant:ok", "rejected": "\n\nHuman:no space\n\nAssistant:no"},
+    {"chosen": f"{HUMAN}Hi{BOT}A{BOT}B", "rejected": f"{HUMAN}Hi{BOT}A{BOT}C"},  # back-to-back assistant turns
+    {"chosen": f"{HUMAN}Hi{BOT}Same", "rejected": f"{HUMAN}Hi{BOT}Same"},  # chosen equals rejected
+    {"chosen": f"{HUMAN}Hi{BOT}Yes{HUMAN}More?{BOT}No", "rejected": f"{HUMAN}Hi{BOT}Nope"},  # lengths differ
+    {"chosen": f"junk{HUMAN}Hi{BOT}Yes", "rejected": f"{HUMAN}Hi{BOT}No"},  # text before the first turn
+    {"chosen": f"{HUMAN}Hi\x00there{BOT}Yes", "rejected": f"{HUMAN}Hi\x00there{BOT}No"},  # a NUL in the text
+    {"chosen": f"{HUMAN}Caf\u00e9{BOT}Oui ", "rejected": f"{HUMAN}Cafe\u0301{BOT}Non"},  # NFC after splitting
+    {"chosen": f"{HUMAN}Hi", "rejected": f"{HUMAN}Hi"},  # no response at all
+    {"chosen": "", "rejected": ""},
+]
+CASES = [("alpaca", ALPACA), ("gsm8k", GSM8K), ("hh_rlhf", HH)]
+
+
+def _chunk(rows: list[dict], first_row: int = 1) -> RawChunk:
+    return RawChunk("f.jsonl", first_row, b"".join(orjson.dumps(r) + b"\n" for r in rows))
+
+
+def _plan(fmt: str, meta: dict | None = None) -> FilePlan:
+    return FilePlan(SourcePlan(3, "src", None, "mit", "human", meta or {}, 1_000_000), 2, fmt)
+
+
+def _both_ways(monkeypatch, chunk: RawChunk, plan: FilePlan):
+    columnar = canonicalize(chunk, plan, "run")
+    with monkeypatch.context() as m:
+        adapter = adapters.ADAPTERS[plan.adapter]
+        m.setitem(adapters.ADAPTERS, plan.adapter, dataclasses.replace(adapter, columnar=None))
+        m.setitem(stage.ADAPTERS, plan.adapter, dataclasses.replace(adapter, columnar=None))
+        by_row = canonicalize(chunk, plan, "run")
+    return columnar, by_row
+
+
+def _assert_same(columnar, by_row) -> None:
+    for table in ("bronze", "candidates", "quarantine", "ledger"):
+        assert getattr(columnar, table).to_pylist() == getattr(by_row, table).to_pylist(), table
+    assert columnar.counts == by_row.counts
+
+
+@pytest.mark.parametrize(("fmt", "rows"), CASES, ids=[c[0] for c in CASES])
+def test_columnar_and_per_row_adapters_give_the_same_chunk(monkeypatch, fmt, rows):
+    chunk, plan = _chunk(rows), _plan(fmt)
+    whole = stage._columnar(chunk.data, plan, len(rows))
+    assert whole is not None and whole[1].sum() > len(rows) * 0.8  # the columnar form did the work
+    assert not whole[1].all()  # and left the odd rows to the per-row adapter
+    columnar, by_row = _both_ways(monkeypatch, chunk, plan)
+    _assert_same(columnar, by_row)
+    assert columnar.counts["quarantined"] > 0 and columnar.counts["candidates"] > len(rows) * 0.8
+
+
+def test_source_meta_is_merged_as_the_per_row_adapter_merges_it(monkeypatch):
+    for meta in ({"collection": "main", "n": 1}, {"solution": "clash: the per-row order wins"}):
+        _assert_same(*_both_ways(monkeypatch, _chunk(GSM8K), _plan("gsm8k", meta)))
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda rows: [*rows[:3], {**rows[3], "license": "apache-2.0"}, *rows[4:]],  # an extra key: meta
+        lambda rows: [*rows[:3], {**rows[3], "instruction": 7}, *rows[4:]],  # a number where text belongs
+    ],
+    ids=["extra_key", "wrong_type"],
+)
+def test_a_chunk_the_columnar_form_cannot_read_goes_row_by_row(monkeypatch, edit):
+    rows = edit(ALPACA[:20])
+    chunk, plan = _chunk(rows), _plan("alpaca")
+    assert stage._columnar(chunk.data, plan, len(rows)) is None
+    _assert_same(*_both_ways(monkeypatch, chunk, plan))
+
+
+def test_blank_lines_and_crlf_keep_their_row_numbers(monkeypatch):
+    lines = [orjson.dumps(r) for r in ALPACA[:6]]
+    data = b"\r\n".join(lines[:3]) + b"\r\n\r\n" + b"\n".join(lines[3:]) + b"\n"
+    chunk = RawChunk("f.jsonl", 10, data)
+    columnar, by_row = _both_ways(monkeypatch, chunk, _plan("alpaca"))
+    _assert_same(columnar, by_row)
+    assert columnar.bronze["row"].to_pylist() == [10, 11, 12, 14, 15, 16]
+    crlf_only = RawChunk("f.jsonl", 1, b"\r\n".join(lines) + b"\r\n")
+    assert stage._columnar(crlf_only.data, _plan("alpaca"), 6) is not None
+    _assert_same(*_both_ways(monkeypatch, crlf_only, _plan("alpaca")))
+
+
+def test_gsm8k_as_sft_goes_row_by_row(monkeypatch):
+    plan = FilePlan(SourcePlan(0, "src", Regime.sft, "mit", "human", {}, 1_000_000), 0, "gsm8k")
+    assert stage._columnar(_chunk(GSM8K).data, plan, len(GSM8K)) is None
