@@ -261,7 +261,7 @@ def _file_issues(run: _Run) -> None:
 def _dedup(run: _Run, engine: LocalEngine, candidates: list[Staged]) -> pa.Table:
     """The duplicates among all candidates (ordinal, id, kept ordinal, kept id), logged as ledger drops."""
     started = time.perf_counter()
-    files = [str(run.lake.root / s.part.table / s.part.name) for s in candidates]
+    files = [str(run.lake.root / s.keys.table / s.keys.name) for s in candidates]
     # On the pool, when there is one: DuckDB's working memory then never joins the parent's.
     (dups,) = engine.map(exact_duplicates, [files])
     if dups.num_rows:
@@ -410,10 +410,13 @@ def _export(run: _Run, engine: LocalEngine) -> Path:
     """Every gold table exported into staging; they replace the lake's exports once all commits are done."""
     started = time.perf_counter()
     staging = run.lake.root / "_staging" / run.run_id / "exports"
+    tables = [(regime, split) for regime in Regime for split in SPLITS]
+    # Largest tables first, so the last task to finish is a small one.
+    tables.sort(key=lambda t: -run.counts["_gold"].get(gold_table(*t), 0))
     tasks = [
-        ExportTask(run.staged_files(gold_table(regime, split)), regime, split, staging, run.recipe.gold.export)
-        for regime in Regime
-        for split in SPLITS
+        ExportTask(run.staged_files(gold_table(regime, split)), regime, split, staging, fmt)
+        for regime, split in tables
+        for fmt in run.recipe.gold.export
     ]
     for _ in engine.map(run_export, tasks):
         pass

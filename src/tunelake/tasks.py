@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tunelake.engine.parts import Part, part_name, write_part
+from tunelake.engine.parts import Part, part_name, read_arrow, write_arrow, write_part
 from tunelake.gold.project import gold_schema, gold_table
 from tunelake.gold.split import SPLITS, assign_splits
 from tunelake.gold.tokenize.masks import MaskSettings
@@ -26,14 +26,20 @@ from tunelake.ingest.readers import RawChunk
 from tunelake.recipe import Split
 from tunelake.schema import LEDGER, RECORD, TOKENIZE_QUARANTINE, Regime, table_of
 from tunelake.silver.canonicalize import FilePlan, canonicalize, ordinal_parts
+from tunelake.silver.dedup import dedup_keys
 
 # A build's steps, in the order their ledger parts sort.
 STEP_READ, STEP_CANONICALIZE, STEP_DEDUP, STEP_PUBLISH, STEP_TOKENIZE, STEP_PACK = 0, 1, 2, 3, 4, 5
 
 
 def candidates_table(run_id: str) -> str:
-    """Where canonicalize stages candidate records for the global dedup step (never published)."""
+    """Where canonicalize stages candidate records for publishing after the global dedup step."""
     return f"_staging/{run_id}/candidates"
+
+
+def keys_table(run_id: str) -> str:
+    """Where canonicalize stages the candidates' dedup keys, for the global dedup step."""
+    return f"_staging/{run_id}/keys"
 
 
 @dataclass(frozen=True)
@@ -79,9 +85,10 @@ class CanonicalizeTask:
 
 @dataclass(frozen=True)
 class Staged:
-    """A chunk's candidate records, staged for dedup; they hold the ordinals first..last, in order."""
+    """A chunk's candidate records and their dedup keys, staged; they hold the ordinals first..last, in order."""
 
     part: Part
+    keys: Part
     first: int
     last: int
 
@@ -103,10 +110,12 @@ def run_canonicalize(task: CanonicalizeTask) -> CanonicalizeDone:
         write_part(task.root, "silver/quarantine", name, result.quarantine),
         write_part(task.root, "ledger", name, result.ledger),
     ]
-    # Staged candidates are read once, soon: fast lz4 beats small zstd files here.
-    part = write_part(task.root, candidates_table(task.run_id), name, result.candidates, compression="lz4")
-    ords = result.candidates.column("_ord")
-    staged = Staged(part, ords[0].as_py(), ords[-1].as_py()) if part else None
+    part = write_arrow(task.root, candidates_table(task.run_id), name, result.candidates)
+    staged = None
+    if part:
+        keys = write_part(task.root, keys_table(task.run_id), name, dedup_keys(result.candidates))
+        ords = result.candidates.column("_ord")
+        staged = Staged(part, keys, ords[0].as_py(), ords[-1].as_py())
     return CanonicalizeDone(source, [p for p in parts if p], result.counts, staged)
 
 
@@ -129,7 +138,7 @@ class PublishDone:
 
 def run_publish(task: PublishTask) -> PublishDone:
     """One part of candidates minus its duplicates -> silver/records and, split by prompt group, gold."""
-    batch = pq.read_table(task.root / task.candidates.part.table / task.candidates.part.name)
+    batch = read_arrow(task.root / task.candidates.part.table / task.candidates.part.name)
     if len(task.dropped):
         batch = batch.filter(pc.invert(pc.is_in(batch["_ord"], pa.array(task.dropped))))
     name = part_name(task.run_id, STEP_PUBLISH, task.seq)

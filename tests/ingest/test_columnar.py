@@ -69,6 +69,8 @@ HH = [
     {"chosen": f"{HUMAN}Hi\x00there{BOT}Yes", "rejected": f"{HUMAN}Hi\x00there{BOT}No"},  # a NUL in the text
     {"chosen": f"{HUMAN}Caf\u00e9{BOT}Oui ", "rejected": f"{HUMAN}Cafe\u0301{BOT}Non"},  # NFC after splitting
     {"chosen": f"{HUMAN}Hi", "rejected": f"{HUMAN}Hi"},  # no response at all
+    {"chosen": "\n\nHuman:  two spaces\n\nAssistant:", "rejected": "\n\nHuman:  two spaces\n\nAssistant: b"},
+    {"chosen": "\n\n\n\nHuman: a\n\nAssistant: Human: b", "rejected": "\n\nHuman: a\n\nAssistant:\n\nHuman:"},
     {"chosen": "", "rejected": ""},
 ]
 CASES = [("alpaca", ALPACA), ("gsm8k", GSM8K), ("hh_rlhf", HH)]

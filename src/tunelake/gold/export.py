@@ -78,17 +78,18 @@ class ExportTask:
     regime: Regime
     split: str
     out_dir: Path
-    formats: list[str]
+    format: str  # jsonl | parquet
 
 
-def run_export(task: ExportTask) -> list[Path]:
-    """Write one gold table in each format to out_dir/<regime>/<split>.<fmt>; returns the paths written.
+def run_export(task: ExportTask) -> Path | None:
+    """Write one gold table in one format to out_dir/<regime>/<split>.<format>; returns the path written.
 
-    One DuckDB thread and a small memory limit: exports of several tables run side by side on the engine.
+    One DuckDB thread and a small memory limit: exports of several tables and formats run side by side on the
+    engine.
     """
-    files, regime, split, out_dir, formats = task.files, task.regime, task.split, task.out_dir, task.formats
+    files, regime, split, out_dir, fmt = task.files, task.regime, task.split, task.out_dir, task.format
     if not files:
-        return []
+        return None
     config = {"memory_limit": "256MB", "threads": 1, "preserve_insertion_order": True}
     con = duckdb.connect(config=config)
     # filename and file_row_number give each row its index in the table (see _row_index).
@@ -96,12 +97,8 @@ def run_export(task: ExportTask) -> list[Path]:
     query = _select(con, regime, split, files)
     folder = out_dir / regime.value
     folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for fmt in formats:
-        path = folder / f"{split}.{fmt}"
-        tmp = folder / f".{split}.{fmt}.tmp"
-        target = str(tmp).replace("'", "''")  # a SQL string literal: quotes in the lake's path are doubled
-        con.execute(f"copy ({query}) to '{target}' {FORMATS[fmt]}")
-        os.replace(tmp, path)
-        written.append(path)
-    return written
+    path, tmp = folder / f"{split}.{fmt}", folder / f".{split}.{fmt}.tmp"
+    target = str(tmp).replace("'", "''")  # a SQL string literal: quotes in the lake's path are doubled
+    con.execute(f"copy ({query}) to '{target}' {FORMATS[fmt]}")
+    os.replace(tmp, path)
+    return path

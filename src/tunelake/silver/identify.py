@@ -37,7 +37,8 @@ def encode_messages(column: pa.Array) -> pa.Array:
     return pc.if_else(pc.is_null(column), "N", encoded)
 
 
-def _hashes(encoded: pa.Array) -> pa.Array:
+def content_hashes(encoded: pa.Array) -> pa.Array:
+    """BLAKE2b-128 of each encoded value, as hex."""
     blobs = pc.cast(encoded, pa.binary()).to_pylist()
     return pa.array([hashlib.blake2b(b, digest_size=16).hexdigest() for b in blobs], pa.string())
 
@@ -45,7 +46,7 @@ def _hashes(encoded: pa.Array) -> pa.Array:
 def record_ids(batch: pa.RecordBatch) -> pa.Array:
     """The stable id of each canonical record: the hash of its normalised content fields, nothing else."""
     parts = [encode_messages(batch[f]) if f in MESSAGE_LISTS else _text(batch[f]) for f in CONTENT_FIELDS]
-    return _hashes(pc.binary_join_element_wise(*parts, ""))
+    return content_hashes(pc.binary_join_element_wise(*parts, ""))
 
 
 def _opening(column: pa.Array) -> pa.Array:
@@ -67,4 +68,4 @@ def prompt_ids(batch: pa.RecordBatch) -> pa.Array:
     in every regime (from `messages` for SFT, `prompt` otherwise), so an SFT conversation and a preference pair
     or RL prompt that open the same way share a split."""
     sft = pc.equal(batch["regime"], Regime.sft.value)
-    return _hashes(pc.if_else(sft, _opening(batch["messages"]), _opening(batch["prompt"])))
+    return content_hashes(pc.if_else(sft, _opening(batch["messages"]), _opening(batch["prompt"])))
