@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pyarrow as pa
+import pytest
+
 from tests.conftest import run_build, write_recipe
-from tunelake.gold.split import SPLITS, split_of
+from tunelake.gold.split import SPLITS, assign_splits, split_of
 from tunelake.recipe import Split
 
 
@@ -48,12 +51,20 @@ def test_adding_data_never_moves_an_existing_record(tmp_path):
 
 
 def test_split_fractions_follow_the_recipe_and_the_seed_changes_them():
-    cfg = Split(validation=0.1, test=0.05, seed=0)
-    names = [split_of(f"{i:032x}", cfg) for i in range(20000)]
+    ids = pa.array([f"{i:032x}" for i in range(20000)])  # even ids that differ in their last digits only
+    names = assign_splits(ids, Split(validation=0.1, test=0.05, seed=0)).to_pylist()
     assert abs(names.count("validation") / 20000 - 0.1) < 0.01
     assert abs(names.count("test") / 20000 - 0.05) < 0.01
-    reseeded = [split_of(f"{i:032x}", Split(validation=0.1, test=0.05, seed=1)) for i in range(20000)]
+    reseeded = assign_splits(ids, Split(validation=0.1, test=0.05, seed=1)).to_pylist()
     assert names != reseeded
+    # A record's split is its own: the same alone, in any batch, at any offset.
+    assert [split_of(p, Split(validation=0.1, test=0.05, seed=0)) for p in ids[:50].to_pylist()] == names[:50]
+    assert assign_splits(ids.slice(777, 100), Split(validation=0.1, test=0.05, seed=0)).to_pylist() == names[777:877]
+
+
+def test_a_prompt_id_that_is_not_a_digest_is_an_error_not_a_split():
+    with pytest.raises(ValueError, match="hex digests"):
+        assign_splits(pa.array(["not-a-digest"]), Split())
 
 
 def test_conversations_opening_the_same_way_share_a_split_across_regimes(tmp_path):

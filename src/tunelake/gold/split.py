@@ -1,28 +1,51 @@
 """Splits by prompt group: a record's split is a pure function of its prompt, the seed and the fractions.
 
 So a prompt never sits in two splits, and adding data never moves an existing record to another split.
+A prompt id (a 128-bit hex digest) mixed with the seed by SplitMix64's finaliser, so that every seed gives an
+independent assignment, places the prompt in [0, 1); vectorised over a whole part.
 """
 
 from __future__ import annotations
 
-import hashlib
-
+import numpy as np
 import pyarrow as pa
 
 from tunelake.recipe import Split
 
 SPLITS = ("train", "validation", "test")
+_HEX = np.full(256, 255, np.uint8)
+_HEX[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16, dtype=np.uint8)
 
 
-def split_of(prompt_id: str, split: Split) -> str:
-    digest = hashlib.blake2b(f"{split.seed}:{prompt_id}".encode(), digest_size=8).digest()
-    u = int.from_bytes(digest, "big") / 2**64
-    if u < split.validation:
-        return "validation"
-    if u < split.validation + split.test:
-        return "test"
-    return "train"
+def _mix(z: np.ndarray) -> np.ndarray:
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def _unit(prompt_ids: pa.Array, seed: int) -> np.ndarray:
+    """Each prompt id's place in [0, 1): its 32 hex digits as two 64-bit words, each mixed in with the seed."""
+    offsets = np.frombuffer(prompt_ids.buffers()[1], np.int32)[
+        prompt_ids.offset : prompt_ids.offset + len(prompt_ids) + 1
+    ]
+    digits = _HEX[np.frombuffer(prompt_ids.buffers()[2], np.uint8)[offsets[0] : offsets[-1]]]
+    if (np.diff(offsets) != 32).any() or (digits == 255).any():
+        raise ValueError("prompt ids must be 128-bit lower-case hex digests")
+    mixed = np.full(len(prompt_ids), seed, np.uint64)
+    with np.errstate(over="ignore"):
+        for word in digits.reshape(-1, 2, 16).transpose(1, 2, 0):  # the two halves, digit by digit
+            value = np.zeros(len(prompt_ids), np.uint64)
+            for column in word:
+                value = (value << np.uint64(4)) | column.astype(np.uint64)
+            mixed = _mix(mixed ^ value)
+    return (mixed >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
 def assign_splits(prompt_ids: pa.Array, split: Split) -> pa.Array:
-    return pa.array([split_of(p, split) for p in prompt_ids.to_pylist()], pa.string())
+    u = _unit(prompt_ids, split.seed)
+    names = np.where(u < split.validation, 1, np.where(u < split.validation + split.test, 2, 0))
+    return pa.array(np.asarray(SPLITS, object)[names], pa.string())
+
+
+def split_of(prompt_id: str, split: Split) -> str:
+    return assign_splits(pa.array([prompt_id]), split)[0].as_py()
