@@ -67,6 +67,7 @@ HH = [
     {"chosen": f"{HUMAN}Hi{BOT}Yes{HUMAN}More?{BOT}No", "rejected": f"{HUMAN}Hi{BOT}Nope"},  # lengths differ
     {"chosen": f"junk{HUMAN}Hi{BOT}Yes", "rejected": f"{HUMAN}Hi{BOT}No"},  # text before the first turn
     {"chosen": f"{HUMAN}Hi\x00there{BOT}Yes", "rejected": f"{HUMAN}Hi\x00there{BOT}No"},  # a NUL in the text
+    {"chosen": f"{HUMAN}\x01Hi{BOT}\x02Yes", "rejected": f"{HUMAN}\x01Hi{BOT}No"},  # the columnar form's role codes
     {"chosen": f"{HUMAN}Caf\u00e9{BOT}Oui ", "rejected": f"{HUMAN}Cafe\u0301{BOT}Non"},  # NFC after splitting
     {"chosen": f"{HUMAN}Hi", "rejected": f"{HUMAN}Hi"},  # no response at all
     {"chosen": "\n\nHuman:  two spaces\n\nAssistant:", "rejected": "\n\nHuman:  two spaces\n\nAssistant: b"},

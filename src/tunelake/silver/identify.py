@@ -17,7 +17,9 @@ from tunelake.schema import CONTENT_FIELDS, MESSAGE_FIELDS, Regime
 from tunelake.silver.turns import MESSAGE_LISTS, Turns
 
 
-def _text(values: pa.Array) -> pa.Array:
+def _text(values: pa.Array) -> pa.Array | str:
+    if len(values) and values.null_count == len(values):
+        return "N"  # a scalar: most fields of most records are missing, and joining a scalar costs nothing
     lengths = pc.cast(pc.binary_length(values), pa.string())
     return pc.fill_null(pc.binary_join_element_wise("S", lengths, ":", values, ""), "N")
 
@@ -30,6 +32,8 @@ def _joined(turns: Turns, per_turn: pa.Array) -> pa.Array:
 
 def encode_messages(column: pa.Array) -> pa.Array:
     """Each record's message list, encoded (`N` for a missing list)."""
+    if len(column) and column.null_count == len(column):
+        return pa.array(["N"] * len(column), pa.string())
     turns = Turns.of(column)
     per_turn = pc.binary_join_element_wise(*(_text(turns.fields[f]) for f in MESSAGE_FIELDS), "")
     counts = pc.cast(pa.array(turns.lengths), pa.string())

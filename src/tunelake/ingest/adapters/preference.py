@@ -61,21 +61,30 @@ def hh_rlhf(row: dict, regime: Regime) -> dict:
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
+# Each marker as the regex would match it (with its optional space first), and the code that replaces it.
+_HH_MARKS = (
+    ("\n\nHuman: ", "\x00\x01"),
+    ("\n\nHuman:", "\x00\x01"),
+    ("\n\nAssistant: ", "\x00\x02"),
+    ("\n\nAssistant:", "\x00\x02"),
+)
+
+
 def _turns(texts: pa.Array) -> tuple[pa.Array, pa.Array, np.ndarray, np.ndarray]:
     """hh_transcript() for a whole array: (role, body) of every turn laid end to end, turns per row, and the rows
-    that are plain transcripts (nothing before the first turn, no NUL character, which marks the cuts)."""
-    has_nul = pc.match_substring(texts, "\x00").fill_null(True)
-    texts = pc.if_else(has_nul, "", texts)  # such rows go row by row; as "" they keep the others' turns in step
-    # "\n\nHuman:" -> NUL "H", "\n\nAssistant:" -> NUL "A" (plain substring passes: far cheaper than a regex
-    # with a group); each piece after the first is then a role letter, an optional space, and the body.
-    marked = pc.replace_substring(pc.replace_substring(texts, "\n\nHuman:", "\x00H"), "\n\nAssistant:", "\x00A")
-    pieces = pc.split_pattern(marked, "\x00")
+    that are plain transcripts (nothing before the first turn, none of the control characters that mark cuts)."""
+    odd = pc.match_substring_regex(texts, "[\\x00-\\x02]").fill_null(True)
+    if pc.any(odd).as_py():
+        texts = pc.if_else(odd, "", texts)  # such rows go row by row; as "" they keep the others' turns in step
+    # Plain substring passes (far cheaper than the regex with a group): each marker becomes NUL and a role code.
+    for mark, code in _HH_MARKS:
+        texts = pc.replace_substring(texts, mark, code)
+    pieces = pc.split_pattern(texts, "\x00")
     sizes = pc.list_value_length(pieces).to_numpy(zero_copy_only=False).astype(np.int64)
     turns = pc.list_flatten(pc.list_slice(pieces, 1))
-    role = pc.if_else(pc.starts_with(turns, "H"), "user", "assistant")
-    rest = pc.utf8_slice_codeunits(turns, 1)
-    body = pc.if_else(pc.starts_with(rest, " "), pc.utf8_slice_codeunits(rest, 1), rest)  # the regex's ": ?"
-    plain = blank(pc.list_element(pieces, 0)) & ~has_nul.to_numpy(zero_copy_only=False)
+    role = pc.if_else(pc.starts_with(turns, "\x01"), "user", "assistant")
+    body = pc.utf8_ltrim(turns, characters="\x01\x02")
+    plain = blank(pc.list_element(pieces, 0)) & ~odd.to_numpy(zero_copy_only=False)
     return role, body, sizes - 1, plain
 
 
