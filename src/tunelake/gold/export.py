@@ -92,6 +92,7 @@ def run_export(task: ExportTask) -> Path | None:
         return None
     config = {"memory_limit": "256MB", "threads": 1, "preserve_insertion_order": True}
     con = duckdb.connect(config=config)
+    con.execute("set enable_progress_bar = false")  # the build draws its own
     # filename and file_row_number give each row its index in the table (see _row_index).
     con.read_parquet(files, filename=True, file_row_number=True).create_view("gold")
     query = _select(con, regime, split, files)

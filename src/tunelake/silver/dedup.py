@@ -32,6 +32,7 @@ def exact_duplicates(key_files: list[str], memory_limit: str = "256MB") -> pa.Ta
     if not key_files:
         return DUPLICATES.empty_table()
     con = duckdb.connect(config={"memory_limit": memory_limit})
+    con.execute("set enable_progress_bar = false")  # the build draws its own
     query = """
         select _ord, id, first_value(_ord) over w as kept_ord, first_value(id) over w as kept_id
         from read_parquet($files)

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer
-from transformers.utils.chat_template_utils import _alias_reasoning_fields, _compile_jinja_template
 
 BUILTIN = Path(__file__).parent / "templates"
 _SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
@@ -51,7 +50,7 @@ class ChatTemplate:
         """What `apply_chat_template` renders for plain JSON messages: the same compiled template, the same
         reasoning aliases, called directly (its wrapper's deep copy of plain data costs 7% of tokenization)."""
         return self._compiled.render(
-            messages=_alias_reasoning_fields(messages),
+            messages=self._aliased(messages),
             tools=tools,
             documents=None,
             add_generation_prompt=generation_prompt,
@@ -61,8 +60,18 @@ class ChatTemplate:
 
     @cached_property
     def _compiled(self):
-        """transformers' sandboxed Jinja environment (trim_blocks, lstrip_blocks, its tojson, raise_exception)."""
+        """transformers' sandboxed Jinja environment (trim_blocks, lstrip_blocks, its tojson, raise_exception).
+        Imported here, not with the module: transformers costs a third of a second and 45 MiB in every process
+        that imports tunelake's tasks, and only tokenization needs it."""
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+
         return _compile_jinja_template(self.text)
+
+    @cached_property
+    def _aliased(self):
+        from transformers.utils.chat_template_utils import _alias_reasoning_fields
+
+        return _alias_reasoning_fields
 
     def _strftime_now(self, fmt: str) -> str:
         """The recipe's template_date, not the clock: a render must not change with the day it runs."""
