@@ -1,9 +1,12 @@
 """The row-local stage from bronze to silver: raw rows -> normalised, validated canonical records.
 
 One call handles one chunk of one file and gives back Arrow batches for four tables: the bronze rows,
-the candidate records (deduplicated later, globally), the quarantined rows and the ledger rows. Parsing and
-adapting the many shapes of raw rows is per-row Python; normalisation, validation and identity then run
-vectorised over the chunk's records (canonical_batch), one implementation for every format.
+the candidate records (deduplicated later, globally), the quarantined rows and the ledger rows.
+
+Adapting: a format with a columnar adapter (ingest/adapters/arrow.py) parses and adapts the whole chunk with
+Arrow; the rows it cannot vouch for, and every row of other formats, go through the per-row adapter. Then
+normalisation, validation and identity run vectorised over all of the chunk's records (canonical_batch), one
+implementation whichever way a record came in.
 """
 
 from __future__ import annotations
@@ -221,7 +224,8 @@ def _canonicalize(chunk: RawChunk, plan: FilePlan, run_id: str) -> ChunkResult:
     kept_rows = pa.array(rows[at[valid]])
     rejected.sort(key=lambda item: item[0])  # input order
     why = [r for _, r in rejected]
-    rejected_rows = rows[[k for k, _ in rejected]].tolist()
+    where = {"source": source.name, "file": chunk.file, "row": rows[[k for k, _ in rejected]].tolist()}
+    reasons = [r.reason.value for r in why]
     candidates = batch.filter(pa.array(valid)).append_column(
         CANDIDATE.field("_ord"), pc.bit_wise_or(ordinal(source.index, plan.index, 0), kept_rows)
     )
@@ -231,12 +235,10 @@ def _canonicalize(chunk: RawChunk, plan: FilePlan, run_id: str) -> ChunkResult:
         table_of(
             LEDGER,
             len(rejected),
-            source=source.name,
-            file=chunk.file,
-            row=rejected_rows,
+            **where,
             stage=STAGE,
             action="quarantine",
-            reason=[r.reason.value for r in why],
+            reason=reasons,
             detail=[f"{r.field}: {r.detail}" if r.field else r.detail for r in why],
             run_id=run_id,
         ),
@@ -269,11 +271,9 @@ def _canonicalize(chunk: RawChunk, plan: FilePlan, run_id: str) -> ChunkResult:
     quarantine = table_of(
         QUARANTINE,
         len(rejected),
-        source=source.name,
-        file=chunk.file,
-        row=rejected_rows,
+        **where,
         stage=STAGE,
-        reason=[r.reason.value for r in why],
+        reason=reasons,
         field=[r.field for r in why],
         detail=[r.detail for r in why],
         raw=[raws[k] for k, _ in rejected],

@@ -44,6 +44,25 @@ def _part(records: list[tuple[str, list[dict], str | None]]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema)
 
 
+def _each_as_alone(spec: TokenizerSpec, records: list) -> tuple[dict, dict]:
+    """Tokenizes the records as one part and asserts each got what it gets alone: the same ids, labels and
+    attention mask, or the same rejection. Returns (tokenized rows, rejection reasons), by id."""
+    table, rejects = tokenize_rows(_part(records), Regime.sft, spec, settings())
+    tokenized, rejected = {row["id"]: row for row in table.to_pylist()}, {i: r.reason for i, r in rejects}
+    assert len(tokenized) + len(rejected) == len(records)
+    chat, tok = spec.load()
+    for id_, messages, tools in records:
+        try:
+            ids, labels = sft_example(chat, tok, _canonical(messages), tools, settings())
+        except Rejected as alone:
+            assert rejected[id_] == alone.reason, id_
+            continue
+        assert tokenized[id_]["input_ids"] == ids.tolist(), id_
+        assert tokenized[id_]["labels"] == labels.tolist(), id_
+        assert tokenized[id_]["attention_mask"] == [1] * len(ids), id_
+    return tokenized, rejected
+
+
 @pytest.mark.parametrize("template", ["auto", "glued"])
 def test_a_part_tokenizes_each_record_as_it_would_alone(tmp_path, template):
     if template == "glued":
@@ -55,21 +74,7 @@ def test_a_part_tokenizes_each_record_as_it_would_alone(tmp_path, template):
         ("control", [user("Say <|im_end|> please"), assistant("No.")], None),
         ("plain", [user("Hi"), assistant("Hello.")], None),
     ]
-    spec = TokenizerSpec(TOKENIZERS / QWEN, template, TEMPLATE_DATE)
-    table, rejects = tokenize_rows(_part(records), Regime.sft, spec, settings())
-    rejected = {id_: r.reason for id_, r in rejects}
-    tokenized = {row["id"]: row for row in table.to_pylist()}
-    chat, tok = spec.load()
-    assert len(tokenized) + len(rejected) == len(records)
-    for id_, messages, tools in records:
-        try:
-            ids, labels = sft_example(chat, tok, _canonical(messages), tools, settings())
-        except Rejected as alone:
-            assert rejected[id_] == alone.reason, id_
-            continue
-        assert tokenized[id_]["input_ids"] == ids.tolist(), id_
-        assert tokenized[id_]["labels"] == labels.tolist(), id_
-        assert tokenized[id_]["attention_mask"] == [1] * len(ids), id_
+    tokenized, rejected = _each_as_alone(TokenizerSpec(TOKENIZERS / QWEN, template, TEMPLATE_DATE), records)
     assert rejected["control"] == Reason.special_token_in_content
     if "glued" in template:
         assert rejected["merges"] == Reason.mask_overruns_turn and "plain" in tokenized
@@ -136,17 +141,7 @@ def test_a_template_that_renders_two_bos_rejects_each_record_of_the_part(tmp_pat
 def test_parts_of_every_tokenizer_audit_as_records_alone(tokenizer):
     # Llama has a BOS to check, Mistral does not round-trip (no decode audit): the part must still match.
     records = [(name, real_sft(name)["messages"], real_sft(name)["tools"]) for name in REAL_SFT]
-    spec = TokenizerSpec(TOKENIZERS / tokenizer, "auto", TEMPLATE_DATE)
-    table, rejects = tokenize_rows(_part(records), Regime.sft, spec, settings())
-    tokenized, rejected = {row["id"]: row for row in table.to_pylist()}, {i: r.reason for i, r in rejects}
-    chat, tok = spec.load()
-    for id_, messages, tools in records:
-        try:
-            ids, labels = sft_example(chat, tok, _canonical(messages), tools, settings())
-        except Rejected as alone:
-            assert rejected[id_] == alone.reason, id_
-            continue
-        assert (tokenized[id_]["input_ids"], tokenized[id_]["labels"]) == (ids.tolist(), labels.tolist()), id_
+    _each_as_alone(TokenizerSpec(TOKENIZERS / tokenizer, "auto", TEMPLATE_DATE), records)
 
 
 def test_a_record_with_no_tokens_last_in_a_part_is_mask_empty_and_the_others_are_kept():
