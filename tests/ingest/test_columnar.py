@@ -74,7 +74,26 @@ HH = [
     {"chosen": "\n\n\n\nHuman: a\n\nAssistant: Human: b", "rejected": "\n\nHuman: a\n\nAssistant:\n\nHuman:"},
     {"chosen": "", "rejected": ""},
 ]
-CASES = [("alpaca", ALPACA), ("gsm8k", GSM8K), ("hh_rlhf", HH)]
+ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
+OPENAI = [  # real conversations (FastChat's, and KTO demo messages without their label) as OpenAI messages
+    *(
+        {"id": c["id"], "messages": [{"role": ROLES[t["from"]], "content": t["value"]} for t in c["conversations"]]}
+        for c in _rows(EXAMPLES / "data/fastchat_dummy_conversation.json.gz")
+    ),
+    *(
+        {"id": f"kto-{i}", "messages": r["messages"]}
+        for i, r in enumerate(_rows(FIXTURES / "real/kto_en_demo_sample.jsonl"))
+    ),
+    {"id": "a", "messages": [{"role": "Human", "content": " Hi "}, {"role": "GPT", "content": "Hello\u3000"}]},
+    {"id": "b", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]},
+    {"id": "c", "messages": [{"role": "user", "content": None}, {"role": "assistant", "content": "x"}]},
+    {"id": "d", "messages": [{"role": "user"}, {"role": "assistant", "content": "x"}]},  # content absent
+    {"id": "e", "messages": [{"content": "no role"}, {"role": "assistant", "content": "x"}]},  # a missing role
+    {"id": "f", "messages": []},
+    {"id": "g", "messages": None},
+    {"messages": [{"role": "user", "content": "no id"}, {"role": "assistant", "content": "ok"}]},  # id absent
+]
+CASES = [("alpaca", ALPACA), ("gsm8k", GSM8K), ("hh_rlhf", HH), ("openai", OPENAI)]
 
 
 def _chunk(rows: list[dict], first_row: int = 1) -> RawChunk:
@@ -113,8 +132,24 @@ def test_columnar_and_per_row_adapters_give_the_same_chunk(monkeypatch, fmt, row
 
 
 def test_source_meta_is_merged_as_the_per_row_adapter_merges_it(monkeypatch):
-    for meta in ({"collection": "main", "n": 1}, {"solution": "clash: the per-row order wins"}):
+    for meta in ({"collection": "main", "n": 1}, {"solution": "clash: the adapter's value wins", "z": [1]}):
         _assert_same(*_both_ways(monkeypatch, _chunk(GSM8K), _plan("gsm8k", meta)))
+
+
+def test_extra_keys_go_to_meta_as_the_per_row_adapter_puts_them(monkeypatch):
+    rows = [
+        {**r, "uid": f"u{i}", "rank": i, "ok": i % 2 == 0, "note": 'say "hi"\n'} for i, r in enumerate(ALPACA[:40])
+    ]
+    rows[5] = {**rows[5], "rank": None}  # null or absent? only the per-row adapter can tell: that row goes row by row
+    del rows[6]["uid"]
+    rows[7] = {"rank": 1, **rows[7]}  # keys in another order: meta keys are sorted either way
+    chunk, plan = _chunk(rows), _plan("alpaca", {"collection": "demo", "rank": "overridden by the row"})
+    handled = stage._columnar(chunk.data, plan, len(rows))[1]
+    assert handled.sum() == 38 and not handled[5] and not handled[6]
+    columnar, by_row = _both_ways(monkeypatch, chunk, plan)
+    _assert_same(columnar, by_row)
+    meta = orjson.loads(columnar.candidates["meta"][0].as_py())
+    assert meta == {"collection": "demo", "note": 'say "hi"\n', "ok": True, "rank": 0, "uid": "u0"}
 
 
 @pytest.mark.parametrize(
@@ -122,8 +157,11 @@ def test_source_meta_is_merged_as_the_per_row_adapter_merges_it(monkeypatch):
     [
         lambda rows: [*rows[:3], {**rows[3], "license": "apache-2.0"}, *rows[4:]],  # an extra key: meta
         lambda rows: [*rows[:3], {**rows[3], "instruction": 7}, *rows[4:]],  # a number where text belongs
+        lambda rows: [*rows[:3], {**rows[3], "system": "Be brief."}, *rows[4:]],  # a key the per-row form maps
+        lambda rows: [*rows[:3], {**rows[3], "score": 0.5}, *rows[4:]],  # a float: its JSON spelling is orjson's
+        lambda rows: [*rows[:3], {**rows[3], "extra": {"a": 1}}, *rows[4:]],  # an object
     ],
-    ids=["extra_key", "wrong_type"],
+    ids=["license", "wrong_type", "mapped_key", "float", "object"],
 )
 def test_a_chunk_the_columnar_form_cannot_read_goes_row_by_row(monkeypatch, edit):
     rows = edit(ALPACA[:20])
@@ -142,6 +180,20 @@ def test_blank_lines_and_crlf_keep_their_row_numbers(monkeypatch):
     crlf_only = RawChunk("f.jsonl", 1, b"\r\n".join(lines) + b"\r\n")
     assert stage._columnar(crlf_only.data, _plan("alpaca"), 6) is not None
     _assert_same(*_both_ways(monkeypatch, crlf_only, _plan("alpaca")))
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"role": "assistant", "content": "x", "name": "bot"},  # a message field the plain form does not read
+        {"role": "assistant", "content": [{"type": "text", "text": "x"}]},  # typed parts
+    ],
+)
+def test_openai_chunks_with_more_than_plain_messages_go_row_by_row(monkeypatch, message):
+    rows = [*OPENAI[:5], {"messages": [{"role": "user", "content": "Hi"}, message]}]
+    chunk, plan = _chunk(rows), _plan("openai")
+    assert stage._columnar(chunk.data, plan, len(rows)) is None
+    _assert_same(*_both_ways(monkeypatch, chunk, plan))
 
 
 def test_gsm8k_as_sft_goes_row_by_row(monkeypatch):

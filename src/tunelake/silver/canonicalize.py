@@ -132,10 +132,15 @@ def _adapt(obj: dict, plan: FilePlan) -> dict:
         source=source.name,
         origin=source.origin,
         license=license_,
-        meta=orjson.dumps(meta, default=str).decode() if meta else None,
+        meta=dump_meta(meta) if meta else None,
         **{k: obj[k] for k in ("lang", "created_at") if isinstance(obj.get(k), str)},
     )
     return record
+
+
+def dump_meta(value: object) -> str:
+    """Meta as JSON text, keys sorted: the same whatever order a source wrote its keys in."""
+    return orjson.dumps(value, default=str, option=orjson.OPT_SORT_KEYS).decode()
 
 
 def adapted_batch(records: list[dict]) -> pa.RecordBatch:
@@ -294,9 +299,9 @@ def _by_row(table: pa.Table) -> pa.Table:
 
 def _columnar(data: bytes, plan: FilePlan, rows: int) -> tuple[pa.RecordBatch, np.ndarray] | None:
     """A chunk adapted whole by its format's columnar adapter (see ingest/adapters/arrow.py), and the rows it
-    vouches for; None when the chunk must go row by row: the format has no columnar form, or a row is not a JSON
-    object of just the string fields that form reads (an extra key goes to meta, which only the per-row adapter
-    writes)."""
+    vouches for; None when the chunk must go row by row: the format has no columnar form, or some row does not
+    parse as the fields that form reads (with those types) plus extra keys of plain values (text, integers,
+    booleans), which go to meta as the per-row adapter puts them there."""
     source = plan.source
     adapter = ADAPTERS.get(plan.adapter) if plan.adapter and not plan.format_error else None
     columnar = adapter and adapter.columnar
@@ -304,42 +309,64 @@ def _columnar(data: bytes, plan: FilePlan, rows: int) -> tuple[pa.RecordBatch, n
         return None
     if data.startswith(BOM):
         return None
-    options = pj.ParseOptions(
-        explicit_schema=pa.schema([(k, pa.string()) for k in columnar.reads]), unexpected_field_behavior="error"
-    )
+    options = pj.ParseOptions(explicit_schema=columnar.reads, unexpected_field_behavior="infer")
     try:
         table = pj.read_json(io.BytesIO(data), pj.ReadOptions(use_threads=False, block_size=len(data) + 1), options)
     except pa.ArrowInvalid:
         return None
     if table.num_rows != rows:  # with no blank lines (checked by the caller), one row per line
         return None
-    built = columnar.build(table)
-    if built.meta.keys() & source.meta.keys():  # the merged dict would keep the source's key order
+    if any(table.schema.field(f.name).type != f.type for f in columnar.reads):
+        return None  # a nested object with more keys than the form reads: its inferred type grew
+    leftovers = {name: table[name] for name in table.schema.names if name not in columnar.reads.names}
+    if leftovers.keys() & (adapter.consumes | set(_PASSTHROUGH)):  # e.g. Alpaca's system: the per-row adapter maps it
         return None
-    meta, plain = _meta(source.meta, built.meta, rows)
+    if any(c.type not in _JSON_VALUES for c in leftovers.values()):
+        return None
+    built = columnar.build(table.select(columnar.reads.names))
+    entries, plain = _leftover_json(leftovers, rows)
+    for key, values in built.meta.items():
+        entries[key], ok = json_string(values)
+        plain &= ok
     fields = built.fields | {
         "regime": constant((source.regime or adapter.regimes[0]).value, rows),
         "source": constant(source.name, rows),
         "origin": constant(source.origin, rows),
         "license": constant(source.license, rows),
-        "meta": meta,
+        "meta": _meta_json(source.meta, entries, rows),
     }
     columns = [fields[f.name] if f.name in fields else pa.nulls(rows, f.type) for f in ADAPTED]
     return pa.RecordBatch.from_arrays(columns, schema=ADAPTED), built.handled & plain
 
 
-def _meta(source_meta: dict, added: dict[str, pa.Array], rows: int) -> tuple[pa.Array, np.ndarray]:
-    """The meta JSON the per-row path writes ({**source meta, **added}), and the rows where it is certain."""
-    plain = np.ones(rows, bool)
-    if not added:
-        return constant(orjson.dumps(source_meta).decode() if source_meta else None, rows), plain
-    pieces = [orjson.dumps(source_meta).decode()[:-1]]
-    for key, values in added.items():
-        text, ok = json_string(values)
-        plain &= ok
-        separator = "," if len(pieces) > 1 or source_meta else ""
-        pieces += [f"{separator}{orjson.dumps(key).decode()}:", text]
-    return pc.binary_join_element_wise(*pieces, "}", ""), plain
+# How the JSON of an extra key's value is written, by the type pyarrow inferred for it (orjson's spelling).
+_JSON_VALUES = {
+    pa.string(): json_string,
+    pa.int64(): lambda v: (pc.cast(v, pa.string()), np.ones(len(v), bool)),
+    pa.bool_(): lambda v: (pc.if_else(v, "true", "false"), np.ones(len(v), bool)),
+}
+
+
+def _leftover_json(leftovers: dict[str, pa.ChunkedArray], rows: int) -> tuple[dict[str, pa.Array], np.ndarray]:
+    """The JSON of each extra key's values, and the rows where it is certain: a row with a null there may have
+    had the key or not (`null` and absent read the same), so it goes row by row."""
+    entries, plain = {}, np.ones(rows, bool)
+    for name, column in leftovers.items():
+        column = column.combine_chunks()
+        entries[name], ok = _JSON_VALUES[column.type](column)
+        plain &= ok & column.is_valid().to_numpy(zero_copy_only=False)
+    return entries, plain
+
+
+def _meta_json(source_meta: dict, entries: dict[str, pa.Array], rows: int) -> pa.Array:
+    """The meta object the per-row adapter writes ({**source meta, **entries}, keys sorted), from JSON texts."""
+    merged = {k: dump_meta(v) for k, v in source_meta.items()} | entries
+    if not merged:
+        return pa.nulls(rows, pa.string())
+    pieces = []
+    for i, key in enumerate(sorted(merged)):
+        pieces += [("{" if i == 0 else ",") + dump_meta(key) + ":", merged[key]]
+    return pc.binary_join_element_wise(*pieces, "}", "")
 
 
 def _parse(text: bytes) -> object:

@@ -47,9 +47,13 @@ class Columns:
 
 @dataclass(frozen=True)
 class Columnar:
-    reads: tuple[str, ...]  # the string fields it reads; a chunk with any other key goes row by row
+    reads: pa.Schema  # the fields it reads, with their types; other keys of a row go to meta
     regimes: tuple[Regime, ...]  # the regimes it makes (others go row by row)
     build: Callable[[pa.Table], Columns]
+
+
+def strings(*names: str) -> pa.Schema:
+    return pa.schema([(n, pa.string()) for n in names])
 
 
 def strip(texts: pa.Array) -> pa.Array:

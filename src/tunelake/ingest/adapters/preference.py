@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tunelake.ingest.adapters import Adapter
-from tunelake.ingest.adapters.arrow import Columnar, Columns, blank, message_lists, present
+from tunelake.ingest.adapters.arrow import Columnar, Columns, blank, message_lists, present, strings
 from tunelake.ingest.adapters.messages import chat_message, chat_messages, message, split_shared_prefix, text_field
 from tunelake.schema import Reason, Regime, Rejected
 
@@ -158,7 +158,7 @@ ADAPTERS = [
         hh_rlhf,
         frozenset({"chosen", "rejected"}),
         matches=_is_hh,
-        columnar=Columnar(("chosen", "rejected"), (Regime.preference,), hh_rlhf_columns),
+        columnar=Columnar(strings("chosen", "rejected"), (Regime.preference,), hh_rlhf_columns),
     ),
     Adapter(
         "sharegpt_preference",

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tunelake.ingest.adapters import Adapter
-from tunelake.ingest.adapters.arrow import Columnar, Columns, blank, constant, messages, present, strip
+from tunelake.ingest.adapters.arrow import Columnar, Columns, blank, constant, messages, present, strings, strip
 from tunelake.ingest.adapters.messages import as_json, chat_messages, list_field, message, optional_text, text_field
 from tunelake.schema import Reason, Regime, Rejected
 
@@ -151,7 +151,7 @@ ADAPTERS = [
         gsm8k,
         frozenset({"question", "answer"}),
         matches=lambda r: isinstance(r["answer"], str) and "####" in r["answer"],
-        columnar=Columnar(("question", "answer"), (Regime.rl,), gsm8k_columns),
+        columnar=Columnar(strings("question", "answer"), (Regime.rl,), gsm8k_columns),
     ),
     Adapter(
         "math",

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from tunelake.ingest.adapters import Adapter
-from tunelake.ingest.adapters.arrow import Columnar, Columns, blank, messages, present
+from tunelake.ingest.adapters.arrow import Columnar, Columns, blank, message_lists, messages, present, strings
 from tunelake.ingest.adapters.messages import (
     chat_message,
     chat_messages,
@@ -23,6 +24,21 @@ from tunelake.schema import Reason, Regime, Rejected
 
 def openai_messages(row: dict, regime: Regime) -> dict:
     return {"messages": chat_messages(row["messages"], "messages"), "tools": tools_json(row.get("tools"))}
+
+
+_PLAIN_CHAT = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+
+
+def openai_columns(table: pa.Table) -> Columns:
+    """openai_messages() for a whole chunk of plain {role, content} messages (and no tools)."""
+    column = table["messages"].combine_chunks()
+    turns = pc.list_flatten(column)
+    role, content = turns.field("role"), turns.field("content")
+    lengths = pc.list_value_length(column).fill_null(0).to_numpy(zero_copy_only=False)
+    record = pc.list_parent_indices(column).to_numpy(zero_copy_only=False)
+    roleless = np.zeros(len(column), bool)
+    roleless[record[role.is_null().to_numpy(zero_copy_only=False)]] = True  # the per-row adapter names the field
+    return Columns({"messages": message_lists(role, content, lengths)}, {}, present(column) & ~roleless)
 
 
 def _sharegpt_turn(turn: object, where: str) -> dict:
@@ -107,6 +123,7 @@ ADAPTERS = [
         frozenset({"messages", "tools"}),
         # A boolean `label` marks KTO data (desirable or not): read as SFT it would train on the undesirable answers.
         matches=lambda r: isinstance(r["messages"], list) and not isinstance(r.get("label"), bool),
+        columnar=Columnar(pa.schema([("messages", _PLAIN_CHAT)]), (Regime.sft,), openai_columns),
     ),
     Adapter(
         "sharegpt",
@@ -122,7 +139,7 @@ ADAPTERS = [
         frozenset({"instruction", "output"}),
         alpaca,
         frozenset({"instruction", "input", "output", "system", "history"}),
-        columnar=Columnar(("instruction", "input", "output"), (Regime.sft,), alpaca_columns),
+        columnar=Columnar(strings("instruction", "input", "output"), (Regime.sft,), alpaca_columns),
     ),
     Adapter(
         "dolly",
