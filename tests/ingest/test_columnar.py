@@ -131,9 +131,11 @@ def test_columnar_and_per_row_adapters_give_the_same_chunk(monkeypatch, fmt, row
     assert columnar.counts["quarantined"] > 0 and columnar.counts["candidates"] > len(rows) * 0.8
 
 
-def test_source_meta_is_merged_as_the_per_row_adapter_merges_it(monkeypatch):
+@pytest.mark.parametrize("fmt", ["gsm8k", "alpaca"])  # meta from the adapter, and none but the source's
+def test_source_meta_is_merged_as_the_per_row_adapter_merges_it(monkeypatch, fmt):
+    rows = dict(CASES)[fmt]
     for meta in ({"collection": "main", "n": 1}, {"solution": "clash: the adapter's value wins", "z": [1]}):
-        _assert_same(*_both_ways(monkeypatch, _chunk(GSM8K), _plan("gsm8k", meta)))
+        _assert_same(*_both_ways(monkeypatch, _chunk(rows), _plan(fmt, meta)))
 
 
 def test_extra_keys_go_to_meta_as_the_per_row_adapter_puts_them(monkeypatch):

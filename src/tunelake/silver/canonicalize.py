@@ -360,9 +360,9 @@ def _leftover_json(leftovers: dict[str, pa.ChunkedArray], rows: int) -> tuple[di
 
 def _meta_json(source_meta: dict, entries: dict[str, pa.Array], rows: int) -> pa.Array:
     """The meta object the per-row adapter writes ({**source meta, **entries}, keys sorted), from JSON texts."""
+    if not entries:  # the same for every row
+        return constant(dump_meta(source_meta) if source_meta else None, rows)
     merged = {k: dump_meta(v) for k, v in source_meta.items()} | entries
-    if not merged:
-        return pa.nulls(rows, pa.string())
     pieces = []
     for i, key in enumerate(sorted(merged)):
         pieces += [("{" if i == 0 else ",") + dump_meta(key) + ":", merged[key]]
