@@ -93,7 +93,16 @@ OPENAI = [  # real conversations (FastChat's, and KTO demo messages without thei
     {"id": "g", "messages": None},
     {"messages": [{"role": "user", "content": "no id"}, {"role": "assistant", "content": "ok"}]},  # id absent
 ]
-CASES = [("alpaca", ALPACA), ("gsm8k", GSM8K), ("hh_rlhf", HH), ("openai", OPENAI)]
+SHAREGPT = [
+    *_rows(EXAMPLES / "data/fastchat_dummy_conversation.json.gz"),
+    {"id": "a", "conversations": [{"from": "HUMAN", "value": " Hi "}, {"from": "gpt", "value": "Hello"}]},
+    {"id": "b", "conversations": [{"from": "human", "value": "Weather?"}, {"from": "function_call", "value": "{}"}]},
+    {"id": "c", "conversations": [{"from": "human", "value": "x"}, {"from": "observation", "value": "{}"}]},
+    {"id": "d", "conversations": [{"value": "no speaker"}, {"from": "gpt", "value": "x"}]},
+    {"id": "e", "conversations": [{"from": "human", "value": None}, {"from": "gpt", "value": "x"}]},
+    {"id": "f", "conversations": []},
+]
+CASES = [("alpaca", ALPACA), ("gsm8k", GSM8K), ("hh_rlhf", HH), ("openai", OPENAI), ("sharegpt", SHAREGPT)]
 
 
 def _chunk(rows: list[dict], first_row: int = 1) -> RawChunk:
@@ -194,6 +203,13 @@ def test_blank_lines_and_crlf_keep_their_row_numbers(monkeypatch):
 def test_openai_chunks_with_more_than_plain_messages_go_row_by_row(monkeypatch, message):
     rows = [*OPENAI[:5], {"messages": [{"role": "user", "content": "Hi"}, message]}]
     chunk, plan = _chunk(rows), _plan("openai")
+    assert stage._columnar(chunk.data, plan, len(rows)) is None
+    _assert_same(*_both_ways(monkeypatch, chunk, plan))
+
+
+def test_sharegpt_with_a_system_or_tools_goes_row_by_row(monkeypatch):
+    rows = _rows(EXAMPLES / "data/glaive_toolcall_100.json.gz")  # system prompts, tool schemas, function calls
+    chunk, plan = _chunk(rows), _plan("sharegpt")
     assert stage._columnar(chunk.data, plan, len(rows)) is None
     _assert_same(*_both_ways(monkeypatch, chunk, plan))
 

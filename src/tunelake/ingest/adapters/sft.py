@@ -27,18 +27,35 @@ def openai_messages(row: dict, regime: Regime) -> dict:
 
 
 _PLAIN_CHAT = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+_PLAIN_SHAREGPT = pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())]))
+
+
+def _plain_turns(column: pa.ChunkedArray, role_key: str, content_key: str) -> tuple[pa.Array, np.ndarray, pa.Array]:
+    """Canonical message lists from lists of plain {role, content} objects (under the given keys), the rows
+    the per-row adapter must see (a turn with no role: it names the field), and every turn's role."""
+    column = column.combine_chunks()
+    turns = pc.list_flatten(column)
+    role, content = turns.field(role_key), turns.field(content_key)
+    lengths = pc.list_value_length(column).fill_null(0).to_numpy(zero_copy_only=False)
+    record = pc.list_parent_indices(column).to_numpy(zero_copy_only=False)
+    roleless = np.zeros(len(column), bool)
+    roleless[record[role.is_null().to_numpy(zero_copy_only=False)]] = True
+    return message_lists(role, content, lengths), present(column) & ~roleless, role
 
 
 def openai_columns(table: pa.Table) -> Columns:
     """openai_messages() for a whole chunk of plain {role, content} messages (and no tools)."""
-    column = table["messages"].combine_chunks()
-    turns = pc.list_flatten(column)
-    role, content = turns.field("role"), turns.field("content")
-    lengths = pc.list_value_length(column).fill_null(0).to_numpy(zero_copy_only=False)
-    record = pc.list_parent_indices(column).to_numpy(zero_copy_only=False)
-    roleless = np.zeros(len(column), bool)
-    roleless[record[role.is_null().to_numpy(zero_copy_only=False)]] = True  # the per-row adapter names the field
-    return Columns({"messages": message_lists(role, content, lengths)}, {}, present(column) & ~roleless)
+    messages, handled, _ = _plain_turns(table["messages"], "role", "content")
+    return Columns({"messages": messages}, {}, handled)
+
+
+def sharegpt_columns(table: pa.Table) -> Columns:
+    """sharegpt() for a whole chunk of plain {from, value} turns (no system, no tools, no function calls)."""
+    messages, handled, role = _plain_turns(table["conversations"], "from", "value")
+    special = pc.is_in(role, pa.array(["function_call", "observation"])).to_numpy(zero_copy_only=False)
+    record = pc.list_parent_indices(table["conversations"].combine_chunks()).to_numpy(zero_copy_only=False)
+    handled[record[special]] = False  # a call's JSON is parsed, an observation renamed: the per-row adapter's work
+    return Columns({"messages": messages}, {}, handled)
 
 
 def _sharegpt_turn(turn: object, where: str) -> dict:
@@ -132,6 +149,7 @@ ADAPTERS = [
         sharegpt,
         frozenset({"conversations", "system", "tools"}),
         matches=lambda r: isinstance(r["conversations"], list),
+        columnar=Columnar(pa.schema([("conversations", _PLAIN_SHAREGPT)]), (Regime.sft,), sharegpt_columns),
     ),
     Adapter(
         "alpaca",
