@@ -13,6 +13,7 @@ import pytest
 import zstandard
 
 from tests.conftest import FIXTURES
+from tunelake.ingest import readers
 from tunelake.ingest.readers import FileReport, read_chunks
 
 ALPACA = [json.loads(line) for line in (FIXTURES / "bad" / "alpaca_30.jsonl").open()]
@@ -54,3 +55,23 @@ def test_csv_values_are_read_as_text_not_guessed_numbers(tmp_path):
     path.write_text("prompt,answer,verifier\nWhat is the code?,007,exact_match\nPrice?,1.50,numeric\n")
     rows, report = _rows(path)
     assert [r["answer"] for r in rows] == ["007", "1.50"] and not report.issues
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"{}",
+        b"{}\n",
+        b"{}\n{}\n",
+        b"{}\n\n{}\n",
+        b"  \n{}\n",
+        b"{}\n \t\r\n{}",
+        b"{}\r\n{}\r\n",
+        b"{}\r\n\r\n",
+        b"\n",
+    ],
+)
+def test_rows_are_the_lines_that_are_not_blank(data):
+    # Counting newlines is the fast path; a blank or whitespace-only line anywhere must still not count.
+    assert readers._rows(data) == sum(1 for line in data.split(b"\n") if line.strip())
