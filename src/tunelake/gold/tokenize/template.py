@@ -50,7 +50,7 @@ class ChatTemplate:
         """What `apply_chat_template` renders for plain JSON messages: the same compiled template, the same
         reasoning aliases, called directly (its wrapper's deep copy of plain data costs 7% of tokenization)."""
         return self._compiled.render(
-            messages=self._aliased(messages),
+            messages=self._alias_reasoning(messages),
             tools=tools,
             documents=None,
             add_generation_prompt=generation_prompt,
@@ -68,7 +68,8 @@ class ChatTemplate:
         return _compile_jinja_template(self.text)
 
     @cached_property
-    def _aliased(self):
+    def _alias_reasoning(self):
+        """transformers' step that copies each message's reasoning under the other names templates read it by."""
         from transformers.utils.chat_template_utils import _alias_reasoning_fields
 
         return _alias_reasoning_fields

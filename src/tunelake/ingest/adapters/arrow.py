@@ -66,7 +66,7 @@ def blank(texts: pa.Array) -> np.ndarray:
     return ~pc.greater(pc.utf8_length(strip(texts)), 0).fill_null(False).to_numpy(zero_copy_only=False)
 
 
-def constant(value: str, rows: int) -> pa.Array:
+def constant(value: str | None, rows: int) -> pa.Array:
     return pa.array([value] * rows, pa.string())
 
 
