@@ -31,6 +31,13 @@ def test_unknown_key_and_bad_value_are_named(tmp_path):
     assert "sources.0.license: Field required" in result.output
 
 
+def test_a_source_meta_key_that_is_not_text_is_named(tmp_path):
+    # YAML reads `1: x` as an integer key; meta is a JSON object, whose keys are text.
+    source = {"name": "s", "path": "x.jsonl", "license": "mit", "origin": "human", "meta": {1: "x"}}
+    result = runner.invoke(app, ["build", str(write_recipe(tmp_path, [source]))])
+    assert result.exit_code == 2 and "sources.0.meta.1" in result.output
+
+
 def test_a_glob_matching_nothing_is_a_clear_error(tmp_path):
     source = {"name": "s", "path": "nothing/*.jsonl", "license": "mit", "origin": "human"}
     result = runner.invoke(app, ["build", str(write_recipe(tmp_path, [source]))])

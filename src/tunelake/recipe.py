@@ -6,7 +6,7 @@ import hashlib
 import os
 from datetime import date
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -36,7 +36,7 @@ class Source(_Strict):
         description="License of the data (e.g. mit, cc-by-4.0). null only if every record has its own `license`."
     )
     origin: str = Field(description="human | synthetic | distilled | production | ...")
-    meta: dict = Field(default_factory=dict, description="Copied into every record's meta.")
+    meta: dict[str, Any] = Field(default_factory=dict, description="Copied into every record's meta.")
 
     @field_validator("format")
     @classmethod

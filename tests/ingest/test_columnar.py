@@ -214,6 +214,25 @@ def test_sharegpt_with_a_system_or_tools_goes_row_by_row(monkeypatch):
     _assert_same(*_both_ways(monkeypatch, chunk, plan))
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'null\n{"instruction": "x", "output": "y"}\n',  # pyarrow 26 crashes the process on a leading null
+        b'{"instruction": "caf\xe9", "output": "y"}\n{"instruction": "x", "output": "y"}\n',  # Latin-1, not UTF-8
+        b'{"instruction": "x", "output": "y", "k": "\xc3"}\n',  # invalid UTF-8 in an extra key's value
+        b'{"instruction": "x", "output": "y", "k\xff": "v"}\n',  # ... and in its name
+    ],
+    ids=["leading_null", "latin1_text", "latin1_meta_value", "latin1_meta_key"],
+)
+def test_rows_pyarrow_json_would_misread_go_row_by_row(monkeypatch, data):
+    chunk, plan = RawChunk("f.jsonl", 1, data), _plan("alpaca")
+    assert stage._columnar(chunk.data, plan, data.count(b"\n")) is None
+    columnar, by_row = _both_ways(monkeypatch, chunk, plan)
+    _assert_same(columnar, by_row)
+    assert set(columnar.quarantine["reason"].to_pylist()) <= {"wrong_type", "invalid_utf8"}
+    assert columnar.counts["quarantined"] >= 1
+
+
 def test_gsm8k_as_sft_goes_row_by_row(monkeypatch):
     plan = FilePlan(SourcePlan(0, "src", Regime.sft, "mit", "human", {}, 1_000_000), 0, "gsm8k")
     assert stage._columnar(_chunk(GSM8K).data, plan, len(GSM8K)) is None

@@ -307,18 +307,20 @@ def _columnar(data: bytes, plan: FilePlan, rows: int) -> tuple[pa.RecordBatch, n
     columnar = adapter and adapter.columnar
     if not columnar or (source.regime or adapter.regimes[0]) not in columnar.regimes or not source.license:
         return None
-    if data.startswith(BOM):
+    if data[:1] != b"{":  # a BOM, or a first row that is not an object (pyarrow 26 crashes on a leading null)
         return None
     options = pj.ParseOptions(explicit_schema=columnar.reads, unexpected_field_behavior="infer")
     try:
         table = pj.read_json(io.BytesIO(data), pj.ReadOptions(use_threads=False, block_size=len(data) + 1), options)
-    except pa.ArrowInvalid:
+        names = table.schema.names
+        table.validate(full=True)  # pyarrow.json does not check UTF-8: invalid_utf8 is the per-row path's to name
+    except (pa.ArrowInvalid, UnicodeDecodeError):
         return None
     if table.num_rows != rows:  # with no blank lines (checked by the caller), one row per line
         return None
     if any(table.schema.field(f.name).type != f.type for f in columnar.reads):
         return None  # a nested object with more keys than the form reads: its inferred type grew
-    leftovers = {name: table[name] for name in table.schema.names if name not in columnar.reads.names}
+    leftovers = {name: table[name] for name in names if name not in columnar.reads.names}
     if leftovers.keys() & (adapter.consumes | set(_PASSTHROUGH)):  # e.g. Alpaca's system: the per-row adapter maps it
         return None
     if any(c.type not in _JSON_VALUES for c in leftovers.values()):
