@@ -38,7 +38,17 @@ from tunelake.ingest.adapters import FormatError, detect_format
 from tunelake.ingest.readers import FileReport, RawChunk, expand, read_chunks
 from tunelake.lake import Lake
 from tunelake.recipe import Recipe, RecipeError, Source
-from tunelake.schema import BRONZE, LEDGER, QUARANTINE, RECORD, TOKENIZE_QUARANTINE, Reason, Regime, table_of
+from tunelake.schema import (
+    BRONZE,
+    LEDGER,
+    QUARANTINE,
+    RECORD,
+    TOKENIZE_QUARANTINE,
+    Reason,
+    Regime,
+    quarantine_ledger,
+    table_of,
+)
 from tunelake.silver.canonicalize import MAX_FILES, FilePlan, SourcePlan
 from tunelake.silver.dedup import exact_duplicates
 from tunelake.tasks import (
@@ -238,17 +248,7 @@ def _file_issues(run: _Run) -> None:
     n = len(rows)
     src, paths, reasons, details = (list(c) for c in zip(*rows, strict=True))
     quarantine = table_of(QUARANTINE, n, source=src, file=paths, stage="read", reason=reasons, detail=details)
-    ledger = table_of(
-        LEDGER,
-        n,
-        source=src,
-        file=paths,
-        stage="read",
-        action="quarantine",
-        reason=reasons,
-        detail=details,
-        run_id=run.run_id,
-    )
+    ledger = quarantine_ledger(quarantine, "read", run.run_id)
     name = part_name(run.run_id, STEP_READ, 0)
     run.add(
         [

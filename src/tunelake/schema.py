@@ -5,6 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 
 class Regime(StrEnum):
@@ -139,6 +140,24 @@ def table_of(schema: pa.Schema, rows: int, **columns: object) -> pa.Table:
         return pa.array([value] * rows, field.type)
 
     return pa.Table.from_arrays([column(f) for f in schema], schema=schema)
+
+
+def quarantine_ledger(quarantine: pa.Table, stage: str, run_id: str) -> pa.Table:
+    """The ledger rows for quarantined rows (silver or tokenize quarantine): where each was, and why, as
+    "field: detail" (or the detail alone when the problem is not one field's)."""
+    field, detail = quarantine["field"], quarantine["detail"]
+    why = pc.if_else(pc.is_valid(field), pc.binary_join_element_wise(field, ": ", detail, ""), detail)
+    where = {k: quarantine[k] for k in ("id", "source", "file", "row") if k in quarantine.column_names}
+    return table_of(
+        LEDGER,
+        quarantine.num_rows,
+        **where,
+        stage=stage,
+        action="quarantine",
+        reason=quarantine["reason"],
+        detail=why,
+        run_id=run_id,
+    )
 
 
 # Fields that make up a record's content, and so its id.

@@ -24,7 +24,7 @@ from tunelake.gold.tokenize.pack import PackStats, pack
 from tunelake.gold.tokenize.stage import PACKED, TokenizerSpec, tokenize_rows
 from tunelake.ingest.readers import RawChunk
 from tunelake.recipe import Split
-from tunelake.schema import LEDGER, RECORD, TOKENIZE_QUARANTINE, Regime, table_of
+from tunelake.schema import LEDGER, RECORD, TOKENIZE_QUARANTINE, Regime, quarantine_ledger, table_of
 from tunelake.silver.canonicalize import FilePlan, canonicalize, ordinal_parts
 from tunelake.silver.dedup import dedup_keys
 
@@ -192,33 +192,17 @@ def run_tokenize(task: TokenizeTask) -> TokenizeDone:
     if rejects:
         source = dict(zip(gold["id"].to_pylist(), gold["source"].to_pylist(), strict=True))
         ids = [i for i, _ in rejects]
-        sources = [source[i] for i in ids]
-        reasons = [r.reason.value for _, r in rejects]
-        fields = [r.field for _, r in rejects]
-        details = [r.detail for _, r in rejects]
-        where = [f"{r.field}: {r.detail}" if r.field else r.detail for _, r in rejects]
-        n = len(ids)
         quarantine = table_of(
             TOKENIZE_QUARANTINE,
-            n,
+            len(ids),
             id=ids,
-            source=sources,
+            source=[source[i] for i in ids],
             table=task.output,
-            reason=reasons,
-            field=fields,
-            detail=details,
+            reason=[r.reason.value for _, r in rejects],
+            field=[r.field for _, r in rejects],
+            detail=[r.detail for _, r in rejects],
         )
-        ledger = table_of(
-            LEDGER,
-            n,
-            id=ids,
-            source=sources,
-            stage="tokenize",
-            action="quarantine",
-            reason=reasons,
-            detail=where,
-            run_id=task.run_id,
-        )
+        ledger = quarantine_ledger(quarantine, "tokenize", task.run_id)
         parts += [
             write_part(task.root, task.quarantine, name, quarantine),
             write_part(task.root, "ledger", name, ledger),

@@ -28,7 +28,7 @@ from tunelake.ingest.adapters import ADAPTERS
 from tunelake.ingest.adapters.arrow import constant, json_string
 from tunelake.ingest.adapters.messages import EXTRA
 from tunelake.ingest.readers import RawChunk
-from tunelake.schema import BRONZE, LEDGER, QUARANTINE, RECORD, Reason, Regime, Rejected, table_of
+from tunelake.schema import BRONZE, LEDGER, QUARANTINE, RECORD, Reason, Regime, Rejected, quarantine_ledger, table_of
 from tunelake.silver.identify import prompt_ids, record_ids
 from tunelake.silver.normalize import normalize
 from tunelake.silver.turns import MESSAGE_LISTS
@@ -229,24 +229,25 @@ def _canonicalize(chunk: RawChunk, plan: FilePlan, run_id: str) -> ChunkResult:
     kept_rows = pa.array(rows[at[valid]])
     rejected.sort(key=lambda item: item[0])  # input order
     why = [r for _, r in rejected]
-    where = {"source": source.name, "file": chunk.file, "row": rows[[k for k, _ in rejected]].tolist()}
-    reasons = [r.reason.value for r in why]
     candidates = batch.filter(pa.array(valid)).append_column(
         CANDIDATE.field("_ord"), pc.bit_wise_or(ordinal(source.index, plan.index, 0), kept_rows)
     )
     ids, kept_changes = candidates["id"], changes[valid]
     modified = np.flatnonzero(kept_changes != None)  # noqa: E711 - an object array: elementwise
+    quarantine = table_of(
+        QUARANTINE,
+        len(rejected),
+        source=source.name,
+        file=chunk.file,
+        row=rows[[k for k, _ in rejected]].tolist(),
+        stage=STAGE,
+        reason=[r.reason.value for r in why],
+        field=[r.field for r in why],
+        detail=[r.detail for r in why],
+        raw=[raws[k] for k, _ in rejected],
+    )
     ledger = [
-        table_of(
-            LEDGER,
-            len(rejected),
-            **where,
-            stage=STAGE,
-            action="quarantine",
-            reason=reasons,
-            detail=[f"{r.field}: {r.detail}" if r.field else r.detail for r in why],
-            run_id=run_id,
-        ),
+        quarantine_ledger(quarantine, STAGE, run_id),
         table_of(
             LEDGER,
             len(ids),
@@ -273,16 +274,6 @@ def _canonicalize(chunk: RawChunk, plan: FilePlan, run_id: str) -> ChunkResult:
             run_id=run_id,
         ),
     ]
-    quarantine = table_of(
-        QUARANTINE,
-        len(rejected),
-        **where,
-        stage=STAGE,
-        reason=reasons,
-        field=[r.field for r in why],
-        detail=[r.detail for r in why],
-        raw=[raws[k] for k, _ in rejected],
-    )
     return ChunkResult(
         bronze=table_of(BRONZE, len(bronze["row"]), source=source.name, file=chunk.file, **bronze),
         candidates=candidates,
