@@ -231,7 +231,7 @@ def write_gold_parts(inputs: dict, chunk_rows: int) -> Path:
 
     from tunelake.gold.project import gold_schema
     from tunelake.schema import MESSAGE_FIELDS, RECORD, Regime
-    from tunelake.silver.identify import prompt_ids, record_ids
+    from tunelake.silver.identify import encode_lists, prompt_ids, record_ids
 
     folder = Path(inputs["folder"]) / f"gold-c{chunk_rows}"
     if (folder / "_done").exists():
@@ -243,7 +243,7 @@ def write_gold_parts(inputs: dict, chunk_rows: int) -> Path:
 
     def flush(seq: int) -> None:
         batch = pa.RecordBatch.from_pylist(rows, schema=RECORD)
-        ids = {"id": record_ids(batch), "prompt_id": prompt_ids(batch)}
+        ids = {"id": record_ids(batch, encode_lists(batch)), "prompt_id": prompt_ids(batch)}
         table = pa.Table.from_arrays([ids.get(n, batch[n]) for n in schema.names], schema=schema)
         pq.write_table(table, folder / f"part-{seq:05d}.parquet", compression="zstd")
         rows.clear()

@@ -29,7 +29,7 @@ from tunelake.ingest.adapters.arrow import constant, json_string
 from tunelake.ingest.adapters.messages import EXTRA
 from tunelake.ingest.readers import RawChunk
 from tunelake.schema import BRONZE, LEDGER, QUARANTINE, RECORD, Reason, Regime, Rejected, quarantine_ledger, table_of
-from tunelake.silver.identify import prompt_ids, record_ids
+from tunelake.silver.identify import encode_lists, prompt_ids, record_ids
 from tunelake.silver.normalize import normalize
 from tunelake.silver.turns import MESSAGE_LISTS
 from tunelake.silver.validate import validate
@@ -152,9 +152,10 @@ def canonical_batch(adapted: pa.RecordBatch, max_chars: int) -> tuple[pa.RecordB
     """Adapted records -> the whole batch normalised and identified (RECORD schema), what normalisation changed
     per record (see normalize), and the first problem of each invalid record, by index."""
     batch, changes = normalize(adapted)
-    problems = validate(batch, max_chars)
+    lists = encode_lists(batch)
+    problems = validate(batch, max_chars, lists)
     columns = dict(zip(batch.schema.names, batch.columns, strict=True))
-    columns.update(id=record_ids(batch), prompt_id=prompt_ids(batch))
+    columns.update(id=record_ids(batch, lists), prompt_id=prompt_ids(batch))
     return pa.RecordBatch.from_arrays([columns[n] for n in RECORD.names], schema=RECORD), changes, problems
 
 

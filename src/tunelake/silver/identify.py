@@ -47,9 +47,15 @@ def content_hashes(encoded: pa.Array) -> pa.Array:
     return pa.array([hashlib.blake2b(b, digest_size=16).hexdigest() for b in blobs], pa.string())
 
 
-def record_ids(batch: pa.RecordBatch) -> pa.Array:
-    """The stable id of each canonical record: the hash of its normalised content fields, nothing else."""
-    parts = [encode_messages(batch[f]) if f in MESSAGE_LISTS else _text(batch[f]) for f in CONTENT_FIELDS]
+def encode_lists(batch: pa.RecordBatch) -> dict[str, pa.Array]:
+    """Every message-list column encoded (validation compares chosen and rejected on these, ids hash them)."""
+    return {key: encode_messages(batch[key]) for key in MESSAGE_LISTS}
+
+
+def record_ids(batch: pa.RecordBatch, lists: dict[str, pa.Array]) -> pa.Array:
+    """The stable id of each canonical record: the hash of its normalised content fields, nothing else. `lists`
+    is encode_lists(batch)."""
+    parts = [lists[f] if f in MESSAGE_LISTS else _text(batch[f]) for f in CONTENT_FIELDS]
     return content_hashes(pc.binary_join_element_wise(*parts, ""))
 
 

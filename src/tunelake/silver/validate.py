@@ -13,7 +13,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tunelake.schema import ROLES, VERIFIERS, Reason, Regime, Rejected
-from tunelake.silver.identify import encode_messages
 from tunelake.silver.turns import MESSAGE_LISTS, Turns
 
 SYSTEM, USER, ASSISTANT, TOOL = (ROLES.index(r) for r in ("system", "user", "assistant", "tool"))
@@ -104,8 +103,9 @@ class _Problems:
         self.add(scope & in_scope, make)
 
 
-def validate(batch: pa.RecordBatch, max_chars: int) -> dict[int, Rejected]:
-    """The first problem of each invalid record in a normalised batch, by its index in the batch."""
+def validate(batch: pa.RecordBatch, max_chars: int, lists: dict[str, pa.Array]) -> dict[int, Rejected]:
+    """The first problem of each invalid record in a normalised batch, by its index in the batch. `lists` is the
+    batch's encoded message lists (identify.encode_lists)."""
     turns = {key: Turns.of(batch[key]) for key in MESSAGE_LISTS}
     regime = batch["regime"]
     sft, preference, rl = (_bools(pc.equal(regime, r.value)) for r in Regime)
@@ -156,7 +156,7 @@ def validate(batch: pa.RecordBatch, max_chars: int) -> dict[int, Rejected]:
                 Reason.last_turn_not_assistant, side, f"ends with {ROLES[last_role[r]]}"
             ),
         )
-    same = _bools(pc.equal(encode_messages(batch["chosen"]), encode_messages(batch["rejected"])))
+    same = _bools(pc.equal(lists["chosen"], lists["rejected"]))
     problems.add(
         preference & same,
         lambda r: Rejected(Reason.chosen_equals_rejected, "chosen", "chosen and rejected are the same response"),
