@@ -74,6 +74,14 @@ def tunelake_mask(tokenizer: str, template: str, record: dict) -> tuple[np.ndarr
     return ids, trained
 
 
+def both_masks(hf, tokenizer: str, template: str, record: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(input_ids, tunelake's trained positions, transformers'), after checking both tokenize alike."""
+    ids, ours = tunelake_mask(tokenizer, template, record)
+    hf_ids, theirs = transformers_mask(hf, tokenizer, template, record)
+    assert np.array_equal(ids, hf_ids)
+    return ids, ours, theirs
+
+
 @pytest.mark.parametrize("template", ["qwen2_5_training.jinja", "llama3_training.jinja", "qwen3_training.jinja"])
 def test_training_templates_have_generation_tags_and_render_in_tunelake_as_in_transformers(hf, template):
     tokenizer = LLAMA if template.startswith("llama") else QWEN
@@ -88,9 +96,7 @@ def test_training_templates_have_generation_tags_and_render_in_tunelake_as_in_tr
 @pytest.mark.parametrize("name", [n for n in REAL_SFT if not has_reasoning(real_sft(n))])
 def test_qwen25_labels_are_the_assistant_mask_but_for_the_newlines_after_header_and_im_end(hf, name):
     record = real_sft(name)
-    ids, ours = tunelake_mask(QWEN, "qwen2_5_training.jinja", record)
-    hf_ids, theirs = transformers_mask(hf, QWEN, "qwen2_5_training.jinja", record)
-    assert np.array_equal(ids, hf_ids)
+    ids, ours, theirs = both_masks(hf, QWEN, "qwen2_5_training.jinja", record)
     extra = qwen_extra_newlines(ids, ours, theirs)
     turns = sum(m["role"] == "assistant" for m in record["messages"])
     assert len(extra) == 2 * turns  # one "\n" ending each assistant header, one after each turn's <|im_end|>
@@ -99,9 +105,7 @@ def test_qwen25_labels_are_the_assistant_mask_but_for_the_newlines_after_header_
 @pytest.mark.parametrize("name", PLAIN)
 def test_llama3_labels_equal_the_assistant_mask(hf, name):
     record = real_sft(name)
-    ids, ours = tunelake_mask(LLAMA, "llama3_training.jinja", record)
-    hf_ids, theirs = transformers_mask(hf, LLAMA, "llama3_training.jinja", record)
-    assert np.array_equal(ids, hf_ids)
+    ids, ours, theirs = both_masks(hf, LLAMA, "llama3_training.jinja", record)
     assert np.array_equal(ours, theirs)
 
 
@@ -120,9 +124,7 @@ def test_llama3_training_template_drops_tool_calls_so_tunelake_quarantines_what_
 @pytest.mark.parametrize("name", REASONING)
 def test_qwen3_reasoning_is_trained_as_transformers_trains_it(hf, name):
     record = real_sft(name)
-    ids, ours = tunelake_mask(QWEN, "qwen3_training.jinja", record)
-    hf_ids, theirs = transformers_mask(hf, QWEN, "qwen3_training.jinja", record)
-    assert np.array_equal(ids, hf_ids)
+    ids, ours, theirs = both_masks(hf, QWEN, "qwen3_training.jinja", record)
     extra = qwen_extra_newlines(ids, ours, theirs)
     assert len(extra) == 1  # the "\n" after the last <|im_end|>; the header's "\n" is outside the tags here
     reasoning = next(m["reasoning_content"] for m in record["messages"] if m["reasoning_content"])
@@ -132,9 +134,7 @@ def test_qwen3_reasoning_is_trained_as_transformers_trains_it(hf, name):
 
 def test_qwen3_training_empty_think_block_of_a_turn_without_reasoning_is_trained_by_transformers_only(hf):
     record = real_sft("fastchat-2-turns")
-    ids, ours = tunelake_mask(QWEN, "qwen3_training.jinja", record)
-    hf_ids, theirs = transformers_mask(hf, QWEN, "qwen3_training.jinja", record)
-    assert np.array_equal(ids, hf_ids)
+    ids, ours, theirs = both_masks(hf, QWEN, "qwen3_training.jinja", record)
     only_theirs = trained_runs(QWEN, ids, np.where(theirs & ~ours, ids, IGNORE))
     assert only_theirs == ["<think>\n\n</think>\n\n", "\n"]
 
