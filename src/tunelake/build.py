@@ -61,6 +61,7 @@ from tunelake.tasks import (
     PublishTask,
     Staged,
     TokenizeTask,
+    gold_staging,
     run_canonicalize,
     run_pack,
     run_publish,
@@ -414,7 +415,14 @@ def _export(run: _Run, engine: LocalEngine) -> Path:
     # Largest tables first, so the last task to finish is a small one.
     tables.sort(key=lambda t: -run.counts["_gold"].get(gold_table(*t), 0))
     tasks = [
-        ExportTask(run.staged_files(gold_table(regime, split)), regime, split, staging, fmt)
+        ExportTask(
+            run.staged_files(gold_staging(run.run_id, gold_table(regime, split))),
+            gold_schema(regime),
+            regime,
+            split,
+            staging,
+            fmt,
+        )
         for regime, split in tables
         for fmt in run.recipe.gold.export
     ]

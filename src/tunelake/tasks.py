@@ -37,6 +37,11 @@ def candidates_table(run_id: str) -> str:
     return f"_staging/{run_id}/candidates"
 
 
+def gold_staging(run_id: str, table: str) -> str:
+    """Where publish stages a gold table's rows as Arrow, for the exports to stream without decoding Parquet."""
+    return f"_staging/{run_id}/{table}"
+
+
 def keys_table(run_id: str) -> str:
     """Where canonicalize stages the candidates' dedup keys, for the global dedup step."""
     return f"_staging/{run_id}/keys"
@@ -157,6 +162,8 @@ def run_publish(task: PublishTask) -> PublishDone:
     keep = task.addresses.ledger(batch["_ord"], batch["id"], "split", "keep", None, where, task.run_id)
     outputs.append(("ledger", keep))
     done.parts = [p for table, data in outputs if (p := write_part(task.root, table, name, data))]
+    gold = [(gold_staging(task.run_id, table), data) for table, data in outputs if table.startswith("gold/")]
+    done.parts += [p for table, data in gold if (p := write_arrow(task.root, table, name, data))]
     for item in pc.value_counts(records["source"]).to_pylist():
         done.silver[item["values"]] += item["counts"]
     return done

@@ -45,7 +45,7 @@ def write_part(
 _FEW_VALUES = {"regime", "source", "origin", "license", "verifier", "domain", "lang", "file", "stage", "action"}
 
 
-def write_arrow(root: Path, table: str, name: str, data: pa.RecordBatch) -> Part | None:
+def write_arrow(root: Path, table: str, name: str, data: pa.Table | pa.RecordBatch) -> Part | None:
     """Write data as one Arrow IPC file (uncompressed): for staging that is read back once, by memory map, in the
     same build. Writing it costs next to nothing; Parquet's encoding and compression cost microseconds a row."""
     if data.num_rows == 0:
@@ -54,7 +54,7 @@ def write_arrow(root: Path, table: str, name: str, data: pa.RecordBatch) -> Part
     folder.mkdir(parents=True, exist_ok=True)
     name = name.removesuffix(".parquet") + ".arrow"
     with pa.OSFile(str(folder / name), "wb") as sink, pa.ipc.new_file(sink, data.schema) as writer:
-        writer.write_batch(data)
+        writer.write(data)
     return Part(table, name, data.num_rows)
 
 
