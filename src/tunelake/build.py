@@ -4,7 +4,7 @@ The flow, in three passes over the data, each run by the engine's workers (see t
 1. canonicalize (row-local): raw chunks -> bronze rows, candidate records (staged as Parquet), quarantined
    rows and ledger rows, each written by the worker as a Parquet part.
 2. dedup (global, DuckDB on the staged keys): which candidates duplicate an earlier one.
-3. publish (row-local, per staged part): candidates minus duplicates -> silver/records and, split by prompt
+3. publish (row-local, per window of staged parts): candidates minus duplicates -> silver/records and, split by prompt
    group, the gold tables; then trainer exports and the manifest.
 Each table's new version is published in one commit, so a killed build leaves every table readable at its
 previous version, and re-running it gives the same result.
@@ -69,6 +69,10 @@ from tunelake.tasks import (
 )
 
 DETECT_SAMPLE = 200  # rows parsed from the start of a file to detect its format
+# Candidates published a task: each file written costs milliseconds whatever its size, and a canonicalize chunk
+# is too small a unit for the nine gold tables (a validation part of a chunk is a few dozen rows). A publish
+# task holds about this many records, twice over, in memory.
+PUBLISH_ROWS = 32_768
 
 
 @dataclass
@@ -287,10 +291,11 @@ def _publish(run: _Run, engine: LocalEngine, candidates: list[Staged], dups: pa.
     split, addresses = run.recipe.gold.split, run.addresses
 
     def tasks() -> Iterator[PublishTask]:
-        for seq, staged in enumerate(candidates):
-            # Parts hold increasing ordinals, so each part's duplicates are one slice of the sorted array.
-            lo, hi = np.searchsorted(dropped, staged.first), np.searchsorted(dropped, staged.last, side="right")
-            yield PublishTask(run.lake.root, run.run_id, seq, staged, dropped[lo:hi], split, addresses)
+        for seq, window in enumerate(_windows(candidates, PUBLISH_ROWS)):
+            # Parts hold increasing ordinals, so a window's duplicates are one slice of the sorted array.
+            lo = np.searchsorted(dropped, window[0].first)
+            hi = np.searchsorted(dropped, window[-1].last, side="right")
+            yield PublishTask(run.lake.root, run.run_id, seq, window, dropped[lo:hi], split, addresses)
 
     for done in engine.map(run_publish, tasks()):
         run.add(done.parts)
@@ -306,6 +311,19 @@ def _publish(run: _Run, engine: LocalEngine, candidates: list[Staged], dups: pa.
             run.counts["_gold"][table] = sum(p.rows for p in run.parts.get(table, []))
             run.will_commit(table, gold_schema(regime))
     run.timed("publish", sum(run.counts[s.name]["silver"] for s in run.recipe.sources), started)
+
+
+def _windows(candidates: list[Staged], rows: int) -> list[tuple[Staged, ...]]:
+    """Consecutive staged parts, grouped up to `rows` candidates a group (a larger part is a group alone)."""
+    windows: list[list[Staged]] = []
+    total = rows
+    for staged in candidates:
+        if total + staged.part.rows > rows:
+            windows.append([])
+            total = 0
+        windows[-1].append(staged)
+        total += staged.part.rows
+    return [tuple(w) for w in windows]
 
 
 def _plan_tokenize(recipe: Recipe) -> TokenizePlan | None:

@@ -113,7 +113,7 @@ class Gold(_Strict):
 
 class Engine(_Strict):
     workers: int = Field(0, ge=0, description="Processes for row-local stages; 0 means one per CPU core.")
-    chunk_bytes: int = Field(4 << 20, gt=0, description="Raw bytes handed to a worker at a time (bounds memory).")
+    chunk_bytes: int = Field(8 << 20, gt=0, description="Raw bytes handed to a worker at a time (bounds memory).")
 
     def resolved_workers(self) -> int:
         return self.workers or os.cpu_count() or 1

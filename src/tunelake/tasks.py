@@ -129,8 +129,8 @@ class PublishTask:
     root: Path
     run_id: str
     seq: int
-    candidates: Staged
-    dropped: np.ndarray  # ordinals of this part's candidates that duplicate an earlier record
+    candidates: tuple[Staged, ...]  # consecutive staged parts
+    dropped: np.ndarray  # ordinals of these candidates that duplicate an earlier record
     split: Split
     addresses: Addresses
 
@@ -142,8 +142,8 @@ class PublishDone:
 
 
 def run_publish(task: PublishTask) -> PublishDone:
-    """One part of candidates minus its duplicates -> silver/records and, split by prompt group, gold."""
-    batch = read_arrow(task.root / task.candidates.part.table / task.candidates.part.name)
+    """Staged candidates minus their duplicates -> silver/records and, split by prompt group, gold."""
+    batch = pa.concat_tables(read_arrow(task.root / s.part.table / s.part.name) for s in task.candidates)
     if len(task.dropped):
         batch = batch.filter(pc.invert(pc.is_in(batch["_ord"], pa.array(task.dropped))))
     name = part_name(task.run_id, STEP_PUBLISH, task.seq)
