@@ -347,7 +347,7 @@ def _tunelake_child(gold_dir: str, tokenizer: str, out_root: str, workers: int, 
     table = plan.table(Regime.sft, "train")
     files = sorted(str(p) for p in Path(gold_dir).glob("part-*.parquet"))
     tasks = [
-        TokenizeTask(root, "bench", seq, f, Regime.sft, table, plan.quarantine, plan.spec, plan.settings)
+        TokenizeTask(root, "bench", seq, f, 0, Regime.sft, table, plan.quarantine, plan.spec, plan.settings)
         for seq, f in enumerate(files)
     ]
     examples = rejected = 0
@@ -535,6 +535,7 @@ def _profile_child(gold_file: str, tokenizer: str, max_length: int, top: int) ->
             "p",
             0,
             gold_file,
+            0,
             Regime.sft,
             plan.table(Regime.sft, "train"),
             plan.quarantine,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import EXAMPLES, TOKENIZERS, run_build, write_recipe
+from tunelake import tasks
 from tunelake.cli import app
 from tunelake.gold.project import gold_table
 from tunelake.gold.split import SPLITS
@@ -91,6 +93,23 @@ def test_packed_rows_hold_whole_examples_within_max_length(built):
     assert sorted(i for r in packed["ids"].to_pylist() for i in r) == sorted(unpacked["id"].to_pylist())
     report = manifest["tokenized"]["packing"][f"gold/tokenized/{fp}/sft_packed/train"]
     assert report["bins"] == packed.num_rows and report["bins"] <= report["lower_bound"] * 1.002 + 1
+
+
+def test_tokenizing_row_group_by_row_group_gives_the_same_tables(tmp_path, monkeypatch):
+    """Each tokenize task reads one row group of a gold part; how many there are changes no tokenized row."""
+    recipe = {"gold": {"tokenize": {"tokenizer": QWEN, "max_length": 1024}}, "engine": {"workers": 1}}
+    lakes = {}
+    for name, rows in (("whole", tasks.GOLD_ROW_GROUP), ("small", 16)):
+        monkeypatch.setattr(tasks, "GOLD_ROW_GROUP", rows)
+        (tmp_path / name).mkdir()
+        lakes[name] = run_build(write_recipe(tmp_path / name, SOURCES, **recipe))
+    (manifest, whole), (_, small) = lakes["whole"], lakes["small"]
+    fp = manifest["tokenized"]["fingerprint"]
+    files = small.files(gold_table(Regime.sft, "train"))
+    assert pq.ParquetFile(files[0]).metadata.num_row_groups > 1
+    tables = [f"gold/tokenized/{fp}/{regime.value}/{split}" for regime in Regime for split in SPLITS]
+    for table in tables + [f"gold/tokenized/{fp}/quarantine"]:
+        assert whole.read(table).equals(small.read(table)), table
 
 
 def test_fingerprint_changes_with_settings_so_two_setups_never_mix(tmp_path):

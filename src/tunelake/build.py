@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from tunelake import __version__
 from tunelake.engine.local import LocalEngine
@@ -340,13 +341,15 @@ def _plan_tokenize(recipe: Recipe) -> TokenizePlan | None:
 
 
 def _tokenize(run: _Run, engine: LocalEngine, plan: TokenizePlan) -> None:
-    """Every gold table -> gold/tokenized/<fingerprint>/<regime>/<split>, one task per gold part; then packing."""
+    """Every gold table -> gold/tokenized/<fingerprint>/<regime>/<split>, one task per row group of a gold part;
+    then packing."""
     started = time.perf_counter()
     gold_files = [
-        (regime, split, file)
+        (regime, split, file, row_group)
         for regime in Regime
         for split in SPLITS
         for file in run.staged_files(gold_table(regime, split))
+        for row_group in range(pq.ParquetFile(file).metadata.num_row_groups)
     ]
     # seq runs over all tasks: their quarantine and ledger parts share two tables and must not share names.
     tasks = [
@@ -355,13 +358,14 @@ def _tokenize(run: _Run, engine: LocalEngine, plan: TokenizePlan) -> None:
             run.run_id,
             seq,
             file,
+            row_group,
             regime,
             plan.table(regime, split),
             plan.quarantine,
             plan.spec,
             plan.settings,
         )
-        for seq, (regime, split, file) in enumerate(gold_files)
+        for seq, (regime, split, file, row_group) in enumerate(gold_files)
     ]
     counts: dict[str, Counter] = defaultdict(Counter)
     run.progress.start("tokenize", len(tasks))

@@ -28,6 +28,10 @@ from tunelake.schema import LEDGER, RECORD, TOKENIZE_QUARANTINE, Regime, quarant
 from tunelake.silver.canonicalize import FilePlan, canonicalize, ordinal_parts
 from tunelake.silver.dedup import dedup_keys
 
+# Rows in a row group of a gold part, the unit one tokenize task reads: a publish window holds tens of thousands
+# of records, and tokenizing them at once would hold all their token ids and offsets.
+GOLD_ROW_GROUP = 2048
+
 # A build's steps, in the order their ledger parts sort.
 STEP_READ, STEP_CANONICALIZE, STEP_DEDUP, STEP_PUBLISH, STEP_TOKENIZE, STEP_PACK = 0, 1, 2, 3, 4, 5
 
@@ -161,7 +165,11 @@ def run_publish(task: PublishTask) -> PublishDone:
     where = pc.binary_join_element_wise("gold/", records["regime"], "/", splits, "")
     keep = task.addresses.ledger(batch["_ord"], batch["id"], "split", "keep", None, where, task.run_id)
     outputs.append(("ledger", keep))
-    done.parts = [p for table, data in outputs if (p := write_part(task.root, table, name, data))]
+    done.parts = [
+        p
+        for table, data in outputs
+        if (p := write_part(task.root, table, name, data, GOLD_ROW_GROUP if table.startswith("gold/") else None))
+    ]
     gold = [(gold_staging(task.run_id, table), data) for table, data in outputs if table.startswith("gold/")]
     done.parts += [p for table, data in gold if (p := write_arrow(task.root, table, name, data))]
     for item in pc.value_counts(records["source"]).to_pylist():
@@ -175,6 +183,7 @@ class TokenizeTask:
     run_id: str
     seq: int
     gold_file: str  # one Parquet file of a gold table
+    row_group: int  # the one row group of it this task tokenizes
     regime: Regime
     output: str  # the tokenized table, gold/tokenized/<fingerprint>/<regime>/<split>
     quarantine: str  # gold/tokenized/<fingerprint>/quarantine
@@ -191,8 +200,9 @@ class TokenizeDone:
 
 
 def run_tokenize(task: TokenizeTask) -> TokenizeDone:
-    """One gold part -> tokenized rows; the records that cannot be trained on go to quarantine and the ledger."""
-    gold = pq.read_table(task.gold_file)
+    """One row group of a gold part -> tokenized rows; the records that cannot be trained on go to quarantine and
+    the ledger."""
+    gold = pq.ParquetFile(task.gold_file).read_row_group(task.row_group)
     rows, rejects = tokenize_rows(gold, task.regime, task.spec, task.settings)
     name = part_name(task.run_id, STEP_TOKENIZE, task.seq)
     parts = [write_part(task.root, task.output, name, rows)]

@@ -26,9 +26,10 @@ def part_name(run_id: str, step: int, seq: int) -> str:
 
 
 def write_part(
-    root: Path, table: str, name: str, data: pa.Table | pa.RecordBatch, compression: str = "zstd"
+    root: Path, table: str, name: str, data: pa.Table | pa.RecordBatch, row_group_size: int | None = None
 ) -> Part | None:
-    """Write data as one Parquet file in root/table; None when there are no rows (no empty files)."""
+    """Write data as one Parquet file in root/table (row groups of row_group_size rows, or pyarrow's default);
+    None when there are no rows (no empty files)."""
     if data.num_rows == 0:
         return None
     folder = root / table
@@ -36,7 +37,14 @@ def write_part(
     if isinstance(data, pa.RecordBatch):
         data = pa.Table.from_batches([data])
     dictionary = [n for n in data.schema.names if n in _FEW_VALUES]
-    pq.write_table(data, folder / name, compression=compression, use_dictionary=dictionary, data_page_version="2.0")
+    pq.write_table(
+        data,
+        folder / name,
+        row_group_size=row_group_size,
+        compression="zstd",
+        use_dictionary=dictionary,
+        data_page_version="2.0",
+    )
     return Part(table, name, data.num_rows)
 
 
