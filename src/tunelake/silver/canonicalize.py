@@ -202,25 +202,28 @@ def _canonicalize(chunk: RawChunk, plan: FilePlan, run_id: str) -> ChunkResult:
     parts, at = [], []  # adapted batches, and the bronze index of each of their records
     rejected: list[tuple[int, Rejected]] = []  # (bronze index, why)
     whole = _columnar(chunk.data, plan, len(raws)) if len(raws) == len(lines) else None
-    if whole is not None:
-        batch, handled = whole
-        parts.append(batch.filter(pa.array(handled)))
-        at.append(np.flatnonzero(handled))
-    one_by_one = range(len(raws)) if whole is None else np.flatnonzero(~whole[1]).tolist()
-    records, record_at = [], []
-    for k in one_by_one:
-        try:
-            records.append(adapt(_parse(raws[k].removesuffix(b"\r")), plan))
-        except Rejected as r:
-            rejected.append((k, r))
-            continue
-        record_at.append(k)
-    parts.append(adapted_batch(records))
-    at.append(np.asarray(record_at, np.int64))
-    at = np.concatenate(at)
-    in_order = np.argsort(at, kind="stable")
-    at = at[in_order]
-    adapted = pa.concat_batches(parts).take(pa.array(in_order))
+    if whole is not None and whole[1].all():  # the common case: nothing left for the per-row path
+        adapted, at = whole[0], np.arange(len(raws))
+    else:
+        if whole is not None:
+            batch, handled = whole
+            parts.append(batch.filter(pa.array(handled)))
+            at.append(np.flatnonzero(handled))
+        one_by_one = range(len(raws)) if whole is None else np.flatnonzero(~whole[1]).tolist()
+        records, record_at = [], []
+        for k in one_by_one:
+            try:
+                records.append(adapt(_parse(raws[k].removesuffix(b"\r")), plan))
+            except Rejected as r:
+                rejected.append((k, r))
+                continue
+            record_at.append(k)
+        parts.append(adapted_batch(records))
+        at.append(np.asarray(record_at, np.int64))
+        at = np.concatenate(at)
+        in_order = np.argsort(at, kind="stable")
+        at = at[in_order]
+        adapted = pa.concat_batches(parts).take(pa.array(in_order))
 
     batch, changes, problems = canonical_batch(adapted, source.max_chars)
     rejected += [(at[i], r) for i, r in problems.items()]
