@@ -73,7 +73,7 @@ DETECT_SAMPLE = 200  # rows parsed from the start of a file to detect its format
 # Candidates published a task: each file written costs milliseconds whatever its size, and a canonicalize chunk
 # is too small a unit for the nine gold tables (a validation part of a chunk is a few dozen rows). A publish
 # task holds about this many records, twice over, in memory.
-PUBLISH_ROWS = 32_768
+PUBLISH_ROWS = 16_384
 
 
 @dataclass

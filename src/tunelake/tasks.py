@@ -156,22 +156,20 @@ def run_publish(task: PublishTask) -> PublishDone:
         return done
     records = batch.select(RECORD.names)
     splits = assign_splits(batch["prompt_id"].combine_chunks(), task.split)
-    outputs = [("silver/records", records)]
+    where = pc.binary_join_element_wise("gold/", records["regime"], "/", splits, "")
+    keep = task.addresses.ledger(batch["_ord"], batch["id"], "split", "keep", None, where, task.run_id)
+    parts = [write_part(task.root, "silver/records", name, records), write_part(task.root, "ledger", name, keep)]
+    # Each gold table's rows are written as soon as they are selected, so one of them is held at a time.
     for regime in Regime:
         in_regime = pc.equal(records["regime"], regime.value)
         for split in SPLITS:
-            rows = records.filter(pc.and_(in_regime, pc.equal(splits, split)))
-            outputs.append((gold_table(regime, split), rows.select(gold_schema(regime).names)))
-    where = pc.binary_join_element_wise("gold/", records["regime"], "/", splits, "")
-    keep = task.addresses.ledger(batch["_ord"], batch["id"], "split", "keep", None, where, task.run_id)
-    outputs.append(("ledger", keep))
-    done.parts = [
-        p
-        for table, data in outputs
-        if (p := write_part(task.root, table, name, data, GOLD_ROW_GROUP if table.startswith("gold/") else None))
-    ]
-    gold = [(gold_staging(task.run_id, table), data) for table, data in outputs if table.startswith("gold/")]
-    done.parts += [p for table, data in gold if (p := write_arrow(task.root, table, name, data))]
+            table = gold_table(regime, split)
+            rows = records.filter(pc.and_(in_regime, pc.equal(splits, split))).select(gold_schema(regime).names)
+            parts += [
+                write_part(task.root, table, name, rows, GOLD_ROW_GROUP),
+                write_arrow(task.root, gold_staging(task.run_id, table), name, rows),
+            ]
+    done.parts = [p for p in parts if p]
     for item in pc.value_counts(records["source"]).to_pylist():
         done.silver[item["values"]] += item["counts"]
     return done
