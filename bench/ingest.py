@@ -13,6 +13,7 @@ of exact duplicates. It is written once per parameter set under --workdir and re
     python bench/ingest.py --scale-check           # also a build at N/4: peak memory must stay flat
     python bench/ingest.py --quick --profile       # cProfile of one build with engine.workers=1
 
+`CPU s` is the user + system time of the measured process and every process it reaped (the pool's workers).
 Peak memory is given three ways: `max proc` is the largest single process (os.wait4 on the child, which folds in
 every worker it reaped), `tree` is the largest sum of RSS over the child and its workers, sampled every 50 ms
 (what the machine must hold), and `manifest` is the build's own `peak_rss_mb`.
@@ -202,6 +203,7 @@ class Measured:
     returncode: int
     max_proc_mb: float  # largest single process: the child, or any descendant it reaped
     tree_mb: float  # largest sampled sum over the child and its descendants
+    cpu_s: float  # user + system CPU seconds of the child and every descendant it reaped
     log: Path
     extra: dict = field(default_factory=dict)
 
@@ -225,7 +227,8 @@ def run_measured(cmd: list[str], log: Path, env: dict | None = None) -> Measured
         done.set()
         sampler.join()
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return Measured(wall, proc.returncode, usage.ru_maxrss / 1024, peak[0] / 2**20, log)
+    cpu = usage.ru_utime + usage.ru_stime
+    return Measured(wall, proc.returncode, usage.ru_maxrss / 1024, peak[0] / 2**20, cpu, log)
 
 
 def _check(m: Measured, what: str) -> None:
@@ -347,18 +350,22 @@ def report(inputs: dict, base: list[Measured], tl: list[Measured]) -> dict:
     med = statistics.median
     b_wall, t_wall = med(m.wall for m in base), med(m.wall for m in tl)
     b_rps, t_rps = n / b_wall, n / t_wall
+    b_cpu, t_cpu = med(m.cpu_s for m in base), med(m.cpu_s for m in tl)
     parts = ", ".join(f"{f['source']} {f['records']:,} ({f['duplicates']:,} dup)" for f in inputs["files"])
     print(f"\ninput: {n:,} records, {size / 2**20:,.0f} MiB: {parts}")
     print(f"runs: {len(tl)}, medians; wall time includes interpreter start and imports\n")
-    head = f"{'':34} {'wall s':>8} {'records/s':>11} {'max proc MiB':>13} {'tree MiB':>9} {'manifest MiB':>13}"
+    head = (
+        f"{'':34} {'wall s':>8} {'records/s':>11} {'CPU s':>7} {'CPU us/rec':>11} {'max proc MiB':>13} "
+        f"{'tree MiB':>9} {'manifest MiB':>13}"
+    )
     print(head)
     print("-" * len(head))
     print(
-        f"{'pyarrow open_json -> parquet':34} {b_wall:8.2f} {_fmt(b_rps):>11} "
+        f"{'pyarrow open_json -> parquet':34} {b_wall:8.2f} {_fmt(b_rps):>11} {b_cpu:7.2f} {b_cpu / n * 1e6:11.2f} "
         f"{med(m.max_proc_mb for m in base):13,.0f} {med(m.tree_mb for m in base):9,.0f} {'':>13}"
     )
     print(
-        f"{'tunelake build':34} {t_wall:8.2f} {_fmt(t_rps):>11} "
+        f"{'tunelake build':34} {t_wall:8.2f} {_fmt(t_rps):>11} {t_cpu:7.2f} {t_cpu / n * 1e6:11.2f} "
         f"{med(m.max_proc_mb for m in tl):13,.0f} {med(m.tree_mb for m in tl):9,.0f} "
         f"{med(m.extra['peak_rss_mb'] for m in tl):13,.0f}"
     )
@@ -366,6 +373,7 @@ def report(inputs: dict, base: list[Measured], tl: list[Measured]) -> dict:
     tree = max(m.tree_mb for m in tl)
     met = {True: "met", False: "NOT met"}
     print(f"\nratio tunelake / pyarrow records/s: {ratio:.3f}  (target >= 0.5: {met[ratio >= 0.5]})")
+    print(f"ratio of CPU per record (pyarrow's / tunelake's): {b_cpu / t_cpu:.3f}  (less moved by other load)")
     print(f"tunelake peak memory (tree, worst run): {tree:,.0f} MiB  (target < 1024: {met[tree < 1024]})")
     modes = {v for m in base for v in m.extra["modes"].values()}
     if modes != {"open_json"}:
@@ -400,6 +408,7 @@ def report(inputs: dict, base: list[Measured], tl: list[Measured]) -> dict:
         "baseline": {
             "wall_s": b_wall,
             "records_per_s": b_rps,
+            "cpu_s": b_cpu,
             "modes": sorted(modes),
             "max_proc_mb": med(m.max_proc_mb for m in base),
             "tree_mb": med(m.tree_mb for m in base),
@@ -407,6 +416,7 @@ def report(inputs: dict, base: list[Measured], tl: list[Measured]) -> dict:
         "tunelake": {
             "wall_s": t_wall,
             "records_per_s": t_rps,
+            "cpu_s": t_cpu,
             "stages": rows,
             "counts": total,
             "max_proc_mb": med(m.max_proc_mb for m in tl),
