@@ -11,6 +11,7 @@ of exact duplicates. It is written once per parameter set under --workdir and re
     python bench/ingest.py --quick                 # 100k records, 1 run: a smoke run
     python bench/ingest.py                         # 1M records, median of 3 runs
     python bench/ingest.py --scale-check           # also a build at N/4: peak memory must stay flat
+    python bench/ingest.py --layout-floor          # also the writes a build makes, with no logic between them
     python bench/ingest.py --quick --profile       # cProfile of one build with engine.workers=1
 
 `CPU s` is the user + system time of the measured process and every process it reaped (the pool's workers).
@@ -313,6 +314,74 @@ def _baseline_child(out_dir: str, paths: list[str]) -> None:
     print(json.dumps({"rows": rows, "seconds": time.perf_counter() - started, "modes": modes}))
 
 
+def run_layout(inputs: dict, workdir: Path, run: int, workers: int) -> Measured:
+    out = workdir / "layout"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    cmd = [
+        sys.executable,
+        __file__,
+        "_layout",
+        str(out),
+        str(workers or os.cpu_count()),
+        *(f["path"] for f in inputs["files"]),
+    ]
+    m = run_measured(cmd, workdir / f"layout-{run}.log")
+    _check(m, "layout floor")
+    shutil.rmtree(out, ignore_errors=True)
+    return m
+
+
+def _layout_chunk(task: tuple[str, str, bytes]) -> int:
+    """One 8 MiB chunk (the build's default) through the writes a build must make, and no logic: parse it, write
+    bronze (the raw lines), silver and gold (the parsed rows, each once), and the Parquet and JSONL exports."""
+    import io
+
+    import duckdb
+    import pyarrow as pa
+    import pyarrow.json as pj
+    import pyarrow.parquet as pq
+
+    pa.set_cpu_count(1)
+    out, name, data = task
+    rows = pj.read_json(io.BytesIO(data), pj.ReadOptions(use_threads=False, block_size=len(data) + 1))
+    raw = pa.table({"raw": pa.array(data.split(b"\n")[:-1], pa.large_binary())})
+    # The build's Parquet settings (engine/parts.py), without its dictionary-encoded columns.
+    settings = {"compression": "zstd", "use_dictionary": False, "data_page_version": "2.0"}
+    pq.write_table(raw, f"{out}/bronze-{name}.parquet", **settings)
+    for table in ("silver", "gold"):
+        pq.write_table(rows, f"{out}/{table}-{name}.parquet", **settings)
+    con = duckdb.connect(config={"threads": 1})
+    con.register("t", rows)
+    con.execute(f"copy t to '{out}/export-{name}.parquet' (format parquet, compression zstd, row_group_size 16384)")
+    con.execute(f"copy t to '{out}/export-{name}.jsonl' (format json)")
+    return rows.num_rows
+
+
+def _layout_child(out_dir: str, workers: int, paths: list[str]) -> None:
+    """The layout floor: chunks of the input through _layout_chunk on a spawned pool of `workers` processes."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    def chunks(index: int, path: str):
+        with gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb") as f:
+            rest, seq = b"", 0
+            while block := f.read(8 << 20):
+                block = rest + block
+                cut = block.rfind(b"\n") + 1
+                block, rest = block[:cut], block[cut:]
+                yield out_dir, f"{index}-{seq}", block
+                seq += 1
+            if rest:
+                yield out_dir, f"{index}-{seq}", rest + b"\n"
+
+    started = time.perf_counter()
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        tasks = (task for i, path in enumerate(paths) for task in chunks(i, path))
+        rows = sum(pool.map(_layout_chunk, tasks))
+    print(json.dumps({"rows": rows, "seconds": time.perf_counter() - started}))
+
+
 def _build_child(recipe: str) -> None:
     from tunelake.build import build
     from tunelake.recipe import load_recipe
@@ -344,7 +413,7 @@ def environment() -> dict:
     }
 
 
-def report(inputs: dict, base: list[Measured], tl: list[Measured]) -> dict:
+def report(inputs: dict, base: list[Measured], tl: list[Measured], layout: list[Measured]) -> dict:
     n = inputs["params"]["records"]
     size = sum(f["bytes"] for f in inputs["files"])
     med = statistics.median
@@ -369,11 +438,23 @@ def report(inputs: dict, base: list[Measured], tl: list[Measured]) -> dict:
         f"{med(m.max_proc_mb for m in tl):13,.0f} {med(m.tree_mb for m in tl):9,.0f} "
         f"{med(m.extra['peak_rss_mb'] for m in tl):13,.0f}"
     )
+    if layout:
+        l_wall, l_cpu = med(m.wall for m in layout), med(m.cpu_s for m in layout)
+        print(
+            f"{'layout floor: writes, no logic':34} {l_wall:8.2f} {_fmt(n / l_wall):>11} {l_cpu:7.2f} "
+            f"{l_cpu / n * 1e6:11.2f} {med(m.max_proc_mb for m in layout):13,.0f} "
+            f"{med(m.tree_mb for m in layout):9,.0f}"
+        )
     ratio = t_rps / b_rps
     tree = max(m.tree_mb for m in tl)
     met = {True: "met", False: "NOT met"}
     print(f"\nratio tunelake / pyarrow records/s: {ratio:.3f}  (target >= 0.5: {met[ratio >= 0.5]})")
     print(f"ratio of CPU per record (pyarrow's / tunelake's): {b_cpu / t_cpu:.3f}  (less moved by other load)")
+    if layout:
+        print(
+            f"ratio layout floor / pyarrow records/s: {b_wall / l_wall:.3f}  (the most a build that writes bronze, "
+            "silver, gold and both exports could reach here)"
+        )
     print(f"tunelake peak memory (tree, worst run): {tree:,.0f} MiB  (target < 1024: {met[tree < 1024]})")
     modes = {v for m in base for v in m.extra["modes"].values()}
     if modes != {"open_json"}:
@@ -423,8 +504,13 @@ def report(inputs: dict, base: list[Measured], tl: list[Measured]) -> dict:
             "tree_mb": med(m.tree_mb for m in tl),
             "manifest_peak_rss_mb": med(m.extra["peak_rss_mb"] for m in tl),
         },
+        "layout_floor": {"wall_s": l_wall, "cpu_s": l_cpu, "ratio": b_wall / l_wall} if layout else None,
         "ratio": ratio,
-        "all_runs": {"baseline": [m.wall for m in base], "tunelake": [m.wall for m in tl]},
+        "all_runs": {
+            "baseline": [m.wall for m in base],
+            "tunelake": [m.wall for m in tl],
+            "layout_floor": [m.wall for m in layout],
+        },
     }
 
 
@@ -457,6 +543,11 @@ def main() -> None:
     ap.add_argument("--gzip", action="store_true", help="write the input as .jsonl.gz instead of plain .jsonl")
     ap.add_argument("--workers", type=int, default=0, help="the recipe's engine.workers (0: one per core)")
     ap.add_argument("--scale-check", action="store_true", help="also build N/4 records and compare peak memory")
+    ap.add_argument(
+        "--layout-floor",
+        action="store_true",
+        help="also time the writes a build makes (bronze, silver, gold, both exports) with no logic between them",
+    )
     ap.add_argument("--profile", action="store_true", help="also profile one build with engine.workers=1")
     ap.add_argument("--profile-only", action="store_true", help="only generate the input and profile")
     ap.add_argument("--top", type=int, default=30, help="functions listed by --profile")
@@ -472,13 +563,17 @@ def main() -> None:
         profile(inputs, workdir, args.top)
         return
     env = environment()
-    base, tl = [], []
-    for run in range(runs):  # alternate the two sides so drift in the machine hits both alike
+    base, tl, layout = [], [], []
+    for run in range(runs):  # alternate the sides so drift in the machine hits them alike
         base.append(run_baseline(inputs, workdir, run))
         print(f"run {run + 1}/{runs}: pyarrow {base[-1].wall:.2f} s", end="", flush=True)
         tl.append(run_tunelake(inputs, workdir, args.workers, str(run)))
-        print(f", tunelake {tl[-1].wall:.2f} s", flush=True)
-    results = report(inputs, base, tl)
+        print(f", tunelake {tl[-1].wall:.2f} s", end="", flush=True)
+        if args.layout_floor:
+            layout.append(run_layout(inputs, workdir, run, args.workers))
+            print(f", layout floor {layout[-1].wall:.2f} s", end="", flush=True)
+        print(flush=True)
+    results = report(inputs, base, tl, layout)
     results["environment"] = env
     print(f"environment at start: {env}" + ("  (busy machine: timings are noisy)" if env["load_avg_1m"] > 0.5 else ""))
 
@@ -512,6 +607,8 @@ def main() -> None:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_baseline":
         _baseline_child(sys.argv[2], sys.argv[3:])
+    elif len(sys.argv) > 1 and sys.argv[1] == "_layout":
+        _layout_child(sys.argv[2], int(sys.argv[3]), sys.argv[4:])
     elif len(sys.argv) > 1 and sys.argv[1] == "_build":
         _build_child(sys.argv[2])
     else:
