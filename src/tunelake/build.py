@@ -1,11 +1,11 @@
 """`tunelake build`: sources -> bronze -> silver -> gold, one Delta commit per table, and a manifest.
 
 The flow, in three passes over the data, each run by the engine's workers (see tasks.py):
-1. canonicalize (row-local): raw chunks -> bronze rows, candidate records (staged as Parquet), quarantined
-   rows and ledger rows, each written by the worker as a Parquet part.
+1. canonicalize (row-local): raw chunks -> bronze rows, quarantined rows and ledger rows, written by the worker
+   as Parquet parts, and candidate records, staged as Arrow.
 2. dedup (global, DuckDB on the staged keys): which candidates duplicate an earlier one.
-3. publish (row-local, per window of staged parts): candidates minus duplicates -> silver/records and, split by prompt
-   group, the gold tables; then trainer exports and the manifest.
+3. publish (row-local, per window of staged parts): candidates minus duplicates -> silver/records and, split by
+   prompt group, the gold tables (also staged as Arrow for the exports); then trainer exports and the manifest.
 Each table's new version is published in one commit, so a killed build leaves every table readable at its
 previous version, and re-running it gives the same result.
 """
@@ -70,9 +70,9 @@ from tunelake.tasks import (
 )
 
 DETECT_SAMPLE = 200  # rows parsed from the start of a file to detect its format
-# Candidates published a task: each file written costs milliseconds whatever its size, and a canonicalize chunk
-# is too small a unit for the nine gold tables (a validation part of a chunk is a few dozen rows). A publish
-# task holds about this many records, twice over, in memory.
+# Candidates per publish task. Each file written costs milliseconds whatever its size, and one canonicalize chunk
+# is too small a unit for the nine gold tables (its validation rows of a regime are a few dozen). A publish task
+# holds about this many records, twice over, in memory.
 PUBLISH_ROWS = 16_384
 
 

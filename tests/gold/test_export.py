@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import datasets
+import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import run_build, write_recipe
@@ -76,3 +77,27 @@ def test_rl_export_has_verl_layout(built):
     config = json.loads(code["reward_model"]["ground_truth"])
     assert {"prompt", "test", "entry_point"} <= config.keys()
     assert [r["extra_info"]["index"] for r in ds] == list(range(len(ds)))
+
+
+def test_a_message_field_is_kept_only_in_the_columns_that_use_it(tmp_path):
+    """A chosen response with reasoning does not give the prompt and the rejected response a null reasoning key:
+    templates that test `'reasoning_content' in message` would then take every turn for a reasoning turn."""
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": f"What is {i} + {i}?"}],
+            "chosen": [{"role": "assistant", "content": str(2 * i), "reasoning_content": f"{i} doubled."}],
+            "rejected": [{"role": "assistant", "content": str(2 * i + 1)}],
+        }
+        for i in range(40)
+    ]
+    source = tmp_path / "pairs.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = [{"name": "pairs", "path": str(source), "license": "mit", "origin": "synthetic"}]
+    _, lake = run_build(write_recipe(tmp_path, recipe, gold={"split": {"validation": 0, "test": 0}}))
+    exported = [json.loads(line) for line in (lake.root / "exports" / "preference" / "train.jsonl").open()]
+    assert len(exported) == 40
+    assert all(set(r["chosen"][0]) == {"role", "content", "reasoning_content"} for r in exported)
+    assert all(set(m) == {"role", "content"} for r in exported for m in r["prompt"] + r["rejected"])
+    table = pq.read_table(lake.root / "exports" / "preference" / "train.parquet")
+    assert [f.name for f in table.schema.field("rejected").type.value_type] == ["role", "content"]
+    assert "reasoning_content" in [f.name for f in table.schema.field("chosen").type.value_type]

@@ -4,7 +4,7 @@
 - Preference: `prompt`, `chosen`, `rejected` as message lists (TRL's explicit-prompt conversational format).
 - RL: verl's layout: `data_source`, `prompt` (messages), `ability`, `reward_model {style, ground_truth}`,
   `extra_info`.
-Message fields that no record of a table uses are left out, so trainers see plain {role, content} turns.
+Message fields that no message of a column uses are left out, so trainers see plain {role, content} turns.
 Tool calls are JSON objects in jsonl and JSON text in parquet.
 
 The input is the gold table's staged Arrow IPC parts, memory-mapped one at a time and streamed to DuckDB:
@@ -43,13 +43,13 @@ def _parts(files: list[str]) -> Iterator[pa.Table]:
             yield pa.ipc.open_file(source).read_all()
 
 
-def _in_use(files: list[str], regime: Regime) -> tuple[set[str], bool]:
-    """The optional message fields any record of the table sets, and whether any record has tools."""
-    used, tools = set(), False
+def _in_use(files: list[str], regime: Regime) -> tuple[dict[str, set[str]], bool]:
+    """For each message column, the optional fields any of its messages sets; and whether any record has tools."""
+    used, tools = {column: set() for column in MESSAGE_COLUMNS[regime]}, False
     for part in _parts(files):
-        for column in MESSAGE_COLUMNS[regime]:
+        for column, fields in used.items():
             turns = pc.list_flatten(part[column])
-            used.update(f for f in OPTIONAL_FIELDS if pc.struct_field(turns, f).null_count < len(turns))
+            fields.update(f for f in OPTIONAL_FIELDS if pc.struct_field(turns, f).null_count < len(turns))
         tools = tools or (regime == Regime.sft and part["tools"].null_count < part.num_rows)
     return used, tools
 
@@ -77,14 +77,15 @@ def _messages(column: str, used: set[str]) -> str:
     return f"list_transform({column}, lambda m: {{{', '.join(fields)}}}) as {column}"
 
 
-def _select(regime: Regime, split: str, used: set[str], tools: bool) -> str:
+def _select(regime: Regime, split: str, used: dict[str, set[str]], tools: bool) -> str:
     if regime == Regime.sft:
-        return f"select id, {_messages('messages', used)}{', json(tools) as tools' if tools else ''} from gold"
+        messages = _messages("messages", used["messages"])
+        return f"select id, {messages}{', json(tools) as tools' if tools else ''} from gold"
     if regime == Regime.preference:
-        sides = ", ".join(_messages(c, used) for c in MESSAGE_COLUMNS[regime])
+        sides = ", ".join(_messages(c, used[c]) for c in MESSAGE_COLUMNS[regime])
         return f"select id, {sides}, score_chosen, score_rejected from gold"
     return f"""
-        select source as data_source, {_messages("prompt", used)}, coalesce(domain, 'general') as ability,
+        select source as data_source, {_messages("prompt", used["prompt"])}, coalesce(domain, 'general') as ability,
                {{'style': 'rule',
                  'ground_truth': case when verifier = 'python_tests' then verifier_config else answer end}}
                  as reward_model,
