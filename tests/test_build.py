@@ -6,9 +6,11 @@ import hashlib
 
 import tunelake.build as build_module
 from tests.conftest import run_build, write_recipe
+from tunelake.engine.parts import Part
 from tunelake.gold.project import gold_table
 from tunelake.gold.split import SPLITS
 from tunelake.schema import Regime
+from tunelake.tasks import Staged
 
 
 def gold_digest(lake) -> str:
@@ -46,18 +48,35 @@ def test_same_inputs_give_identical_gold_in_two_lakes(tmp_path, example_sources)
 def test_publishing_in_small_windows_writes_the_same_lake(tmp_path, example_sources, monkeypatch):
     """Publish takes windows of staged parts; where the windows fall changes the files, never the content."""
     engine = {"workers": 1, "chunk_bytes": 20_000}
-    (tmp_path / "one").mkdir()
-    (tmp_path / "many").mkdir()
-    _, one = run_build(write_recipe(tmp_path / "one", example_sources, engine=engine))
-    monkeypatch.setattr(build_module, "PUBLISH_ROWS", 40)
-    _, many = run_build(write_recipe(tmp_path / "many", example_sources, engine=engine))
-    assert len(one.files("silver/records")) == 1 < len(many.files("silver/records"))
-    assert gold_digest(one) == gold_digest(many)
-    assert one.read("silver/records").equals(many.read("silver/records"))
+    # The first source again: every row of the copy duplicates an earlier one, so windows open on duplicates.
+    sources = [*example_sources, {**example_sources[0], "name": "again"}]
+    lakes = {}
+    # One window; windows closed on rows; windows closed on staged bytes.
+    for name, rows, chunks in (("one", 10**9, 10**9), ("rows", 40, 10**9), ("bytes", 10**9, 1)):
+        monkeypatch.setattr(build_module, "PUBLISH_ROWS", rows)
+        monkeypatch.setattr(build_module, "PUBLISH_CHUNKS", chunks)
+        (tmp_path / name).mkdir()
+        lakes[name] = run_build(write_recipe(tmp_path / name, sources, engine=engine))
+    manifest, one = lakes.pop("one")
+    again = manifest["counts"]["again"]
+    assert again["silver"] == 0 and again["dropped"] > 0
     columns = ["id", "source", "file", "row", "stage", "action", "reason", "detail"]
-    assert one.read("ledger", columns).equals(many.read("ledger", columns))
-    for export in sorted((one.root / "exports").rglob("*.*")):
-        assert export.read_bytes() == (many.root / "exports" / export.relative_to(one.root / "exports")).read_bytes()
+    for name, (_, other) in lakes.items():
+        assert len(one.files("silver/records")) == 1 < len(other.files("silver/records")), name
+        assert gold_digest(one) == gold_digest(other), name
+        assert one.read("silver/records").equals(other.read("silver/records")), name
+        assert one.read("ledger", columns).equals(other.read("ledger", columns)), name
+        for export in sorted((one.root / "exports").rglob("*.*")):
+            twin = other.root / "exports" / export.relative_to(one.root / "exports")
+            assert export.read_bytes() == twin.read_bytes(), (name, export)
+
+
+def test_publish_windows_close_on_rows_or_on_staged_bytes():
+    rows, sizes = [10, 10, 30, 5, 5], [100, 100, 100, 900, 200]
+    staged = [Staged(Part("c", f"{i}", n), Part("k", f"{i}", n), 0, 0) for i, n in enumerate(rows)]
+    windows = build_module._windows(staged, sizes, max_rows=25, max_bytes=1000)
+    # 10 + 10 rows; 30 rows, over the row limit, alone; 900 + 200 bytes would pass the byte limit.
+    assert [[s.part.rows for s in w] for w in windows] == [[10, 10], [30], [5], [5]]
 
 
 def test_detected_format_that_cannot_give_the_recipe_regime_quarantines_the_file(tmp_path):

@@ -97,7 +97,8 @@ def test_packed_rows_hold_whole_examples_within_max_length(built):
 
 def test_tokenizing_row_group_by_row_group_gives_the_same_tables(tmp_path, monkeypatch):
     """Each tokenize task reads one row group of a gold part; how many there are changes no tokenized row."""
-    recipe = {"gold": {"tokenize": {"tokenizer": QWEN, "max_length": 1024}}, "engine": {"workers": 1}}
+    tokenize = {"tokenizer": QWEN, "max_length": 1024, "pack": {"enabled": True}}
+    recipe = {"gold": {"tokenize": tokenize}, "engine": {"workers": 1}}
     lakes = {}
     for name, rows in (("whole", tasks.GOLD_ROW_GROUP), ("small", 16)):
         monkeypatch.setattr(tasks, "GOLD_ROW_GROUP", rows)
@@ -108,8 +109,11 @@ def test_tokenizing_row_group_by_row_group_gives_the_same_tables(tmp_path, monke
     files = small.files(gold_table(Regime.sft, "train"))
     assert pq.ParquetFile(files[0]).metadata.num_row_groups > 1
     tables = [f"gold/tokenized/{fp}/{regime.value}/{split}" for regime in Regime for split in SPLITS]
-    for table in tables + [f"gold/tokenized/{fp}/quarantine"]:
+    tables += [f"gold/tokenized/{fp}/sft_packed/{split}" for split in SPLITS] + [f"gold/tokenized/{fp}/quarantine"]
+    for table in tables:
         assert whole.read(table).equals(small.read(table)), table
+    columns = ["id", "source", "file", "row", "stage", "action", "reason", "detail"]
+    assert whole.read("ledger", columns).equals(small.read("ledger", columns))
 
 
 def test_fingerprint_changes_with_settings_so_two_setups_never_mix(tmp_path):

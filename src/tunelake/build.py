@@ -70,10 +70,11 @@ from tunelake.tasks import (
 )
 
 DETECT_SAMPLE = 200  # rows parsed from the start of a file to detect its format
-# Candidates per publish task. Each file written costs milliseconds whatever its size, and one canonicalize chunk
-# is too small a unit for the nine gold tables (its validation rows of a regime are a few dozen). A publish task
-# holds about this many records, twice over, in memory.
+# Candidates per publish task, and their staged size in chunks (engine.chunk_bytes): each file written costs
+# milliseconds whatever its size, and one canonicalize chunk is too small a unit for the nine gold tables (its
+# validation rows of a regime are a few dozen). The size limit keeps long records from making a task large.
 PUBLISH_ROWS = 16_384
+PUBLISH_CHUNKS = 4
 
 
 @dataclass
@@ -161,20 +162,22 @@ def build(recipe: Recipe, recipe_sha256: str, progress: Progress | None = None) 
     lake = Lake(recipe.lake)
     run = _Run(recipe, lake, new_run_id(), plan_files(recipe), progress or Progress())
     tokenize = _plan_tokenize(recipe)
-    with lake.lock(), LocalEngine(recipe.engine.resolved_workers()) as engine:
-        lake.clear_staging()  # leftovers of a killed build
-        lake.remove_orphans(run.run_id)
-        candidates = _canonicalize(run, engine)
-        dropped = _dedup(run, engine, candidates)
-        _publish(run, engine, candidates, dropped)
-        if tokenize:
-            _tokenize(run, engine, tokenize)
-        run.will_commit("ledger", LEDGER)
-        exports = _export(run, engine)
-        # Nothing is committed until every stage has succeeded and the counts reconcile.
-        run.commit_all()
-        lake.replace_exports(exports)
-        lake.clear_staging()
+    with lake.lock():
+        with LocalEngine(recipe.engine.resolved_workers()) as engine:
+            lake.clear_staging()  # leftovers of a killed build
+            lake.remove_orphans(run.run_id)
+            candidates = _canonicalize(run, engine)
+            dropped = _dedup(run, engine, candidates)
+            _publish(run, engine, candidates, dropped)
+            if tokenize:
+                _tokenize(run, engine, tokenize)
+            run.will_commit("ledger", LEDGER)
+            exports = _export(run, engine)
+            # Nothing is committed until every stage has succeeded and the counts reconcile.
+            run.commit_all()
+            lake.replace_exports(exports)
+            lake.clear_staging()
+        # Once the pool has shut down its workers are reaped, and the manifest's peak memory counts them.
         manifest = _manifest(run, recipe_sha256, started_at)
         lake.write_manifest(manifest)
     return manifest
@@ -291,8 +294,11 @@ def _publish(run: _Run, engine: LocalEngine, candidates: list[Staged], dups: pa.
 
     split, addresses = run.recipe.gold.split, run.addresses
 
+    sizes = [(run.lake.root / s.part.table / s.part.name).stat().st_size for s in candidates]
+    windows = _windows(candidates, sizes, PUBLISH_ROWS, PUBLISH_CHUNKS * run.recipe.engine.chunk_bytes)
+
     def tasks() -> Iterator[PublishTask]:
-        for seq, window in enumerate(_windows(candidates, PUBLISH_ROWS)):
+        for seq, window in enumerate(windows):
             # Parts hold increasing ordinals, so a window's duplicates are one slice of the sorted array.
             lo = np.searchsorted(dropped, window[0].first)
             hi = np.searchsorted(dropped, window[-1].last, side="right")
@@ -314,16 +320,18 @@ def _publish(run: _Run, engine: LocalEngine, candidates: list[Staged], dups: pa.
     run.timed("publish", sum(run.counts[s.name]["silver"] for s in run.recipe.sources), started)
 
 
-def _windows(candidates: list[Staged], rows: int) -> list[tuple[Staged, ...]]:
-    """Consecutive staged parts, grouped up to `rows` candidates a group (a larger part is a group alone)."""
+def _windows(candidates: list[Staged], sizes: list[int], max_rows: int, max_bytes: int) -> list[tuple[Staged, ...]]:
+    """Consecutive staged parts, grouped up to max_rows candidates and max_bytes of staged Arrow a group (a part
+    over either limit is a group alone)."""
     windows: list[list[Staged]] = []
-    total = rows
-    for staged in candidates:
-        if total + staged.part.rows > rows:
+    rows, size = max_rows, max_bytes  # as if a full group were open, so the first part opens one
+    for staged, nbytes in zip(candidates, sizes, strict=True):
+        if rows + staged.part.rows > max_rows or size + nbytes > max_bytes:
             windows.append([])
-            total = 0
+            rows = size = 0
         windows[-1].append(staged)
-        total += staged.part.rows
+        rows += staged.part.rows
+        size += nbytes
     return [tuple(w) for w in windows]
 
 

@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import run_build, write_recipe
+from tunelake.gold import export
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +102,15 @@ def test_a_message_field_is_kept_only_in_the_columns_that_use_it(tmp_path):
     table = pq.read_table(lake.root / "exports" / "preference" / "train.parquet")
     assert [f.name for f in table.schema.field("rejected").type.value_type] == ["role", "content"]
     assert "reasoning_content" in [f.name for f in table.schema.field("chosen").type.value_type]
+
+
+def test_parquet_row_groups_hold_a_bounded_size_of_records(built, tmp_path, monkeypatch, example_sources_module):
+    """A Parquet export's row group holds about ROW_GROUP_BYTES of rows, not a fixed count: 16k long-context
+    records in one group overran the writer's memory. Smaller groups change no row."""
+    monkeypatch.setattr(export, "ROW_GROUP_BYTES", 64 << 10)
+    _, lake = run_build(write_recipe(tmp_path, example_sources_module, engine={"workers": 1}))
+    _, _, exports = built
+    for regime in ("sft", "preference", "rl"):
+        small = pq.ParquetFile(lake.root / "exports" / regime / "train.parquet")
+        assert small.metadata.num_row_groups > 1, regime
+        assert small.read().equals(pq.read_table(exports / regime / "train.parquet")), regime

@@ -1,4 +1,4 @@
-"""Exports that trainers load as they are, written by DuckDB from the gold rows publish staged as Arrow.
+"""Exports that trainers load as they are, laid out by DuckDB from the gold rows publish staged as Arrow.
 
 - SFT: `messages` in TRL's conversational format (+ `tools` when any record has them).
 - Preference: `prompt`, `chosen`, `rejected` as message lists (TRL's explicit-prompt conversational format).
@@ -22,12 +22,15 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from tunelake.schema import MESSAGE_FIELDS, Regime
 
-# Row groups of 16k rows: DuckDB holds a whole row group in memory before writing it, and its default (122,880
-# rows of preference pairs) took a worker to 400 MiB; smaller groups also wrote faster here.
-FORMATS = {"jsonl": "(format json)", "parquet": "(format parquet, compression zstd, row_group_size 16384)"}
+# Parquet row groups of about this many bytes of staged rows, and at most MAX_ROW_GROUP rows: a writer holds a
+# whole row group before writing it. DuckDB's own writer cannot go below 2,048 rows a group, which for long-context
+# records overran its memory, so DuckDB hands the rows over as Arrow batches and pyarrow writes one group each.
+ROW_GROUP_BYTES = 32 << 20
+MAX_ROW_GROUP = 16_384
 MESSAGE_COLUMNS = {
     Regime.sft: ("messages",),
     Regime.preference: ("prompt", "chosen", "rejected"),
@@ -41,6 +44,17 @@ def _parts(files: list[str]) -> Iterator[pa.Table]:
     for file in files:
         with pa.memory_map(file) as source:
             yield pa.ipc.open_file(source).read_all()
+
+
+def _rows_per_group(files: list[str]) -> int:
+    """Rows in a Parquet row group of the export: ROW_GROUP_BYTES of the table's average staged row."""
+    rows = 0
+    for file in files:
+        with pa.memory_map(file) as source:
+            reader = pa.ipc.open_file(source)
+            rows += sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+    average = sum(os.path.getsize(f) for f in files) / max(rows, 1)
+    return int(min(MAX_ROW_GROUP, max(1, ROW_GROUP_BYTES // max(average, 1))))
 
 
 def _in_use(files: list[str], regime: Regime) -> tuple[dict[str, set[str]], bool]:
@@ -121,7 +135,14 @@ def run_export(task: ExportTask) -> Path | None:
     folder = out_dir / regime.value
     folder.mkdir(parents=True, exist_ok=True)
     path, tmp = folder / f"{split}.{fmt}", folder / f".{split}.{fmt}.tmp"
-    target = str(tmp).replace("'", "''")  # a SQL string literal: quotes in the lake's path are doubled
-    con.execute(f"copy ({_select(regime, split, used, tools)}) to '{target}' {FORMATS[fmt]}")
+    query = _select(regime, split, used, tools)
+    if fmt == "jsonl":
+        target = str(tmp).replace("'", "''")  # a SQL string literal: quotes in the lake's path are doubled
+        con.execute(f"copy ({query}) to '{target}' (format json)")
+    else:
+        reader = con.sql(query).to_arrow_reader(_rows_per_group(files))
+        with pq.ParquetWriter(tmp, reader.schema, compression="zstd") as writer:
+            for batch in reader:
+                writer.write_batch(batch)
     os.replace(tmp, path)
     return path
