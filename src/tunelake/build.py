@@ -173,11 +173,12 @@ def build(recipe: Recipe, recipe_sha256: str, progress: Progress | None = None) 
                 _tokenize(run, engine, tokenize)
             run.will_commit("ledger", LEDGER)
             exports = _export(run, engine)
-            # Nothing is committed until every stage has succeeded and the counts reconcile.
-            run.commit_all()
-            lake.replace_exports(exports)
-            lake.clear_staging()
-        # Once the pool has shut down its workers are reaped, and the manifest's peak memory counts them.
+        # Nothing is committed until every stage has succeeded and the counts reconcile. The pool has shut down
+        # by now: the commits and the manifest follow each other closely, and the manifest's peak memory counts
+        # the reaped workers.
+        run.commit_all()
+        lake.replace_exports(exports)
+        lake.clear_staging()
         manifest = _manifest(run, recipe_sha256, started_at)
         lake.write_manifest(manifest)
     return manifest

@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 
 import datasets
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import run_build, write_recipe
+from tunelake.engine.parts import write_arrow
 from tunelake.gold import export
+from tunelake.gold.project import gold_schema
+from tunelake.schema import Regime
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +118,33 @@ def test_parquet_row_groups_hold_a_bounded_size_of_records(built, tmp_path, monk
         small = pq.ParquetFile(lake.root / "exports" / regime / "train.parquet")
         assert small.metadata.num_row_groups > 1, regime
         assert small.read().equals(pq.read_table(exports / regime / "train.parquet")), regime
+
+
+def test_parquet_row_groups_stay_small_when_long_records_follow_short_ones(tmp_path, monkeypatch):
+    """Row groups are cut by the bytes of the rows in them, not by an average: 20 long records after 200 short
+    ones (as a long-context source after a short one in a gold table) never share one oversized group."""
+    monkeypatch.setattr(export, "ROW_GROUP_BYTES", 256 << 10)
+    schema = gold_schema(Regime.sft)
+
+    def record(i: int, answer: str) -> dict:
+        messages = [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": answer}]
+        return {
+            "id": f"{i:032x}",
+            "source": "s",
+            "origin": "h",
+            "license": "mit",
+            "prompt_id": "p",
+            "messages": messages,
+        }
+
+    short = [record(i, "short answer") for i in range(200)]
+    long = [record(200 + i, f"long answer {i} " * 3_000) for i in range(20)]  # 45 KB or more, all different
+    tables = {"0": pa.Table.from_pylist(short, schema), "1": pa.Table.from_pylist(long, schema)}
+    files = [str(tmp_path / "staged" / write_arrow(tmp_path, "staged", n, t).name) for n, t in tables.items()]
+    for fmt in ("parquet", "jsonl"):
+        export.run_export(export.ExportTask(files, schema, Regime.sft, "train", tmp_path / "out", fmt))
+    parquet = pq.ParquetFile(tmp_path / "out" / "sft" / "train.parquet")
+    sizes = [parquet.metadata.row_group(i).total_byte_size for i in range(parquet.metadata.num_row_groups)]
+    assert max(sizes) <= 2 * (256 << 10) + 50_000, sizes
+    rows = [json.loads(line) for line in (tmp_path / "out" / "sft" / "train.jsonl").open()]
+    assert parquet.read().to_pylist() == rows

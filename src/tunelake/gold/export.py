@@ -26,9 +26,10 @@ import pyarrow.parquet as pq
 
 from tunelake.schema import MESSAGE_FIELDS, Regime
 
-# Parquet row groups of about this many bytes of staged rows, and at most MAX_ROW_GROUP rows: a writer holds a
-# whole row group before writing it. DuckDB's own writer cannot go below 2,048 rows a group, which for long-context
-# records overran its memory, so DuckDB hands the rows over as Arrow batches and pyarrow writes one group each.
+# Parquet row groups of about this many bytes, and at most MAX_ROW_GROUP rows: a writer holds a whole row group
+# before writing it. DuckDB's own writer cannot go below 2,048 rows a group, which for long-context records
+# overran its memory, so DuckDB hands the rows over as Arrow batches, small enough for the table's longest row,
+# and pyarrow writes them in groups of this size.
 ROW_GROUP_BYTES = 32 << 20
 MAX_ROW_GROUP = 16_384
 MESSAGE_COLUMNS = {
@@ -46,15 +47,42 @@ def _parts(files: list[str]) -> Iterator[pa.Table]:
             yield pa.ipc.open_file(source).read_all()
 
 
-def _rows_per_group(files: list[str]) -> int:
-    """Rows in a Parquet row group of the export: ROW_GROUP_BYTES of the table's average staged row."""
-    rows = 0
-    for file in files:
-        with pa.memory_map(file) as source:
-            reader = pa.ipc.open_file(source)
-            rows += sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
-    average = sum(os.path.getsize(f) for f in files) / max(rows, 1)
-    return int(min(MAX_ROW_GROUP, max(1, ROW_GROUP_BYTES // max(average, 1))))
+def _text_bytes(column: pa.Array) -> np.ndarray:
+    """Per row, the bytes of the strings it holds, however deep in lists and structs (numbers count nothing)."""
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        return pc.binary_length(column).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    if pa.types.is_struct(column.type):
+        fields = (_text_bytes(pc.struct_field(column, i)) for i in range(column.type.num_fields))
+        return sum(fields, np.zeros(len(column), np.int64))
+    if pa.types.is_list(column.type):
+        inner = np.concatenate(([0], np.cumsum(_text_bytes(column.values))))
+        offsets = column.offsets.to_numpy()
+        return inner[offsets[1:]] - inner[offsets[:-1]]
+    return np.zeros(len(column), np.int64)
+
+
+def _longest_row(files: list[str]) -> int:
+    """The bytes of text of the table's longest row."""
+    longest = 1
+    for part in _parts(files):
+        sizes = sum(_text_bytes(column.combine_chunks()) for column in part.columns)
+        longest = max(longest, int(sizes.max()))
+    return longest
+
+
+def _write_parquet(reader: pa.RecordBatchReader, path: Path) -> None:
+    """DuckDB's batches, gathered into row groups of about ROW_GROUP_BYTES and at most MAX_ROW_GROUP rows."""
+    group: list[pa.RecordBatch] = []
+    size = rows = 0
+    with pq.ParquetWriter(path, reader.schema, compression="zstd") as writer:
+        for batch in reader:
+            group.append(batch)
+            size, rows = size + batch.nbytes, rows + batch.num_rows
+            if size >= ROW_GROUP_BYTES or rows >= MAX_ROW_GROUP:
+                writer.write_table(pa.Table.from_batches(group, reader.schema), row_group_size=rows)
+                group, size, rows = [], 0, 0
+        if group:
+            writer.write_table(pa.Table.from_batches(group, reader.schema), row_group_size=rows)
 
 
 def _in_use(files: list[str], regime: Regime) -> tuple[dict[str, set[str]], bool]:
@@ -140,9 +168,8 @@ def run_export(task: ExportTask) -> Path | None:
         target = str(tmp).replace("'", "''")  # a SQL string literal: quotes in the lake's path are doubled
         con.execute(f"copy ({query}) to '{target}' (format json)")
     else:
-        reader = con.sql(query).to_arrow_reader(_rows_per_group(files))
-        with pq.ParquetWriter(tmp, reader.schema, compression="zstd") as writer:
-            for batch in reader:
-                writer.write_batch(batch)
+        # A batch of the table's longest rows holds at most a row group's bytes.
+        rows = min(MAX_ROW_GROUP, max(1, ROW_GROUP_BYTES // _longest_row(files)))
+        _write_parquet(con.sql(query).to_arrow_reader(rows), tmp)
     os.replace(tmp, path)
     return path
