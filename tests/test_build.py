@@ -104,3 +104,9 @@ def test_a_lake_path_with_quotes_and_spaces_builds(tmp_path, example_sources):
         manifest["counts"]["hh_harmless"]["silver"] == lake.query("select count(*) from s", s="silver/records")[0][0]
     )
     assert (lake.root / "exports" / "preference" / "train.parquet").exists()
+
+
+def test_a_recipe_without_exports_builds_gold_and_writes_no_exports(tmp_path, example_sources):
+    manifest, lake = run_build(write_recipe(tmp_path, example_sources[:1], gold={"export": []}))
+    assert lake.read("gold/preference/train").num_rows == manifest["gold"]["gold/preference/train"] > 0
+    assert not (lake.root / "exports").exists() and not (lake.root / "_staging").exists()

@@ -293,8 +293,7 @@ def _publish(run: _Run, engine: LocalEngine, candidates: list[Staged], dups: pa.
     dropped = np.sort(dups["_ord"].to_numpy())
     run.progress.start("publish", sum(s.part.rows for s in candidates))
 
-    split, addresses = run.recipe.gold.split, run.addresses
-
+    split, addresses, stage_gold = run.recipe.gold.split, run.addresses, bool(run.recipe.gold.export)
     sizes = [(run.lake.root / s.part.table / s.part.name).stat().st_size for s in candidates]
     windows = _windows(candidates, sizes, PUBLISH_ROWS, PUBLISH_CHUNKS * run.recipe.engine.chunk_bytes)
 
@@ -303,7 +302,7 @@ def _publish(run: _Run, engine: LocalEngine, candidates: list[Staged], dups: pa.
             # Parts hold increasing ordinals, so a window's duplicates are one slice of the sorted array.
             lo = np.searchsorted(dropped, window[0].first)
             hi = np.searchsorted(dropped, window[-1].last, side="right")
-            yield PublishTask(run.lake.root, run.run_id, seq, window, dropped[lo:hi], split, addresses)
+            yield PublishTask(run.lake.root, run.run_id, seq, window, dropped[lo:hi], split, addresses, stage_gold)
 
     for done in engine.map(run_publish, tasks()):
         run.add(done.parts)

@@ -137,6 +137,7 @@ class PublishTask:
     dropped: np.ndarray  # ordinals of these candidates that duplicate an earlier record
     split: Split
     addresses: Addresses
+    stage_gold: bool  # whether exports will stream the gold rows (the recipe asks for some)
 
 
 @dataclass
@@ -165,10 +166,9 @@ def run_publish(task: PublishTask) -> PublishDone:
         for split in SPLITS:
             table = gold_table(regime, split)
             rows = records.filter(pc.and_(in_regime, pc.equal(splits, split))).select(gold_schema(regime).names)
-            parts += [
-                write_part(task.root, table, name, rows, GOLD_ROW_GROUP),
-                write_arrow(task.root, gold_staging(task.run_id, table), name, rows),
-            ]
+            parts.append(write_part(task.root, table, name, rows, GOLD_ROW_GROUP))
+            if task.stage_gold:
+                parts.append(write_arrow(task.root, gold_staging(task.run_id, table), name, rows))
     done.parts = [p for p in parts if p]
     for item in pc.value_counts(records["source"]).to_pylist():
         done.silver[item["values"]] += item["counts"]

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from tunelake.engine.parts import read_arrow
 from tunelake.schema import MESSAGE_FIELDS, Regime
 
 # Parquet row groups of about this many bytes, and at most MAX_ROW_GROUP rows: a writer holds a whole row group
@@ -44,8 +45,7 @@ OPTIONAL_FIELDS = tuple(f for f in MESSAGE_FIELDS if f not in ("role", "content"
 def _parts(files: list[str]) -> Iterator[pa.Table]:
     """Each staged part in order, memory-mapped; a part's pages are let go before the next is mapped."""
     for file in files:
-        with pa.memory_map(file) as source:
-            yield pa.ipc.open_file(source).read_all()
+        yield read_arrow(Path(file))
 
 
 def _text_bytes(column: pa.Array) -> np.ndarray:
