@@ -7,9 +7,9 @@ import hashlib
 import tunelake.build as build_module
 from tests.conftest import run_build, write_recipe
 from tunelake.engine.parts import Part
-from tunelake.gold.project import gold_table
-from tunelake.gold.split import SPLITS
 from tunelake.schema import Regime
+from tunelake.tables import SPLITS
+from tunelake.tables import gold as gold_table
 from tunelake.tasks import Staged
 
 
@@ -74,7 +74,7 @@ def test_publishing_in_small_windows_writes_the_same_lake(tmp_path, example_sour
 def test_publish_windows_close_on_rows_or_on_staged_bytes():
     rows, sizes = [10, 10, 30, 5, 5], [100, 100, 100, 900, 200]
     staged = [Staged(Part("c", f"{i}", n), Part("k", f"{i}", n), 0, 0) for i, n in enumerate(rows)]
-    windows = build_module._windows(staged, sizes, max_rows=25, max_bytes=1000)
+    windows = build_module.group_parts(staged, sizes, max_rows=25, max_bytes=1000)
     # 10 + 10 rows; 30 rows, over the row limit, alone; 900 + 200 bytes would pass the byte limit.
     assert [[s.part.rows for s in w] for w in windows] == [[10, 10], [30], [5], [5]]
 
@@ -89,7 +89,7 @@ def test_detected_format_that_cannot_give_the_recipe_regime_quarantines_the_file
         "license": "mit",
         "origin": "human",
     }
-    manifest, lake = run_build(write_recipe(tmp_path, [source]))
+    manifest, lake = run_build(write_recipe(tmp_path, [source], silver={"max_quarantine_rate": 1}))
     assert manifest["counts"]["g"]["quarantined"] == 300
     reasons = lake.query("select distinct reason, detail from q", q="silver/quarantine")
     assert len(reasons) == 1 and reasons[0][0] == "unknown_format"

@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 from tests.conftest import EXAMPLES, TOKENIZERS, run_build, write_recipe
 from tunelake import tasks
 from tunelake.cli import app
-from tunelake.gold.project import gold_table
-from tunelake.gold.split import SPLITS
 from tunelake.schema import Regime
+from tunelake.tables import SPLITS
+from tunelake.tables import gold as gold_table
 
 QWEN = str(TOKENIZERS / "qwen2.5-instruct")
 SOURCES = [

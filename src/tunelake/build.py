@@ -1,11 +1,15 @@
 """`tunelake build`: sources -> bronze -> silver -> gold, one Delta commit per table, and a manifest.
 
-The flow, in three passes over the data, each run by the engine's workers (see tasks.py):
-1. canonicalize (row-local): raw chunks -> bronze rows, quarantined rows and ledger rows, written by the worker
-   as Parquet parts, and candidate records, staged as Arrow.
-2. dedup (global, DuckDB on the staged keys): which candidates duplicate an earlier one.
-3. publish (row-local, per window of staged parts): candidates minus duplicates -> silver/records and, split by
-   prompt group, the gold tables (also staged as Arrow for the exports); then trainer exports and the manifest.
+The flow, in passes over the data run by the engine's workers (see tasks.py), around the recipe's chain of stages
+(see runner.py for how a chain becomes passes):
+1. ingest (row-local): raw chunks -> bronze rows, quarantined rows and ledger rows, written by the worker as
+   Parquet parts; candidate records through the first row-local stages, staged as Arrow, with the columns the
+   first global step reads.
+2. each global step (e.g. exact dedup, DuckDB over the staged columns) decides which candidates leave; a later
+   run of row-local stages is a pass over the staged candidates.
+3. publish (per window of staged parts): candidates minus decisions, through the last row-local stages ->
+   silver/records and, split by group, the gold tables (also staged as Arrow for the exports); then tokenization,
+   trainer exports and the manifest.
 Each table's new version is published in one commit, so a killed build leaves every table readable at its
 previous version, and re-running it gives the same result.
 """
@@ -23,15 +27,15 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tunelake import __version__
+from tunelake import __version__, tables
+from tunelake.address import MAX_FILES, Addresses
 from tunelake.engine.local import LocalEngine
 from tunelake.engine.parts import Part, part_name, write_part
+from tunelake.engine.protocol import Engine
 from tunelake.gold.export import ExportTask, run_export
-from tunelake.gold.project import gold_schema, gold_table
-from tunelake.gold.split import SPLITS
+from tunelake.gold.project import gold_schema
 from tunelake.gold.tokenize.pack import PackStats, pack_windows, part_size
 from tunelake.gold.tokenize.stage import PACKED, TOKENIZED, TokenizePlan, plan_tokenize
 from tunelake.gold.tokenize.template import TemplateError
@@ -39,6 +43,7 @@ from tunelake.ingest.adapters import FormatError, detect_format
 from tunelake.ingest.readers import FileReport, RawChunk, expand, read_chunks
 from tunelake.lake import Lake
 from tunelake.recipe import Recipe, RecipeError, Source
+from tunelake.runner import Segment, StageCount, count_of, global_verdicts, segments
 from tunelake.schema import (
     BRONZE,
     LEDGER,
@@ -50,31 +55,44 @@ from tunelake.schema import (
     quarantine_ledger,
     table_of,
 )
-from tunelake.silver.canonicalize import MAX_FILES, FilePlan, SourcePlan
-from tunelake.silver.dedup import exact_duplicates
+from tunelake.silver.canonicalize import FilePlan, SourcePlan
+from tunelake.stage import DECISIONS, Decisions, GlobalStage, StagedRows
+from tunelake.tables import SPLITS
 from tunelake.tasks import (
-    STEP_DEDUP,
     STEP_READ,
-    Addresses,
-    CanonicalizeDone,
     CanonicalizeTask,
     PackTask,
+    Pass,
+    PassDone,
     PublishTask,
+    RestageTask,
     Staged,
     TokenizeTask,
+    Window,
+    annotations_table,
+    global_step,
     gold_staging,
+    pass_step,
+    publish_step,
     run_canonicalize,
     run_pack,
     run_publish,
+    run_restage,
     run_tokenize,
 )
 
 DETECT_SAMPLE = 200  # rows parsed from the start of a file to detect its format
-# Candidates per publish task, and their staged size in chunks (engine.chunk_bytes): each file written costs
-# milliseconds whatever its size, and one canonicalize chunk is too small a unit for the nine gold tables (its
-# validation rows of a regime are a few dozen). The size limit keeps long records from making a task large.
+# Candidates per publish (or later row-local) task, and their staged size in chunks (engine.chunk_bytes): each
+# file written costs milliseconds whatever its size, and one canonicalize chunk is too small a unit for the nine
+# gold tables (its validation rows of a regime are a few dozen). The size limit keeps long records from making a
+# task large.
 PUBLISH_ROWS = 16_384
 PUBLISH_CHUNKS = 4
+GLOBAL_MEMORY = "256MB"  # DuckDB's working memory in a global step, in one worker
+
+
+class QuarantineRateExceeded(RuntimeError):
+    """A source lost more of its rows to quarantine than the recipe allows: likely a regression, not bad data."""
 
 
 @dataclass
@@ -95,9 +113,11 @@ class _Run:
     progress: Progress
     reports: dict[str, FileReport] = field(default_factory=dict)
     formats: dict[str, str] = field(default_factory=dict)
-    counts: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
+    counts: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))  # per source
+    gold: dict[str, int] = field(default_factory=dict)  # rows per gold table
+    stage_counts: dict[str, StageCount] = field(default_factory=dict)  # per stage, in chain order
     parts: dict[str, list[Part]] = field(default_factory=lambda: defaultdict(list))  # table -> parts to commit
-    stages: dict[str, dict] = field(default_factory=dict)
+    passes: dict[str, dict] = field(default_factory=dict)
     tables: dict[str, int] = field(default_factory=dict)
     tokenized: dict | None = None
     schemas: dict[str, pa.Schema] = field(default_factory=dict)  # tables to commit, in order
@@ -109,6 +129,14 @@ class _Run:
     def add(self, parts: list[Part]) -> None:
         for part in parts:
             self.parts[part.table].append(part)
+
+    def tally(self, done: PassDone) -> None:
+        """A pass's parts and counts: per stage, and each source's dropped and quarantined rows."""
+        self.add(done.parts)
+        for count in done.stage_counts:
+            self.stage_counts.setdefault(count.name, StageCount(count.name, count.version, count.kind)).add(count)
+        for (source, action), n in done.per_source.items():
+            self.counts[source][action] += n
 
     def will_commit(self, table: str, schema: pa.Schema) -> None:
         """Mark a table's staged parts as its next version; every table is committed at the end of the build."""
@@ -124,9 +152,9 @@ class _Run:
         for table, schema in self.schemas.items():
             self.tables[table] = self.lake.commit(table, schema, self.parts.get(table, []), self.run_id)
 
-    def timed(self, stage: str, records: int, started: float) -> None:
+    def timed(self, name: str, records: int, started: float) -> None:
         seconds = time.perf_counter() - started
-        self.stages[stage] = {
+        self.passes[name] = {
             "records": records,
             "seconds": round(seconds, 3),
             "records_per_s": round(records / seconds) if seconds > 0 else None,
@@ -162,16 +190,25 @@ def build(recipe: Recipe, recipe_sha256: str, progress: Progress | None = None) 
     lake = Lake(recipe.lake)
     run = _Run(recipe, lake, new_run_id(), plan_files(recipe), progress or Progress())
     tokenize = _plan_tokenize(recipe)
+    chain = recipe.stage_chain()
+    segs = segments(chain)
     with lake.lock():
         with LocalEngine(recipe.engine.resolved_workers()) as engine:
             lake.clear_staging()  # leftovers of a killed build
             lake.remove_orphans(run.run_id)
-            candidates = _canonicalize(run, engine)
-            dropped = _dedup(run, engine, candidates)
-            _publish(run, engine, candidates, dropped)
+            staged = _ingest(run, engine, segs[0])
+            windows = None
+            for index, segment in enumerate(segs[:-1]):
+                decided, annotations = _global(run, engine, index, segment.step, staged)
+                windows = _windows(run, staged, decided, annotations)
+                if index + 1 < len(segs) - 1:  # a segment between two global steps: its own pass
+                    staged = _restage(run, engine, index + 1, segs[index + 1], windows)
+                    windows = None
+            _publish(run, engine, windows or _windows(run, staged, np.empty(0, np.int64), ()), segs, chain)
+            _check_quarantine_rates(run)
             if tokenize:
-                _tokenize(run, engine, tokenize)
-            run.will_commit("ledger", LEDGER)
+                _tokenize(run, engine, tokenize, publish_step(len(segs)))
+            run.will_commit(tables.LEDGER_NAME, LEDGER)
             exports = _export(run, engine)
         # Nothing is committed until every stage has succeeded and the counts reconcile. The pool has shut down
         # by now: the commits and the manifest follow each other closely, and the manifest's peak memory counts
@@ -179,7 +216,7 @@ def build(recipe: Recipe, recipe_sha256: str, progress: Progress | None = None) 
         run.commit_all()
         lake.replace_exports(exports)
         lake.clear_staging()
-        manifest = _manifest(run, recipe_sha256, started_at)
+        manifest = _manifest(run, recipe_sha256, started_at, chain)
         lake.write_manifest(manifest)
     return manifest
 
@@ -217,30 +254,31 @@ def _file_plan(plan: SourcePlan, file_index: int, fmt: str, first: RawChunk) -> 
     return FilePlan(plan, file_index, adapter.name)
 
 
-def _canonicalize(run: _Run, engine: LocalEngine) -> list[Staged]:
-    """Returns the staged candidate parts, in input order."""
+def _ingest(run: _Run, engine: Engine, segment: Segment) -> list[Staged]:
+    """Raw chunks through canonicalize and the first segment's row-local stages; returns the staged candidate
+    parts, in input order."""
     started = time.perf_counter()
+    pass_ = Pass(0, segment.rows, segment.step, run.addresses)
     tasks = (
-        CanonicalizeTask(run.lake.root, run.run_id, seq, chunk, plan)
+        CanonicalizeTask(run.lake.root, run.run_id, seq, chunk, plan, pass_)
         for seq, (chunk, plan) in enumerate(
             item for i, s in enumerate(run.recipe.sources) for item in _chunks(run, i, s)
         )
     )
-    candidates = []
+    staged = []
     run.progress.start("canonicalize", None)  # rows are counted as they are read; the total is unknown up front
-    done: CanonicalizeDone
     for done in engine.map(run_canonicalize, tasks):
-        run.add(done.parts)
-        candidates += [done.staged] if done.staged else []
+        run.tally(done)
+        staged += [done.staged] if done.staged else []
         run.counts[done.source].update(bronze=done.counts["bronze"], quarantined=done.counts["quarantined"])
         run.progress.advance(done.counts["bronze"])
     run.progress.finish()
     _file_issues(run)
     for source in run.recipe.sources:
-        run.will_commit(f"bronze/{source.name}", BRONZE)
-    run.will_commit("silver/quarantine", QUARANTINE)
+        run.will_commit(tables.bronze(source.name), BRONZE)
+    run.will_commit(tables.QUARANTINED, QUARANTINE)
     run.timed("canonicalize", sum(c["bronze"] for c in run.counts.values()), started)
-    return candidates
+    return staged
 
 
 def _file_issues(run: _Run) -> None:
@@ -262,77 +300,137 @@ def _file_issues(run: _Run) -> None:
     name = part_name(run.run_id, STEP_READ, 0)
     run.add(
         [
-            write_part(run.lake.root, "silver/quarantine", name, quarantine),
-            write_part(run.lake.root, "ledger", name, ledger),
+            write_part(run.lake.root, tables.QUARANTINED, name, quarantine),
+            write_part(run.lake.root, tables.LEDGER_NAME, name, ledger),
         ]
     )
 
 
-def _dedup(run: _Run, engine: LocalEngine, candidates: list[Staged]) -> pa.Table:
-    """The duplicates among all candidates (ordinal, id, kept ordinal, kept id), logged as ledger drops."""
+def _run_step(step: GlobalStage, rows: StagedRows) -> object:
+    return step.run(rows, GLOBAL_MEMORY)
+
+
+def _global(
+    run: _Run, engine: Engine, index: int, step: GlobalStage, staged: list[Staged]
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """One global step over the columns staged for it: its decisions go to the ledger and quarantine; returns the
+    sorted ordinals it removed and the file of its annotations (if any)."""
     started = time.perf_counter()
-    files = [str(run.lake.root / s.keys.table / s.keys.name) for s in candidates]
-    # On the pool, when there is one: DuckDB's working memory then never joins the parent's.
-    (dups,) = engine.map(exact_duplicates, [files])
-    if dups.num_rows:
-        kept_source, kept_file, kept_row = run.addresses.of(dups["kept_ord"])
-        detail = pc.binary_join_element_wise(
-            "kept ", kept_source, ":", kept_file, ":", pc.cast(kept_row, pa.string()), ""
+    rows = StagedRows([str(run.lake.root / s.columns.table / s.columns.name) for s in staged], run.addresses)
+    count = count_of(step)
+    count.records_in = sum(s.part.rows for s in staged)
+    # On the pool, when there is one: the step's working memory (DuckDB's) then never joins the parent's.
+    decided = engine.run(_run_step, step, rows) if rows.files else Decisions(DECISIONS.empty_table())
+    verdicts = global_verdicts(step, decided, run.addresses, run.run_id, count)
+    quarantine, ledger = verdicts.tables()
+    name = part_name(run.run_id, global_step(index), 0)
+    run.add(
+        [
+            p
+            for p in (
+                write_part(run.lake.root, tables.QUARANTINED, name, quarantine),
+                write_part(run.lake.root, tables.LEDGER_NAME, name, ledger),
+            )
+            if p
+        ]
+    )
+    count.seconds = time.perf_counter() - started
+    run.tally(PassDone([], None, [count], verdicts.per_source))
+    annotations = ()
+    if decided.annotations is not None and decided.annotations.num_rows:
+        notes = decided.annotations.sort_by("_ord")
+        part = write_part(run.lake.root, annotations_table(run.run_id, step), "annotations.parquet", notes, 65_536)
+        annotations = (str(run.lake.root / part.table / part.name),)
+    run.timed(step.name, count.records_in, started)
+    return np.sort(decided.decisions["_ord"].to_numpy()), annotations
+
+
+def _windows(run: _Run, staged: list[Staged], decided: np.ndarray, annotations: tuple[str, ...]) -> list[Window]:
+    """The staged parts in windows (see group_parts), each with its slice of the decisions."""
+    sizes = [(run.lake.root / s.part.table / s.part.name).stat().st_size for s in staged]
+    windows = []
+    for group in group_parts(staged, sizes, PUBLISH_ROWS, PUBLISH_CHUNKS * run.recipe.engine.chunk_bytes):
+        # Parts hold increasing ordinals, so a window's decisions are one slice of the sorted array.
+        lo = np.searchsorted(decided, group[0].first)
+        hi = np.searchsorted(decided, group[-1].last, side="right")
+        windows.append(Window(group, decided[lo:hi], annotations))
+    return windows
+
+
+def group_parts(staged: list[Staged], sizes: list[int], max_rows: int, max_bytes: int) -> list[tuple[Staged, ...]]:
+    """Consecutive staged parts, grouped up to max_rows candidates and max_bytes of staged Arrow a group (a part
+    over either limit is a group alone)."""
+    groups: list[list[Staged]] = []
+    rows, size = max_rows, max_bytes  # as if a full group were open, so the first part opens one
+    for part, nbytes in zip(staged, sizes, strict=True):
+        if rows + part.part.rows > max_rows or size + nbytes > max_bytes:
+            groups.append([])
+            rows = size = 0
+        groups[-1].append(part)
+        rows += part.part.rows
+        size += nbytes
+    return [tuple(g) for g in groups]
+
+
+def _restage(run: _Run, engine: Engine, index: int, segment: Segment, windows: list[Window]) -> list[Staged]:
+    """A segment between two global steps: the staged candidates, minus what the step before removed, through its
+    row-local stages, staged again with the columns the next step reads."""
+    started = time.perf_counter()
+    pass_ = Pass(index, segment.rows, segment.step, run.addresses)
+    tasks = (
+        RestageTask(run.lake.root, run.run_id, seq, window, pass_, pass_step(index))
+        for seq, window in enumerate(windows)
+    )
+    staged = []
+    for done in engine.map(run_restage, tasks):
+        run.tally(done)
+        staged += [done.staged] if done.staged else []
+    run.timed(f"pass {index}", sum(s.part.rows for s in staged), started)
+    return staged
+
+
+def _publish(run: _Run, engine: Engine, windows: list[Window], segs: list[Segment], chain: list) -> None:
+    started = time.perf_counter()
+    run.progress.start("publish", sum(s.part.rows for w in windows for s in w.staged))
+    index = len(segs) - 1
+    pass_ = Pass(index, segs[-1].rows, None, run.addresses)
+    silver = silver_schema(chain)
+    stage_gold = bool(run.recipe.gold.export)
+    tasks = (
+        PublishTask(
+            run.lake.root,
+            run.run_id,
+            seq,
+            publish_step(len(segs)),
+            w,
+            pass_,
+            silver,
+            run.recipe.gold.split,
+            stage_gold,
         )
-        reason = pc.binary_join_element_wise(f"{Reason.duplicate.value}:", dups["kept_id"], "")
-        drops = run.addresses.ledger(dups["_ord"], dups["id"], "dedup", "drop", reason, detail, run.run_id)
-        run.add([write_part(run.lake.root, "ledger", part_name(run.run_id, STEP_DEDUP, 0), drops)])
-        for item in pc.value_counts(drops["source"]).to_pylist():
-            run.counts[item["values"]]["dropped"] += item["counts"]
-    run.timed("dedup", dups.num_rows, started)
-    return dups
-
-
-def _publish(run: _Run, engine: LocalEngine, candidates: list[Staged], dups: pa.Table) -> None:
-    started = time.perf_counter()
-    dropped = np.sort(dups["_ord"].to_numpy())
-    run.progress.start("publish", sum(s.part.rows for s in candidates))
-
-    split, addresses, stage_gold = run.recipe.gold.split, run.addresses, bool(run.recipe.gold.export)
-    sizes = [(run.lake.root / s.part.table / s.part.name).stat().st_size for s in candidates]
-    windows = _windows(candidates, sizes, PUBLISH_ROWS, PUBLISH_CHUNKS * run.recipe.engine.chunk_bytes)
-
-    def tasks() -> Iterator[PublishTask]:
-        for seq, window in enumerate(windows):
-            # Parts hold increasing ordinals, so a window's duplicates are one slice of the sorted array.
-            lo = np.searchsorted(dropped, window[0].first)
-            hi = np.searchsorted(dropped, window[-1].last, side="right")
-            yield PublishTask(run.lake.root, run.run_id, seq, window, dropped[lo:hi], split, addresses, stage_gold)
-
-    for done in engine.map(run_publish, tasks()):
-        run.add(done.parts)
+        for seq, w in enumerate(windows)
+    )
+    for done in engine.map(run_publish, tasks):
+        run.tally(done)
         for source, n in done.silver.items():
             run.counts[source]["silver"] += n
         run.progress.advance(sum(done.silver.values()))
     run.progress.finish()
     _reconcile(run)
-    run.will_commit("silver/records", RECORD)
-    for regime in Regime:
-        for split in SPLITS:
-            table = gold_table(regime, split)
-            run.counts["_gold"][table] = sum(p.rows for p in run.parts.get(table, []))
-            run.will_commit(table, gold_schema(regime))
+    run.will_commit(tables.RECORDS, silver)
+    for regime, _split, table in tables.gold_tables():
+        run.gold[table] = sum(p.rows for p in run.parts.get(table, []))
+        run.will_commit(table, gold_schema(regime))
     run.timed("publish", sum(run.counts[s.name]["silver"] for s in run.recipe.sources), started)
 
 
-def _windows(candidates: list[Staged], sizes: list[int], max_rows: int, max_bytes: int) -> list[tuple[Staged, ...]]:
-    """Consecutive staged parts, grouped up to max_rows candidates and max_bytes of staged Arrow a group (a part
-    over either limit is a group alone)."""
-    windows: list[list[Staged]] = []
-    rows, size = max_rows, max_bytes  # as if a full group were open, so the first part opens one
-    for staged, nbytes in zip(candidates, sizes, strict=True):
-        if rows + staged.part.rows > max_rows or size + nbytes > max_bytes:
-            windows.append([])
-            rows = size = 0
-        windows[-1].append(staged)
-        rows += staged.part.rows
-        size += nbytes
-    return [tuple(w) for w in windows]
+def silver_schema(chain: list) -> pa.Schema:
+    """The canonical schema, then the columns the chain's stages add, in chain order."""
+    schema = RECORD
+    for stage in chain:
+        for added in stage.adds:
+            schema = schema.append(added)
+    return schema
 
 
 def _plan_tokenize(recipe: Recipe) -> TokenizePlan | None:
@@ -348,15 +446,14 @@ def _plan_tokenize(recipe: Recipe) -> TokenizePlan | None:
         ) from None
 
 
-def _tokenize(run: _Run, engine: LocalEngine, plan: TokenizePlan) -> None:
+def _tokenize(run: _Run, engine: Engine, plan: TokenizePlan, after: int) -> None:
     """Every gold table -> gold/tokenized/<fingerprint>/<regime>/<split>, one task per row group of a gold part;
     then packing."""
     started = time.perf_counter()
     gold_files = [
         (regime, split, file, row_group)
-        for regime in Regime
-        for split in SPLITS
-        for file in run.staged_files(gold_table(regime, split))
+        for regime, split, table in tables.gold_tables()
+        for file in run.staged_files(table)
         for row_group in range(pq.ParquetFile(file).metadata.num_row_groups)
     ]
     # seq runs over all tasks: their quarantine and ledger parts share two tables and must not share names.
@@ -364,6 +461,7 @@ def _tokenize(run: _Run, engine: LocalEngine, plan: TokenizePlan) -> None:
         TokenizeTask(
             run.lake.root,
             run.run_id,
+            after + 1,
             seq,
             file,
             row_group,
@@ -392,11 +490,11 @@ def _tokenize(run: _Run, engine: LocalEngine, plan: TokenizePlan) -> None:
         "tables": {table: dict(c) for table, c in sorted(counts.items())},
     }
     if plan.pack:
-        run.tokenized["packing"] = _pack(run, engine, plan)
+        run.tokenized["packing"] = _pack(run, engine, plan, after + 2)
     run.timed("tokenize", sum(c["examples"] + c["rejected"] for c in counts.values()), started)
 
 
-def _pack(run: _Run, engine: LocalEngine, plan: TokenizePlan) -> dict:
+def _pack(run: _Run, engine: Engine, plan: TokenizePlan, step: int) -> dict:
     """gold/tokenized/<fp>/sft_packed/<split>: each split's examples packed in windows of consecutive parts."""
     tasks = []
     for split in SPLITS:
@@ -405,7 +503,13 @@ def _pack(run: _Run, engine: LocalEngine, plan: TokenizePlan) -> dict:
             files_in = [files[i] for i in window]
             tasks.append(
                 PackTask(
-                    run.lake.root, run.run_id, len(tasks), files_in, plan.packed_table(split), plan.settings.max_length
+                    run.lake.root,
+                    run.run_id,
+                    step,
+                    len(tasks),
+                    files_in,
+                    plan.packed_table(split),
+                    plan.settings.max_length,
                 )
             )
     per_split: dict[str, list[PackStats]] = defaultdict(list)
@@ -430,39 +534,69 @@ def _pack(run: _Run, engine: LocalEngine, plan: TokenizePlan) -> dict:
 
 
 def _reconcile(run: _Run) -> None:
-    """Every bronze row is in silver, quarantined or dropped with a reason; else nothing is published."""
+    """Every bronze row is in silver, quarantined or dropped with a reason, and every stage's rows are kept,
+    dropped or quarantined; else nothing is published."""
     for source in run.recipe.sources:
         c = run.counts[source.name]
         if c["bronze"] != c["silver"] + c["quarantined"] + c["dropped"]:
             raise RuntimeError(f"counts do not reconcile for source {source.name}: {dict(c)}; nothing was published")
+    kept = None
+    for count in run.stage_counts.values():
+        if not count.reconciles() or (kept is not None and count.records_in != kept):
+            raise RuntimeError(
+                f"stage counts do not reconcile at {count.name}: {count.report()}; nothing was published"
+            )
+        kept = count.kept
 
 
-def _export(run: _Run, engine: LocalEngine) -> Path:
+def _check_quarantine_rates(run: _Run) -> None:
+    """A source that lost more than silver.max_quarantine_rate of its rows to quarantine fails the build."""
+    limit = run.recipe.silver.max_quarantine_rate
+    for source in run.recipe.sources:
+        c = run.counts[source.name]
+        if c["bronze"] and c["quarantined"] / c["bronze"] > limit:
+            top = _top_reasons(run, source.name)
+            raise QuarantineRateExceeded(
+                f"source {source.name!r}: {c['quarantined']} of {c['bronze']} rows quarantined "
+                f"({c['quarantined'] / c['bronze']:.0%}, above silver.max_quarantine_rate = {limit:g}); top reasons: "
+                f"{top}. Nothing was published. Fix the source or its format, or raise the limit in the recipe."
+            )
+
+
+def _top_reasons(run: _Run, source: str, n: int = 3) -> str:
+    """The source's most frequent quarantine reasons, read back from this build's quarantine parts."""
+    found: Counter = Counter()
+    for file in run.staged_files(tables.QUARANTINED):
+        rows = pq.read_table(file, columns=["source", "reason"], filters=[("source", "=", source)])
+        found.update(rows["reason"].to_pylist())
+    return ", ".join(f"{reason} ({count})" for reason, count in found.most_common(n))
+
+
+def _export(run: _Run, engine: Engine) -> Path:
     """Every gold table exported into staging; they replace the lake's exports once all commits are done."""
     started = time.perf_counter()
-    staging = run.lake.root / "_staging" / run.run_id / "exports"
-    tables = [(regime, split) for regime in Regime for split in SPLITS]
+    staging = run.lake.root / tables.staged(run.run_id, "exports")
     # Largest tables first, so the last task to finish is a small one.
-    tables.sort(key=lambda t: -run.counts["_gold"].get(gold_table(*t), 0))
+    gold = sorted(tables.gold_tables(), key=lambda t: -run.gold[t[2]])
     tasks = [
         ExportTask(
-            run.staged_files(gold_staging(run.run_id, gold_table(regime, split))),
+            run.staged_files(gold_staging(run.run_id, table)),
             gold_schema(regime),
             regime,
             split,
             staging,
             fmt,
         )
-        for regime, split in tables
+        for regime, split, table in gold
         for fmt in run.recipe.gold.export
     ]
     for _ in engine.map(run_export, tasks):
         pass
-    run.timed("export", sum(run.counts["_gold"].values()), started)
+    run.timed("export", sum(run.gold.values()), started)
     return staging
 
 
-def _manifest(run: _Run, recipe_sha256: str, started_at: str) -> dict:
+def _manifest(run: _Run, recipe_sha256: str, started_at: str, chain: list) -> dict:
     counts = {}
     for source in run.recipe.sources:
         c = run.counts[source.name]
@@ -490,8 +624,10 @@ def _manifest(run: _Run, recipe_sha256: str, started_at: str) -> dict:
         "inputs": inputs,
         "tables": dict(sorted(run.tables.items())),
         "counts": counts,
-        "gold": {k: v for k, v in sorted(run.counts["_gold"].items())},
-        "stages": run.stages,
+        "gold": dict(sorted(run.gold.items())),
+        "chain": [stage.describe() for stage in chain],
+        "stages": {name: count.report() for name, count in run.stage_counts.items()},
+        "passes": run.passes,
         "tokenized": run.tokenized,
         "peak_rss_mb": peak_rss_mb(),
     }

@@ -126,23 +126,33 @@ def explain(
         params = {"source": source, "row": int(row)} | ({"file": f"%{file[0]}"} if file else {})
     else:
         where, params = "id = $id", {"id": record}
-    rows = lk.query(f"select * from l where {where} order by source, file, row, stage", params, l="ledger")
+    rows = lk.query(
+        f"select id, source, file, row, sub, stage, action, reason, detail from l where {where} "
+        "order by source, file, row, sub nulls first",
+        params,
+        l="ledger",
+    )
     if not rows:
         console.print(f"[red]No ledger entry for {record} in the last build.[/red]")
         raise typer.Exit(1)
     for address in dict.fromkeys((r[1], r[2], r[3]) for r in rows):
         source, file, row = address
-        entries = [r for r in rows if (r[1], r[2], r[3]) == address]
-        id_ = next((r[0] for r in entries if r[0]), None)
         head = f"[bold]{source}[/bold] {file} row {row if row is not None else '-'}"
-        out.print(head + (f"  id {id_}" if id_ else ""), highlight=False, soft_wrap=True)
-        for _id, _source, _file, _row, stage, action, reason, detail, _run in entries:
-            out.print(
-                f"  {stage:<13} {action:<10} {reason or '':<22} {detail or ''}",
-                markup=False,
-                highlight=False,
-                soft_wrap=True,
-            )
+        entries = [r for r in rows if (r[1], r[2], r[3]) == address]
+        # A row that gave several records (sub 0, 1, ...) lists each record's entries under its own id.
+        records = list(dict.fromkeys(r[4] or 0 for r in entries))
+        for sub in records:
+            mine = [r for r in entries if (r[4] or 0) == sub]
+            id_ = next((r[0] for r in mine if r[0]), None)
+            label = head + (f" record {sub}" if len(records) > 1 else "")
+            out.print(label + (f"  id {id_}" if id_ else ""), highlight=False, soft_wrap=True)
+            for *_, stage, action, reason, detail in mine:
+                out.print(
+                    f"  {stage:<13} {action:<10} {reason or '':<22} {detail or ''}",
+                    markup=False,
+                    highlight=False,
+                    soft_wrap=True,
+                )
 
 
 @app.command()

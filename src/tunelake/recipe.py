@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from tunelake.ingest.adapters import ADAPTERS
 from tunelake.schema import Regime
+from tunelake.stage import Stage
+from tunelake.stages import BUILTIN, ON_BY_DEFAULT, StageError, builtin_stages, user_stage
 
 
 class RecipeError(ValueError):
@@ -56,10 +58,36 @@ class Source(_Strict):
         return self
 
 
-class Silver(_Strict):
+class _SilverLimits(_Strict):
     max_chars: int = Field(
         1_000_000, gt=0, description="A record whose text content is longer than this is quarantined as too_long."
     )
+    max_quarantine_rate: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="A source whose share of quarantined rows is above this fails the build, naming the top "
+        "reasons: a regression must not ship as quarantined data.",
+    )
+
+
+# `silver:` holds the validation limits and one section per built-in stage (stages.BUILTIN), named as the stage;
+# null turns a stage off.
+Silver = create_model(
+    "Silver",
+    __base__=_SilverLimits,
+    **{
+        name: (
+            cls.Config | None,
+            Field(
+                default_factory=cls.Config if name in ON_BY_DEFAULT else lambda: None,
+                description=f"The {name} stage ({'on' if name in ON_BY_DEFAULT else 'off'} by default; null "
+                f"turns it off). {(cls.Config.__doc__ or '').strip()}",
+            ),
+        )
+        for name, cls in BUILTIN.items()
+    },
+)
 
 
 class Split(_Strict):
@@ -125,6 +153,33 @@ class Recipe(_Strict):
     silver: Silver = Field(default_factory=Silver, description="Validation limits.")
     gold: Gold = Field(default_factory=Gold, description="Splits and exports.")
     engine: Engine = Field(default_factory=Engine, description="How row-local stages run.")
+    stages: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Your own stages, run before the built-in ones in this order: each entry names a stage class "
+        "by import path (`use: mypkg.MyFilter`) beside its config keys.",
+    )
+
+    @field_validator("stages")
+    @classmethod
+    def _stages_load(cls, stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for i, spec in enumerate(stages):
+            try:
+                user_stage(spec)
+            except StageError as e:
+                raise ValueError(f"stage {i}: {e}") from None
+        return stages
+
+    @model_validator(mode="after")
+    def _stage_names_unique(self) -> Recipe:
+        names = [stage.name for stage in self.stage_chain()]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"stage names must be unique (they name ledger entries); repeated: {', '.join(dupes)}")
+        return self
+
+    def stage_chain(self) -> list[Stage]:
+        """The stages this recipe runs, in order: its own `stages:`, then the built-in ones `silver:` turns on."""
+        return [user_stage(spec) for spec in self.stages] + builtin_stages(self.silver)
 
     @field_validator("sources")
     @classmethod

@@ -107,6 +107,9 @@ LEDGER = pa.schema(
         ("source", pa.string()),
         ("file", pa.string()),
         ("row", pa.int64()),
+        # Which of the records its row gave (an adapter may make several of one row); null for an entry about a
+        # row that gave none.
+        ("sub", pa.int32()),
         ("stage", pa.string()),
         ("action", pa.string()),  # keep | drop | quarantine | modify
         ("reason", pa.string()),

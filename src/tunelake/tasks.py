@@ -7,6 +7,7 @@ import no Delta code; only the dedup and export steps run DuckDB in a worker.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,71 +17,106 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from tunelake import tables
+from tunelake.address import Addresses
 from tunelake.engine.parts import Part, part_name, read_arrow, write_arrow, write_part
-from tunelake.gold.project import gold_schema, gold_table
-from tunelake.gold.split import SPLITS, assign_splits
+from tunelake.gold.project import gold_schema
+from tunelake.gold.split import assign_splits
 from tunelake.gold.tokenize.masks import MaskSettings
 from tunelake.gold.tokenize.pack import PackStats, pack
 from tunelake.gold.tokenize.stage import PACKED, TokenizerSpec, tokenize_rows
 from tunelake.ingest.readers import RawChunk
 from tunelake.recipe import Split
-from tunelake.schema import LEDGER, RECORD, TOKENIZE_QUARANTINE, Regime, quarantine_ledger, table_of
-from tunelake.silver.canonicalize import FilePlan, canonicalize, ordinal_parts
-from tunelake.silver.dedup import dedup_keys
+from tunelake.runner import StageCount, Verdicts, run_row_stages
+from tunelake.schema import TOKENIZE_QUARANTINE, Regime, quarantine_ledger, table_of
+from tunelake.silver.canonicalize import STAGE, STAGE_VERSION, FilePlan, canonicalize
+from tunelake.stage import GROUP_ID, GlobalStage, RowLocalStage
+from tunelake.tables import SPLITS
 
 # Rows in a row group of a gold part, the unit one tokenize task reads: a publish window holds tens of thousands
 # of records, and tokenizing them at once would hold all their token ids and offsets.
 GOLD_ROW_GROUP = 2048
 
-# A build's steps, in the order their ledger parts sort.
-STEP_READ, STEP_CANONICALIZE, STEP_DEDUP, STEP_PUBLISH, STEP_TOKENIZE, STEP_PACK = 0, 1, 2, 3, 4, 5
+# The steps of a build, in the order their ledger parts sort: read, then canonicalize (fused with the first
+# segment's row-local stages), then two steps per later segment (the global step before it, then its row-local
+# pass; the last segment's stages run in publish), then tokenize and pack. See runner.segments.
+STEP_READ, STEP_CANONICALIZE = 0, 1
 
 
-def candidates_table(run_id: str) -> str:
-    """Where canonicalize stages candidate records for publishing after the global dedup step."""
-    return f"_staging/{run_id}/candidates"
+def global_step(segment: int) -> int:
+    """The step of the global step that ends a segment."""
+    return 2 * segment + 2
+
+
+def pass_step(segment: int) -> int:
+    """The step of a segment's row-local pass (canonicalize for the first, publish for the last)."""
+    return 2 * segment + 1
+
+
+def publish_step(segments: int) -> int:
+    return pass_step(segments - 1)
+
+
+def candidates_table(run_id: str, pass_: int) -> str:
+    """Where a row-local pass stages its kept candidate records (Arrow), for the next pass or publish."""
+    return tables.staged(run_id, f"candidates-{pass_}")
+
+
+def columns_table(run_id: str, step: GlobalStage) -> str:
+    """Where a row-local pass stages, per chunk, the columns a global step reads (Parquet)."""
+    return tables.staged(run_id, f"columns-{step.name}")
+
+
+def annotations_table(run_id: str, step: GlobalStage) -> str:
+    """Where a global step's annotations are staged (one Parquet file, sorted by `_ord`)."""
+    return tables.staged(run_id, f"annotations-{step.name}")
 
 
 def gold_staging(run_id: str, table: str) -> str:
     """Where publish stages a gold table's rows as Arrow, for the exports to stream without decoding Parquet."""
-    return f"_staging/{run_id}/{table}"
-
-
-def keys_table(run_id: str) -> str:
-    """Where canonicalize stages the candidates' dedup keys, for the global dedup step."""
-    return f"_staging/{run_id}/keys"
+    return tables.staged(run_id, table)
 
 
 @dataclass(frozen=True)
-class Addresses:
-    """Maps candidate ordinals back to the (source, file, row) columns of the ledger."""
+class Staged:
+    """A chunk's (or window's) kept candidates, staged, and the columns staged for the next global step; they
+    hold the ordinals first..last, in order."""
 
-    sources: tuple[str, ...]
-    files: tuple[tuple[str, ...], ...]
+    part: Part
+    columns: Part | None
+    first: int
+    last: int
 
-    def of(self, ords: pa.Array) -> tuple[pa.Array, pa.Array, pa.Array]:
-        src, fil, row = ordinal_parts(ords)
-        starts = np.cumsum([0] + [len(f) for f in self.files[:-1]])
-        flat = pa.array([f for files in self.files for f in files], pa.string())
-        file_index = pc.add(pc.take(pa.array(starts, pa.int64()), src), fil)
-        return pc.take(pa.array(self.sources, pa.string()), src), pc.take(flat, file_index), row
 
-    def ledger(self, ords: pa.Array, ids: pa.Array, stage: str, action: str, reason, detail, run_id: str) -> pa.Table:
-        """Ledger rows for candidates; reason and detail are arrays or one value for all."""
-        source, file, row = self.of(ords)
-        return table_of(
-            LEDGER,
-            len(ords),
-            id=ids,
-            source=source,
-            file=file,
-            row=row,
-            stage=stage,
-            action=action,
-            reason=reason,
-            detail=detail,
-            run_id=run_id,
-        )
+@dataclass(frozen=True)
+class Pass:
+    """What a row-local pass runs over each batch, and where it stages its output."""
+
+    index: int
+    stages: tuple[RowLocalStage, ...]
+    step: GlobalStage | None  # whose columns to stage
+    addresses: Addresses
+
+
+@dataclass
+class PassDone:
+    parts: list[Part]
+    staged: Staged | None
+    stage_counts: list[StageCount]
+    per_source: Counter  # (source, "dropped" | "quarantined") -> rows, from the pass's stages
+
+
+def _stage_out(root: Path, run_id: str, pass_: Pass, name: str, kept: pa.RecordBatch) -> Staged | None:
+    part = write_arrow(root, candidates_table(run_id, pass_.index), name, kept)
+    if not part:
+        return None
+    columns = None
+    if pass_.step is not None:
+        extra = pass_.step.columns(kept)
+        data = pa.Table.from_arrays([kept["_ord"], kept["id"], *extra.values()], names=["_ord", "id", *extra.keys()])
+        columns = write_part(root, columns_table(run_id, pass_.step), name, data)
+    ords = kept["_ord"]
+    return Staged(part, columns, ords[0].as_py(), ords[-1].as_py())
 
 
 @dataclass(frozen=True)
@@ -90,42 +126,99 @@ class CanonicalizeTask:
     seq: int
     chunk: RawChunk
     plan: FilePlan
-
-
-@dataclass(frozen=True)
-class Staged:
-    """A chunk's candidate records and their dedup keys, staged; they hold the ordinals first..last, in order."""
-
-    part: Part
-    keys: Part
-    first: int
-    last: int
+    pass_: Pass
 
 
 @dataclass
-class CanonicalizeDone:
-    source: str
-    parts: list[Part]
-    counts: dict[str, int]
-    staged: Staged | None
+class CanonicalizeDone(PassDone):
+    source: str = ""
+    counts: dict[str, int] = field(default_factory=dict)
 
 
 def run_canonicalize(task: CanonicalizeTask) -> CanonicalizeDone:
+    """One raw chunk -> bronze, quarantine and ledger parts, and its candidates through the first segment's
+    row-local stages, staged."""
+    started = time.perf_counter()
     result = canonicalize(task.chunk, task.plan, task.run_id)
+    ingest = StageCount(STAGE, STAGE_VERSION, "ingest", result.counts["bronze"], result.candidates.num_rows)
+    ingest.quarantined.update(result.quarantine["reason"].to_pylist())
+    ingest.seconds = time.perf_counter() - started
+    verdicts = Verdicts([result.quarantine], [result.ledger])
+    kept, counts = run_row_stages(
+        result.candidates, task.pass_.stages, task.pass_.addresses, task.run_id, verdicts, result.bronze
+    )
+    quarantine, ledger = verdicts.tables()
     source = task.plan.source.name
     name = part_name(task.run_id, STEP_CANONICALIZE, task.seq)
     parts = [
-        write_part(task.root, f"bronze/{source}", name, result.bronze),
-        write_part(task.root, "silver/quarantine", name, result.quarantine),
-        write_part(task.root, "ledger", name, result.ledger),
+        write_part(task.root, tables.bronze(source), name, result.bronze),
+        write_part(task.root, tables.QUARANTINED, name, quarantine),
+        write_part(task.root, tables.LEDGER_NAME, name, _by_row(ledger) if counts else ledger),
     ]
-    part = write_arrow(task.root, candidates_table(task.run_id), name, result.candidates)
-    staged = None
-    if part:
-        keys = write_part(task.root, keys_table(task.run_id), name, dedup_keys(result.candidates))
-        ords = result.candidates.column("_ord")
-        staged = Staged(part, keys, ords[0].as_py(), ords[-1].as_py())
-    return CanonicalizeDone(source, [p for p in parts if p], result.counts, staged)
+    staged = _stage_out(task.root, task.run_id, task.pass_, name, kept)
+    done = CanonicalizeDone([p for p in parts if p], staged, [ingest, *counts], verdicts.per_source)
+    done.source, done.counts = source, result.counts
+    return done
+
+
+def _by_row(ledger: pa.Table) -> pa.Table:
+    """A chunk's ledger rows in input order (stable: a row's entries keep the order the stages wrote them)."""
+    return ledger.take(pc.sort_indices(ledger, [("row", "ascending"), ("sub", "ascending")]))
+
+
+@dataclass(frozen=True)
+class Window:
+    """Consecutive staged parts of one pass, with what decided about them since: the ordinals global steps
+    removed, and the annotations they made (Parquet files of `_ord` + columns)."""
+
+    staged: tuple[Staged, ...]
+    decided: np.ndarray  # sorted ordinals of these candidates that a global step dropped or quarantined
+    annotations: tuple[str, ...]
+
+    def read(self, root: Path) -> pa.Table:
+        """The window's candidates still in the build, with the annotations joined (null where none)."""
+        batch = pa.concat_tables(read_arrow(root / s.part.table / s.part.name) for s in self.staged)
+        if len(self.decided):
+            batch = batch.filter(pc.invert(pc.is_in(batch["_ord"], pa.array(self.decided))))
+        lo, hi = self.staged[0].first, self.staged[-1].last
+        for file in self.annotations:
+            notes = pq.read_table(file, filters=[("_ord", ">=", lo), ("_ord", "<=", hi)])
+            at = pc.index_in(batch["_ord"], notes["_ord"])
+            for name in notes.column_names[1:]:
+                batch = batch.append_column(notes.schema.field(name), notes[name].take(at))
+        return batch
+
+
+@dataclass(frozen=True)
+class RestageTask:
+    root: Path
+    run_id: str
+    seq: int
+    window: Window
+    pass_: Pass
+    step: int  # the ledger step of this pass
+
+
+def run_restage(task: RestageTask) -> PassDone:
+    """A window of the last pass's candidates, minus what global steps removed, through the next segment's
+    row-local stages; staged again."""
+    batch = task.window.read(task.root)
+    verdicts = Verdicts()
+    kept, counts = run_row_stages(
+        _batch(batch),
+        task.pass_.stages,
+        task.pass_.addresses,
+        task.run_id,
+        verdicts,
+    )
+    quarantine, ledger = verdicts.tables()
+    name = part_name(task.run_id, task.step, task.seq)
+    parts = [
+        write_part(task.root, tables.QUARANTINED, name, quarantine),
+        write_part(task.root, tables.LEDGER_NAME, name, ledger),
+    ]
+    staged = _stage_out(task.root, task.run_id, task.pass_, name, kept) if kept.num_rows else None
+    return PassDone([p for p in parts if p], staged, counts, verdicts.per_source)
 
 
 @dataclass(frozen=True)
@@ -133,38 +226,48 @@ class PublishTask:
     root: Path
     run_id: str
     seq: int
-    candidates: tuple[Staged, ...]  # consecutive staged parts
-    dropped: np.ndarray  # ordinals of these candidates that duplicate an earlier record
+    step: int
+    window: Window
+    pass_: Pass  # the last segment's row-local stages
+    silver: pa.Schema  # the canonical schema plus the columns the chain's stages add
     split: Split
-    addresses: Addresses
     stage_gold: bool  # whether exports will stream the gold rows (the recipe asks for some)
 
 
 @dataclass
-class PublishDone:
-    parts: list[Part]
+class PublishDone(PassDone):
     silver: Counter = field(default_factory=Counter)  # records per source
 
 
 def run_publish(task: PublishTask) -> PublishDone:
-    """Staged candidates minus their duplicates -> silver/records and, split by prompt group, gold."""
-    batch = pa.concat_tables(read_arrow(task.root / s.part.table / s.part.name) for s in task.candidates)
-    if len(task.dropped):
-        batch = batch.filter(pc.invert(pc.is_in(batch["_ord"], pa.array(task.dropped))))
-    name = part_name(task.run_id, STEP_PUBLISH, task.seq)
-    done = PublishDone([])
+    """Candidates still in the build, through the last segment's row-local stages -> silver/records and, split
+    by group (the prompt, unless a stage annotated a `group_id`), the gold tables."""
+    addresses, verdicts = task.pass_.addresses, Verdicts()
+    batch, counts = run_row_stages(
+        _batch(task.window.read(task.root)), task.pass_.stages, addresses, task.run_id, verdicts
+    )
+    name = part_name(task.run_id, task.step, task.seq)
+    quarantine, ledger = verdicts.tables()
+    done = PublishDone([], None, counts, verdicts.per_source)
     if not batch.num_rows:
         return done
-    records = batch.select(RECORD.names)
-    splits = assign_splits(batch["prompt_id"].combine_chunks(), task.split)
+    records = batch.select(task.silver.names)
+    groups = batch["prompt_id"]
+    if GROUP_ID.name in batch.schema.names:
+        groups = pc.coalesce(batch[GROUP_ID.name], groups)
+    splits = assign_splits(groups, task.split)
     where = pc.binary_join_element_wise("gold/", records["regime"], "/", splits, "")
-    keep = task.addresses.ledger(batch["_ord"], batch["id"], "split", "keep", None, where, task.run_id)
-    parts = [write_part(task.root, "silver/records", name, records), write_part(task.root, "ledger", name, keep)]
+    keep = addresses.ledger(batch["_ord"], batch["id"], "split", "keep", None, where, task.run_id)
+    parts = [
+        write_part(task.root, tables.QUARANTINED, name, quarantine),
+        write_part(task.root, tables.RECORDS, name, records),
+        write_part(task.root, tables.LEDGER_NAME, name, pa.concat_tables([ledger, keep])),
+    ]
     # Each gold table's rows are written as soon as they are selected, so one of them is held at a time.
     for regime in Regime:
         in_regime = pc.equal(records["regime"], regime.value)
         for split in SPLITS:
-            table = gold_table(regime, split)
+            table = tables.gold(regime, split)
             rows = records.filter(pc.and_(in_regime, pc.equal(splits, split))).select(gold_schema(regime).names)
             parts.append(write_part(task.root, table, name, rows, GOLD_ROW_GROUP))
             if task.stage_gold:
@@ -175,10 +278,16 @@ def run_publish(task: PublishTask) -> PublishDone:
     return done
 
 
+def _batch(table: pa.Table) -> pa.RecordBatch:
+    """A table as one batch: what row-local stages take."""
+    return pa.RecordBatch.from_arrays([c.combine_chunks() for c in table.columns], schema=table.schema)
+
+
 @dataclass(frozen=True)
 class TokenizeTask:
     root: Path
     run_id: str
+    step: int
     seq: int
     gold_file: str  # one Parquet file of a gold table
     row_group: int  # the one row group of it this task tokenizes
@@ -202,7 +311,7 @@ def run_tokenize(task: TokenizeTask) -> TokenizeDone:
     the ledger."""
     gold = pq.ParquetFile(task.gold_file).read_row_group(task.row_group)
     rows, rejects = tokenize_rows(gold, task.regime, task.spec, task.settings)
-    name = part_name(task.run_id, STEP_TOKENIZE, task.seq)
+    name = part_name(task.run_id, task.step, task.seq)
     parts = [write_part(task.root, task.output, name, rows)]
     if rejects:
         source = dict(zip(gold["id"].to_pylist(), gold["source"].to_pylist(), strict=True))
@@ -220,7 +329,7 @@ def run_tokenize(task: TokenizeTask) -> TokenizeDone:
         ledger = quarantine_ledger(quarantine, "tokenize", task.run_id)
         parts += [
             write_part(task.root, task.quarantine, name, quarantine),
-            write_part(task.root, "ledger", name, ledger),
+            write_part(task.root, tables.LEDGER_NAME, name, ledger),
         ]
     return TokenizeDone(task.output, [p for p in parts if p], gold.num_rows - len(rejects), len(rejects))
 
@@ -229,6 +338,7 @@ def run_tokenize(task: TokenizeTask) -> TokenizeDone:
 class PackTask:
     root: Path
     run_id: str
+    step: int
     seq: int
     files: list[str]  # consecutive parts of one tokenized SFT table: one packing window
     output: str
@@ -239,5 +349,5 @@ def run_pack(task: PackTask) -> tuple[list[Part], PackStats]:
     """Best-fit decreasing over one window of tokenized examples; a window wastes at most its last bin."""
     rows = pa.concat_tables(pq.read_table(f, columns=["id", "input_ids", "labels"]) for f in task.files)
     packed, stats = pack(rows, task.max_length)
-    part = write_part(task.root, task.output, part_name(task.run_id, STEP_PACK, task.seq), packed.cast(PACKED))
+    part = write_part(task.root, task.output, part_name(task.run_id, task.step, task.seq), packed.cast(PACKED))
     return ([part] if part else []), stats

@@ -8,8 +8,9 @@ import pyarrow as pa
 import pytest
 
 from tests.conftest import run_build, write_recipe
-from tunelake.gold.split import SPLITS, assign_splits, split_of
+from tunelake.gold.split import assign_splits, split_of
 from tunelake.recipe import Split
+from tunelake.tables import SPLITS
 
 
 def _sft(question: str, answer: str) -> dict:

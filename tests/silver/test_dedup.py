@@ -30,7 +30,7 @@ def test_duplicate_across_sources_is_dropped_with_the_kept_id_and_address(tmp_pa
     manifest, lake = run_build(write_recipe(tmp_path, [first, second]))
     assert manifest["counts"]["second"]["dropped"] == 1
     (kept_id,) = lake.query("select id from s", s="silver/records")[0]
-    drops = lake.query("select id, source, row, reason, detail from l where stage = 'dedup'", l="ledger")
+    drops = lake.query("select id, source, row, reason, detail from l where stage = 'exact_dedup'", l="ledger")
     # Extra raw fields go to meta, which is not content: both rows are the same pair, so they share an id.
     assert drops == [(kept_id, "second", 1, f"duplicate_of:{kept_id}", f"kept first:{first['path']}:1")]
 

@@ -217,7 +217,8 @@ def built(tmp_path_factory):
         path = root / f"{name}.jsonl"
         path.write_bytes(b"".join(case.line + b"\n" for case in cases))
         sources.append({"name": name, "path": str(path), "format": fmt, "license": "mit", "origin": "human"})
-    return run_build(write_recipe(root, sources, engine={"workers": 1}))
+    # Sources of bad rows only: the quarantine-rate gate would stop the build.
+    return run_build(write_recipe(root, sources, engine={"workers": 1}, silver={"max_quarantine_rate": 1}))
 
 
 @pytest.mark.parametrize(("source", "row", "case"), CASES, ids=[f"{s}-{c.name}" for s, _, c in CASES])
@@ -296,7 +297,9 @@ def test_too_long_follows_the_recipe_limit_and_keeps_a_record_at_exactly_the_lim
     path = tmp_path / "gsm8k.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     source = {"name": "gsm8k", "path": str(path), "license": "mit", "origin": "human"}
-    manifest, lake = run_build(write_recipe(tmp_path, [source], silver={"max_chars": limit}, engine={"workers": 1}))
+    manifest, lake = run_build(
+        write_recipe(tmp_path, [source], silver={"max_chars": limit, "max_quarantine_rate": 1}, engine={"workers": 1})
+    )
     too_long = [i for i, r in enumerate(rows, 1) if rl_size(r) > limit]
     assert 0 < len(too_long) < len(rows)
     assert any(rl_size(r) == limit for r in rows)
@@ -332,6 +335,8 @@ def test_too_long_counts_reasoning_and_tool_calls_not_only_content(tmp_path):
     path = tmp_path / "chat.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     source = {"name": "chat", "path": str(path), "format": "openai", "license": "mit", "origin": "human"}
-    _, lake = run_build(write_recipe(tmp_path, [source], silver={"max_chars": limit}, engine={"workers": 1}))
+    _, lake = run_build(
+        write_recipe(tmp_path, [source], silver={"max_chars": limit, "max_quarantine_rate": 1}, engine={"workers": 1})
+    )
     got = lake.query("select row, reason from q order by row", q="silver/quarantine")
     assert got == [(2, "too_long"), (3, "too_long")]

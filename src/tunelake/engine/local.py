@@ -21,7 +21,7 @@ R = TypeVar("R")
 
 
 class LocalEngine:
-    """Runs tasks in this process (workers == 1) or on a pool of `workers` processes."""
+    """Runs tasks in this process (workers == 1) or on a pool of `workers` processes (engine.protocol.Engine)."""
 
     def __init__(self, workers: int):
         self.workers = workers
@@ -52,6 +52,15 @@ class LocalEngine:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+
+    def run(self, fn: Callable[..., R], *args: object) -> R:
+        """fn(*args) on the pool when there is one, else here."""
+        (result,) = self.map(partial(_call, fn), [args])
+        return result
+
+
+def _call(fn: Callable[..., R], args: tuple) -> R:
+    return fn(*args)
 
 
 def _one_thread_per_worker() -> None:

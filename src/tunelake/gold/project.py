@@ -29,7 +29,3 @@ REGIME_COLUMNS = {
 def gold_schema(regime: Regime) -> pa.Schema:
     names = COMMON[:5] + REGIME_COLUMNS[regime] + COMMON[5:]
     return pa.schema([RECORD.field(n) for n in names])
-
-
-def gold_table(regime: Regime, split: str) -> str:
-    return f"gold/{regime.value}/{split}"

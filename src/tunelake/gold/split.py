@@ -11,8 +11,8 @@ import numpy as np
 import pyarrow as pa
 
 from tunelake.recipe import Split
+from tunelake.tables import SPLITS
 
-SPLITS = ("train", "validation", "test")
 _HEX = np.full(256, 255, np.uint8)
 _HEX[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16, dtype=np.uint8)
 

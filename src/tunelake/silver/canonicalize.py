@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
+from tunelake.address import ordinals
 from tunelake.ingest.adapters import ADAPTERS
 from tunelake.ingest.adapters.arrow import constant, json_string
 from tunelake.ingest.adapters.messages import EXTRA
@@ -39,6 +40,7 @@ CANDIDATE = RECORD.append(pa.field("_ord", pa.int64(), nullable=False))
 # A record as the adapters make it: everything but the ids, which are hashes of the normalised content.
 ADAPTED = pa.schema([f for f in RECORD if f.name not in ("id", "prompt_id")])
 STAGE = "canonicalize"
+STAGE_VERSION = "1"  # bump when canonical records change for the same input
 BOM = b"\xef\xbb\xbf"
 # Canonical fields a raw row may give directly, whatever its format.
 _PASSTHROUGH = ("license", "lang", "created_at")
@@ -72,24 +74,6 @@ class ChunkResult:
     quarantine: pa.RecordBatch
     ledger: pa.RecordBatch
     counts: dict[str, int] = field(default_factory=dict)
-
-
-# An input position packed in an int64: 8 bits of source, 20 of file, 35 of row.
-MAX_SOURCES, MAX_FILES, MAX_ROWS = 1 << 8, 1 << 20, 1 << 35
-
-
-def ordinal(source: int, file: int, row: int) -> int:
-    """A sortable int64 for an input position: source, then file, then row."""
-    return (source << 55) | (file << 35) | row
-
-
-def ordinal_parts(ords: pa.Array) -> tuple[pa.Array, pa.Array, pa.Array]:
-    """(source, file, row) index arrays back from ordinals."""
-    return (
-        pc.shift_right(ords, 55),
-        pc.bit_wise_and(pc.shift_right(ords, 35), MAX_FILES - 1),
-        pc.bit_wise_and(ords, MAX_ROWS - 1),
-    )
 
 
 def adapt(obj: object, plan: FilePlan) -> dict:
@@ -234,7 +218,7 @@ def _canonicalize(chunk: RawChunk, plan: FilePlan, run_id: str) -> ChunkResult:
     rejected.sort(key=lambda item: item[0])  # input order
     why = [r for _, r in rejected]
     candidates = batch.filter(pa.array(valid)).append_column(
-        CANDIDATE.field("_ord"), pc.bit_wise_or(ordinal(source.index, plan.index, 0), kept_rows)
+        CANDIDATE.field("_ord"), ordinals(source.index, plan.index, kept_rows)
     )
     ids, kept_changes = candidates["id"], changes[valid]
     modified = np.flatnonzero(kept_changes != None)  # noqa: E711 - an object array: elementwise
@@ -259,6 +243,7 @@ def _canonicalize(chunk: RawChunk, plan: FilePlan, run_id: str) -> ChunkResult:
             source=source.name,
             file=chunk.file,
             row=kept_rows,
+            sub=0,
             stage=STAGE,
             action="keep",
             detail=f"format={plan.adapter}",
@@ -271,6 +256,7 @@ def _canonicalize(chunk: RawChunk, plan: FilePlan, run_id: str) -> ChunkResult:
             source=source.name,
             file=chunk.file,
             row=kept_rows.take(pa.array(modified, pa.int64())),
+            sub=0,
             stage=STAGE,
             action="modify",
             reason="normalized",

@@ -16,6 +16,7 @@ from typing import TypeVar
 import numpy as np
 import pyarrow as pa
 
+from tunelake import tables
 from tunelake.gold.tokenize.masks import (
     IGNORE,
     MaskSettings,
@@ -208,14 +209,14 @@ class TokenizePlan:
     template_name: str
 
     def table(self, regime: Regime, split: str) -> str:
-        return f"gold/tokenized/{self.fingerprint}/{regime.value}/{split}"
+        return tables.TOKENIZED_TABLE.name(fingerprint=self.fingerprint, regime=regime.value, split=split)
 
     def packed_table(self, split: str) -> str:
-        return f"gold/tokenized/{self.fingerprint}/sft_packed/{split}"
+        return tables.PACKED_TABLE.name(fingerprint=self.fingerprint, split=split)
 
     @property
     def quarantine(self) -> str:
-        return f"gold/tokenized/{self.fingerprint}/quarantine"
+        return tables.TOKENIZE_QUARANTINED.name(fingerprint=self.fingerprint)
 
 
 def plan_tokenize(cfg: Tokenize) -> TokenizePlan:

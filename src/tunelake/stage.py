@@ -1,0 +1,129 @@
+"""The seam every curation step plugs into.
+
+A stage is a name, a version, a config model (its recipe section), the columns it reads and adds, the optional
+packages it needs, and one of two kinds of work:
+- row-local (`RowLocalStage.process`): a batch of candidate records in; the same rows out (with added or
+  rewritten columns) and, per row, whether it is dropped or quarantined and why, or what was modified;
+- global (`GlobalStage.run`): the columns it asked for, staged for every candidate of the build, in; decisions
+  (drop or quarantine an ordinal, with a reason) and annotations (ordinal -> columns such as `group_id`) out.
+
+A stage never writes the ledger, the quarantine or any table: the runner (runner.py) does, through one path, and
+counts every stage. Stages know nothing about which engine runs them, so a global step reads staged files, never
+the parent's memory.
+
+Candidate records are Arrow batches of the canonical schema (schema.RECORD) plus `_ord`, the record's input
+address packed in an int64 (silver/canonicalize.ordinal), plus the columns earlier stages added.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from dataclasses import dataclass
+from typing import ClassVar
+
+import duckdb
+import orjson
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict
+
+# A stage's decisions about candidates: action is `drop` or `quarantine`; reason is a reason code (optionally
+# `code:<id>`, as in `duplicate_of:<id>`).
+DECISIONS = pa.schema(
+    [
+        ("_ord", pa.int64()),
+        ("id", pa.string()),
+        ("action", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+    ]
+)
+ACTIONS = ("drop", "quarantine")
+
+# The annotation that decides splits: records sharing a group_id always share a split (default: the prompt id).
+GROUP_ID = pa.field("group_id", pa.string())
+
+
+class StageConfig(BaseModel):
+    """A stage's recipe section; subclasses add fields, each with a description."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class MissingDependency(ValueError):
+    """A stage needs a package that is not installed."""
+
+
+class Stage:
+    name: ClassVar[str]
+    version: ClassVar[str] = "1"  # bump when the stage's output changes for the same input and config
+    Config: ClassVar[type[StageConfig]] = StageConfig
+    reads: ClassVar[tuple[str, ...]] = ()  # candidate columns it looks at
+    adds: ClassVar[tuple[pa.Field, ...]] = ()  # columns it adds (row-local) or annotates (global); kept in silver
+    requires: ClassVar[dict[str, str]] = {}  # importable module -> the command that installs it
+
+    def __init__(self, config: StageConfig | None = None):
+        self.config = config if config is not None else self.Config()
+
+    @classmethod
+    def check_dependencies(cls) -> None:
+        """Raise MissingDependency naming the install command, as a recipe loads (not halfway into a build)."""
+        for module, install in cls.requires.items():
+            if importlib.util.find_spec(module) is None:
+                raise MissingDependency(f"stage {cls.name!r} needs the package {module!r}: {install}")
+
+    def describe(self) -> dict:
+        """What identifies this stage's behaviour: in the manifest and in every cache key."""
+        return {"name": self.name, "version": self.version, "config": self.config.model_dump(mode="json")}
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(orjson.dumps(self.describe(), option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+
+@dataclass
+class Outcome:
+    """What a row-local stage did to a batch. Every per-row array has one entry per input row; null means no."""
+
+    rows: pa.RecordBatch  # the input rows, in order, with added or rewritten columns
+    drop: pa.Array | None = None  # reason code where the row is dropped
+    quarantine: pa.Array | None = None  # reason code where the row is quarantined
+    field: pa.Array | None = None  # for a quarantined row: the field at fault
+    detail: pa.Array | None = None  # for a dropped, quarantined or modified row: the particulars
+    modified: pa.Array | None = None  # what the stage changed in a kept row (a ledger `modify` entry)
+
+
+class RowLocalStage(Stage):
+    """Runs on one batch at a time, anywhere: the runner fuses consecutive row-local stages over each chunk."""
+
+    def process(self, batch: pa.RecordBatch) -> Outcome:
+        raise NotImplementedError
+
+
+@dataclass
+class StagedRows:
+    """A global step's input: its columns for every candidate still in the build, staged as Parquet files."""
+
+    files: list[str]  # `_ord`, `id` and the stage's columns; rows in ordinal order within each file
+    addresses: object  # tasks.Addresses: ordinal -> (source, file, row), for details that name an input row
+
+    def relation(self, con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyRelation:
+        return con.read_parquet(self.files)
+
+
+@dataclass
+class Decisions:
+    """What a global step decided: rows in DECISIONS, and annotations (`_ord` + the stage's `adds` columns)."""
+
+    decisions: pa.Table
+    annotations: pa.Table | None = None
+
+
+class GlobalStage(Stage):
+    """Sees every candidate at once, through the columns it asks for (staged per chunk by the row-local pass)."""
+
+    def columns(self, batch: pa.RecordBatch) -> dict[str, pa.Array]:
+        """The columns this step reads, computed per chunk where the data is (default: its `reads` columns)."""
+        return {name: batch[name] for name in self.reads}
+
+    def run(self, rows: StagedRows, memory_limit: str) -> Decisions:
+        raise NotImplementedError

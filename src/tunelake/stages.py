@@ -1,0 +1,82 @@
+"""Which stages a build runs, in which order: the built-in ones (one line each below) and the recipe's own.
+
+A built-in stage is configured by its section under `silver:` (named as the stage; `null` turns it off). A user's
+stage is a class named in the recipe's `stages:` list by its import path, with its config beside it:
+
+    stages:
+      - use: mypkg.filters.MinTurns
+        min_turns: 2
+
+User stages run first, in the order listed, then the built-in stages in the order of BUILTIN.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from pydantic import ValidationError
+
+from tunelake.silver.dedup import ExactDedup
+from tunelake.stage import GlobalStage, MissingDependency, RowLocalStage, Stage
+
+# name -> class, in the order they run. A new built-in stage is one module and one line here.
+BUILTIN: dict[str, type[Stage]] = {
+    "exact_dedup": ExactDedup,
+}
+# Built-in stages a recipe runs unless its section is null.
+ON_BY_DEFAULT = frozenset({"exact_dedup"})
+
+
+class StageError(ValueError):
+    """A recipe's stage that cannot be used: the message says which and why."""
+
+
+def user_stage(spec: dict[str, Any]) -> Stage:
+    """The stage a `stages:` entry names, with its config validated; raises StageError."""
+    spec = dict(spec)
+    path = spec.pop("use", None)
+    if not isinstance(path, str) or "." not in path:
+        raise StageError(f"`use` must name a stage class by its import path (e.g. mypkg.MyFilter), got {path!r}")
+    module_name, _, class_name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as e:
+        raise StageError(f"cannot import {path}: {e}") from None
+    if not (isinstance(cls, type) and issubclass(cls, RowLocalStage | GlobalStage)):
+        raise StageError(f"{path} is not a tunelake RowLocalStage or GlobalStage subclass")
+    return _instance(cls, spec, path)
+
+
+def builtin_stages(silver: object) -> list[Stage]:
+    """The built-in stages the recipe's `silver:` sections turn on (a section per stage, null when off), in BUILTIN
+    order."""
+    stages = []
+    for name, cls in BUILTIN.items():
+        config = getattr(silver, name)
+        if config is not None:
+            _check_dependencies(cls, f"silver.{name}")
+            stages.append(cls(config))
+    return stages
+
+
+def _instance(cls: type[Stage], config: dict, where: str) -> Stage:
+    if not getattr(cls, "name", None):
+        raise StageError(f"{where}: the stage class sets no `name`")
+    _check_dependencies(cls, where)
+    try:
+        return cls(cls.Config.model_validate(config))
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(config)'}: "
+            + ("unknown key" if err["type"] == "extra_forbidden" else err["msg"])
+            for err in e.errors()
+        )
+        raise StageError(f"{where}: {problems}") from None
+
+
+def _check_dependencies(cls: type[Stage], where: str) -> None:
+    try:
+        cls.check_dependencies()
+    except MissingDependency as e:
+        raise StageError(f"{where}: {e}") from None

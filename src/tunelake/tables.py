@@ -1,0 +1,86 @@
+"""Every table of the lake, named once: its path, its schema and its mode.
+
+A table's path is built here and nowhere else. Modes:
+- overwrite: each build publishes a whole new version (bronze, silver, gold, the ledger);
+- append: versions only ever add rows, and no build or cleanup removes them (caches, frozen eval sets, rollouts);
+- staging: a build's scratch under `_staging/<run_id>/`, removed when the build ends (or by the next build).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+import pyarrow as pa
+
+from tunelake.schema import BRONZE, LEDGER, QUARANTINE, TOKENIZE_QUARANTINE, Regime
+
+SPLITS = ("train", "validation", "test")
+
+
+class Mode(StrEnum):
+    overwrite = "overwrite"
+    append = "append"
+    staging = "staging"
+
+
+@dataclass(frozen=True)
+class Table:
+    """One family of tables: `path` is a pattern over the table's parameters (a source, a regime and split, ...)."""
+
+    path: str
+    mode: Mode
+    schema: pa.Schema | None  # None where the schema depends on the build (silver's added columns, gold's regime)
+    about: str
+
+    def name(self, **params: str) -> str:
+        return self.path.format(**params)
+
+
+BRONZE_TABLE = Table("bronze/{source}", Mode.overwrite, BRONZE, "raw rows of one source, verbatim")
+SILVER_RECORDS = Table("silver/records", Mode.overwrite, None, "canonical records, one table for all regimes")
+SILVER_QUARANTINE = Table("silver/quarantine", Mode.overwrite, QUARANTINE, "rejected rows with their reason code")
+LEDGER_TABLE = Table("ledger", Mode.overwrite, LEDGER, "every decision about every input row")
+GOLD = Table("gold/{regime}/{split}", Mode.overwrite, None, "one regime's records in one split")
+TOKENIZED_TABLE = Table("gold/tokenized/{fingerprint}/{regime}/{split}", Mode.overwrite, None, "input_ids + labels")
+PACKED_TABLE = Table("gold/tokenized/{fingerprint}/sft_packed/{split}", Mode.overwrite, None, "packed SFT rows")
+TOKENIZE_QUARANTINED = Table(
+    "gold/tokenized/{fingerprint}/quarantine", Mode.overwrite, TOKENIZE_QUARANTINE, "records that cannot be trained on"
+)
+STAGED = Table("_staging/{run_id}/{name}", Mode.staging, None, "a build's scratch, read back in the same build")
+TABLES = (
+    BRONZE_TABLE,
+    SILVER_RECORDS,
+    SILVER_QUARANTINE,
+    LEDGER_TABLE,
+    GOLD,
+    TOKENIZED_TABLE,
+    PACKED_TABLE,
+    TOKENIZE_QUARANTINED,
+    STAGED,
+)
+
+# Path components a table's parameter may never take: each would land a table inside another, or outside the lake.
+RESERVED = ("_delta_log", "_staging")
+
+# The tables the spine writes, as plain names.
+RECORDS = SILVER_RECORDS.name()
+QUARANTINED = SILVER_QUARANTINE.name()
+LEDGER_NAME = LEDGER_TABLE.name()
+
+
+def bronze(source: str) -> str:
+    return BRONZE_TABLE.name(source=source)
+
+
+def gold(regime: Regime, split: str) -> str:
+    return GOLD.name(regime=regime.value, split=split)
+
+
+def gold_tables() -> list[tuple[Regime, str, str]]:
+    """(regime, split, table) for every gold table, in the order builds write and report them."""
+    return [(regime, split, gold(regime, split)) for regime in Regime for split in SPLITS]
+
+
+def staged(run_id: str, name: str) -> str:
+    return STAGED.name(run_id=run_id, name=name)
