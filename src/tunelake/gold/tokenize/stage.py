@@ -28,7 +28,14 @@ from tunelake.gold.tokenize.masks import (
     template_messages,
     template_tools,
 )
-from tunelake.gold.tokenize.template import ChatTemplate, Encoded, TextTokenizer, fingerprint, load_template
+from tunelake.gold.tokenize.template import (
+    ChatTemplate,
+    Encoded,
+    TextTokenizer,
+    files_sha256,
+    fingerprint,
+    load_template,
+)
 from tunelake.recipe import Tokenize
 from tunelake.schema import Reason, Regime, Rejected
 
@@ -83,11 +90,15 @@ class TokenizerSpec:
     today: date
 
     def load(self) -> tuple[ChatTemplate, TextTokenizer]:
-        return _load(self.tokenizer_dir, self.chat_template, self.today)
+        # Cached by the files' contents, not only their path: another tokenizer copied into the same folder loads
+        # anew instead of being served the one loaded before.
+        contents = files_sha256(self.tokenizer_dir, self.chat_template)
+        return _load(self.tokenizer_dir, self.chat_template, self.today, contents)
 
 
 @lru_cache(maxsize=4)
-def _load(tokenizer_dir: Path, chat_template: str, today: date) -> tuple[ChatTemplate, TextTokenizer]:
+def _load(tokenizer_dir: Path, chat_template: str, today: date, contents: str) -> tuple[ChatTemplate, TextTokenizer]:
+    """The probed template and the tokenizer; `contents` (the files' sha256) is there for the cache key only."""
     template = load_template(tokenizer_dir, chat_template, today)
     template.end_of_turn, template.assistant_header  # noqa: B018 - probe once per process, not per record
     return template, TextTokenizer.load(tokenizer_dir)
