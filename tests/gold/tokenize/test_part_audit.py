@@ -22,7 +22,6 @@ from tests.gold.tokenize.support import (
     sft_part,
     user,
 )
-from tunelake.gold.tokenize import masks
 from tunelake.gold.tokenize.masks import IGNORE, Rendered, render_sft, sft_example, sft_labels, template_messages
 from tunelake.gold.tokenize.stage import TokenizerSpec, tokenize_rows
 from tunelake.schema import Reason, Regime, Rejected
@@ -140,21 +139,3 @@ def test_a_record_with_no_tokens_last_in_a_part_is_mask_empty_and_the_others_are
     rendered.append(Rendered("", [(0, 0)]))
     _, rejects = sft_labels(rendered, tok.encode_many([r.text for r in rendered]), tok)
     assert {r: e.reason for r, e in rejects.items()} == {3: Reason.mask_empty}
-
-
-def test_an_audit_that_raises_on_one_record_rejects_that_record_not_its_part(monkeypatch):
-    # The batched audit's safety net: anything a record makes it raise is audited record by record.
-    real = masks.find_control_text
-
-    def explode(tok, texts):
-        if any("boom" in t for t in texts):
-            raise RuntimeError("a check no one foresaw")
-        return real(tok, texts)
-
-    monkeypatch.setattr(masks, "find_control_text", explode)
-    records = [("a", CHATS[0], None), ("b", [user("boom"), assistant("Bang.")], None), ("c", CHATS[2], None)]
-    spec = TokenizerSpec(TOKENIZERS / QWEN, "auto", TEMPLATE_DATE)
-    table, rejects = tokenize_rows(sft_part(records), Regime.sft, spec, settings())
-    assert table.column("id").to_pylist() == ["a", "c"]
-    assert [(i, r.reason) for i, r in rejects] == [("b", Reason.template_error)]
-    assert "a check no one foresaw" in rejects[0][1].detail
