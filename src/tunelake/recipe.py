@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
@@ -16,6 +17,10 @@ from tunelake.schema import Regime
 from tunelake.stage import Stage
 from tunelake.stages import BUILTIN, ON_BY_DEFAULT, StageError, builtin_stages, user_stage
 
+SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+# A recipe is a few hundred values; this bounds what YAML aliases can make of it (see _expanded_size).
+MAX_EXPANDED_SIZE = 1_000_000
+
 
 class RecipeError(ValueError):
     """A recipe that cannot be used; the message names the file, the field and what was expected."""
@@ -27,7 +32,8 @@ class _Strict(BaseModel):
 
 class Source(_Strict):
     name: str = Field(
-        pattern=r"^[A-Za-z0-9_.-]+$", description="Unique name of the source, used in the ledger and table names."
+        description="Unique name of the source, used in the ledger and as the folder of its table, bronze/<name>: "
+        "a letter or digit, then letters, digits, '_', '.' or '-', with no '..', at most 128 characters."
     )
     path: str = Field(
         description="File path or glob, relative to the recipe file. jsonl(.gz/.zst), json, parquet, csv."
@@ -39,6 +45,18 @@ class Source(_Strict):
     )
     origin: str = Field(description="human | synthetic | distilled | production | ...")
     meta: dict[str, Any] = Field(default_factory=dict, description="Copied into every record's meta.")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_folder_name(cls, value: str) -> str:
+        # The name becomes a folder under bronze/: '.' or '..' would put the table at bronze/ or the lake root, and
+        # names starting with '_' are the lake's own (_delta_log, _staging) and the manifest's (_gold).
+        if not SOURCE_NAME.fullmatch(value) or ".." in value:
+            raise ValueError(
+                f"{value!r} is not a safe source name: expected a letter or digit first, then letters, digits, "
+                "'_', '.' or '-', with no '..', at most 128 characters"
+            )
+        return value
 
     @field_validator("format")
     @classmethod
@@ -202,8 +220,16 @@ def load_recipe(path: str | Path) -> tuple[Recipe, str]:
         data = yaml.safe_load(raw)
     except yaml.YAMLError as e:
         raise RecipeError(f"{path}: not valid YAML: {e}") from e
+    except RecursionError:
+        raise RecipeError(f"{path}: nested too deeply to load") from None
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    size = _expanded_size(data, path)
+    if size > MAX_EXPANDED_SIZE:
+        raise RecipeError(
+            f"{path}: the recipe is {size:,} values and characters once its YAML aliases are expanded; "
+            f"the limit is {MAX_EXPANDED_SIZE:,}"
+        )
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as e:
@@ -220,6 +246,31 @@ def load_recipe(path: str | Path) -> tuple[Recipe, str]:
     for source in recipe.sources:
         source.path = str(base / source.path)
     return recipe, hashlib.sha256(raw).hexdigest()
+
+
+def _expanded_size(data: Any, path: Path) -> int:
+    """The size of the loaded YAML with every alias expanded (1 per value, plus the length of each string), computed
+    without expanding it: PyYAML gives every use of an alias the same object, so each container is sized once and
+    remembered by its id, and a billion-leaf alias bomb takes a few hundred steps to measure."""
+    sizes: dict[int, int] = {}
+    open_containers: set[int] = set()
+
+    def size(value: Any) -> int:
+        if isinstance(value, str | bytes):
+            return 1 + len(value)
+        if not isinstance(value, dict | list | set):
+            return 1
+        if id(value) in sizes:
+            return sizes[id(value)]
+        if id(value) in open_containers:
+            raise RecipeError(f"{path}: a YAML alias is used inside the value it names, which makes it endless")
+        open_containers.add(id(value))
+        items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+        sizes[id(value)] = 1 + sum(size(item) for item in items)
+        open_containers.remove(id(value))
+        return sizes[id(value)]
+
+    return size(data)
 
 
 EXAMPLE = """\

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+import pyarrow as pa
 import pytest
 
 from tests.conftest import FIXTURES, TOKENIZERS
 from tunelake.gold.tokenize.masks import IGNORE, MaskSettings, sft_example
 from tunelake.gold.tokenize.template import ChatTemplate, TextTokenizer, load_template
-from tunelake.schema import Regime, Rejected
+from tunelake.schema import RECORD, Regime, Rejected
 from tunelake.silver.canonicalize import FilePlan, SourcePlan, canonical_record
 
 QWEN, LLAMA, MISTRAL, PHI3 = (
@@ -119,6 +120,19 @@ REAL_SFT = {
 @cache
 def real_sft(name: str) -> dict:
     return real_record(*REAL_SFT[name])
+
+
+def canonical_messages(messages: list[dict]) -> list[dict]:
+    """Messages with every field of the canonical schema (None where a message has none)."""
+    keys = RECORD.field("messages").type.value_type.names
+    return [{k: m.get(k) for k in keys} for m in messages]
+
+
+def sft_part(records: list[tuple[str, list[dict], str | None]]) -> pa.Table:
+    """A gold SFT part, as tokenize_rows reads it, of (id, messages, tools) records."""
+    schema = pa.schema([RECORD.field("id"), RECORD.field("messages"), RECORD.field("tools")])
+    rows = [{"id": id_, "messages": canonical_messages(m), "tools": tools} for id_, m, tools in records]
+    return pa.Table.from_pylist(rows, schema=schema)
 
 
 def has_tool_calls(record: dict) -> bool:

@@ -4,7 +4,6 @@ must get exactly what it gets alone, and a failing record must be rejected alone
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
 import pytest
 
 from tests.conftest import TOKENIZERS
@@ -16,15 +15,16 @@ from tests.gold.tokenize.support import (
     REAL_SFT,
     TEMPLATE_DATE,
     assistant,
+    canonical_messages,
     load,
     real_sft,
     settings,
+    sft_part,
     user,
 )
-from tunelake.gold.tokenize import masks
 from tunelake.gold.tokenize.masks import IGNORE, Rendered, render_sft, sft_example, sft_labels, template_messages
 from tunelake.gold.tokenize.stage import TokenizerSpec, tokenize_rows
-from tunelake.schema import RECORD, Reason, Regime, Rejected
+from tunelake.schema import Reason, Regime, Rejected
 
 GLUED = (  # no separator between header and content: Qwen's BPE merges "::" across the edge
     "{%- for m in messages %}{%- if m.role == 'user' %}{{ 'USER: ' + m.content + '<|im_end|>\\n' }}"
@@ -33,27 +33,16 @@ GLUED = (  # no separator between header and content: Qwen's BPE merges "::" acr
 )
 
 
-def _canonical(messages: list[dict]) -> list[dict]:
-    keys = RECORD.field("messages").type.value_type.names
-    return [{k: m.get(k) for k in keys} for m in messages]
-
-
-def _part(records: list[tuple[str, list[dict], str | None]]) -> pa.Table:
-    schema = pa.schema([RECORD.field("id"), RECORD.field("messages"), RECORD.field("tools")])
-    rows = [{"id": id_, "messages": _canonical(m), "tools": tools} for id_, m, tools in records]
-    return pa.Table.from_pylist(rows, schema=schema)
-
-
 def _each_as_alone(spec: TokenizerSpec, records: list) -> tuple[dict, dict]:
     """Tokenizes the records as one part and asserts each got what it gets alone: the same ids, labels and
     attention mask, or the same rejection. Returns (tokenized rows, rejection reasons), by id."""
-    table, rejects = tokenize_rows(_part(records), Regime.sft, spec, settings())
+    table, rejects = tokenize_rows(sft_part(records), Regime.sft, spec, settings())
     tokenized, rejected = {row["id"]: row for row in table.to_pylist()}, {i: r.reason for i, r in rejects}
     assert len(tokenized) + len(rejected) == len(records)
     chat, tok = spec.load()
     for id_, messages, tools in records:
         try:
-            ids, labels = sft_example(chat, tok, _canonical(messages), tools, settings())
+            ids, labels = sft_example(chat, tok, canonical_messages(messages), tools, settings())
         except Rejected as alone:
             assert rejected[id_] == alone.reason, id_
             continue
@@ -82,7 +71,7 @@ def test_a_part_tokenizes_each_record_as_it_would_alone(tmp_path, template):
 
 def _rendered_part(conversations: list[list[dict]]):
     chat, tok = load(QWEN)
-    rendered = [render_sft(chat, template_messages(_canonical(m)), None, settings()) for m in conversations]
+    rendered = [render_sft(chat, template_messages(canonical_messages(m)), None, settings()) for m in conversations]
     return rendered, tok.encode_many([r.text for r in rendered]), tok
 
 
@@ -131,7 +120,7 @@ def test_a_template_that_renders_two_bos_rejects_each_record_of_the_part(tmp_pat
     path = tmp_path / "bos_twice.jinja"
     path.write_text("{{- bos_token }}" + (MODEL_TEMPLATES / "meta-llama-Llama-3.1-8B-Instruct.jinja").read_text())
     spec = TokenizerSpec(TOKENIZERS / LLAMA, str(path), TEMPLATE_DATE)
-    part = _part([("a", CHATS[0], None), ("b", CHATS[2], None)])
+    part = sft_part([("a", CHATS[0], None), ("b", CHATS[2], None)])
     table, rejects = tokenize_rows(part, Regime.sft, spec, settings())
     assert table.num_rows == 0
     assert [(i, r.reason) for i, r in rejects] == [("a", Reason.double_bos), ("b", Reason.double_bos)]
@@ -146,25 +135,7 @@ def test_parts_of_every_tokenizer_audit_as_records_alone(tokenizer):
 
 def test_a_record_with_no_tokens_last_in_a_part_is_mask_empty_and_the_others_are_kept():
     chat, tok = load(LLAMA)
-    rendered = [render_sft(chat, template_messages(_canonical(m)), None, settings()) for m in CHATS]
+    rendered = [render_sft(chat, template_messages(canonical_messages(m)), None, settings()) for m in CHATS]
     rendered.append(Rendered("", [(0, 0)]))
     _, rejects = sft_labels(rendered, tok.encode_many([r.text for r in rendered]), tok)
     assert {r: e.reason for r, e in rejects.items()} == {3: Reason.mask_empty}
-
-
-def test_an_audit_that_raises_on_one_record_rejects_that_record_not_its_part(monkeypatch):
-    # The batched audit's safety net: anything a record makes it raise is audited record by record.
-    real = masks.find_control_text
-
-    def explode(tok, texts):
-        if any("boom" in t for t in texts):
-            raise RuntimeError("a check no one foresaw")
-        return real(tok, texts)
-
-    monkeypatch.setattr(masks, "find_control_text", explode)
-    records = [("a", CHATS[0], None), ("b", [user("boom"), assistant("Bang.")], None), ("c", CHATS[2], None)]
-    spec = TokenizerSpec(TOKENIZERS / QWEN, "auto", TEMPLATE_DATE)
-    table, rejects = tokenize_rows(_part(records), Regime.sft, spec, settings())
-    assert table.column("id").to_pylist() == ["a", "c"]
-    assert [(i, r.reason) for i, r in rejects] == [("b", Reason.template_error)]
-    assert "a check no one foresaw" in rejects[0][1].detail

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import jinja2
 import numpy as np
 import orjson
 
@@ -51,7 +52,9 @@ def template_tools(tools: str | None) -> list[dict] | None:
 def _render(template: ChatTemplate, messages: list[dict], tools, generation_prompt: bool = False) -> str:
     try:
         return template.render(messages, tools, generation_prompt)
-    except Exception as e:  # noqa: BLE001 - a template that raises (e.g. on a system role) rejects the record
+    except jinja2.TemplateError as e:
+        # The template refused the record: its raise_exception (Mistral's on a system role) raises TemplateError, as
+        # do its undefined values and sandbox violations. Any other exception is a bug and fails the build.
         raise Rejected(Reason.template_error, None, f"{template.name} raised: {e}") from None
 
 

@@ -18,9 +18,7 @@ import pyarrow as pa
 
 from tunelake import tables
 from tunelake.gold.tokenize.masks import (
-    IGNORE,
     MaskSettings,
-    Rendered,
     fit_length,
     preference_example,
     prompt_ids,
@@ -29,9 +27,15 @@ from tunelake.gold.tokenize.masks import (
     template_messages,
     template_tools,
 )
-from tunelake.gold.tokenize.template import ChatTemplate, Encoded, TextTokenizer, fingerprint, load_template
+from tunelake.gold.tokenize.template import (
+    ChatTemplate,
+    TextTokenizer,
+    files_sha256,
+    fingerprint,
+    load_template,
+)
 from tunelake.recipe import Tokenize
-from tunelake.schema import Reason, Regime, Rejected
+from tunelake.schema import Regime, Rejected
 
 IDS = pa.list_(pa.int32())
 T, K = TypeVar("T"), TypeVar("K")
@@ -84,25 +88,27 @@ class TokenizerSpec:
     today: date
 
     def load(self) -> tuple[ChatTemplate, TextTokenizer]:
-        return _load(self.tokenizer_dir, self.chat_template, self.today)
+        # Cached by the files' contents, not only their path: another tokenizer copied into the same folder loads
+        # anew instead of being served the one loaded before.
+        contents = files_sha256(self.tokenizer_dir, self.chat_template)
+        return _load(self.tokenizer_dir, self.chat_template, self.today, contents)
 
 
 @lru_cache(maxsize=4)
-def _load(tokenizer_dir: Path, chat_template: str, today: date) -> tuple[ChatTemplate, TextTokenizer]:
+def _load(tokenizer_dir: Path, chat_template: str, today: date, contents: str) -> tuple[ChatTemplate, TextTokenizer]:
+    """The probed template and the tokenizer; `contents` (the files' sha256) is there for the cache key only."""
     template = load_template(tokenizer_dir, chat_template, today)
     template.end_of_turn, template.assistant_header  # noqa: B018 - probe once per process, not per record
     return template, TextTokenizer.load(tokenizer_dir)
 
 
 def _attempt(id_: K, rejects: list[tuple[K, Rejected]], work: Callable[[], T]) -> T | None:
-    """work(), or None with the record's rejection noted; anything a record's data makes a template or the
-    tokenizer raise rejects that record only."""
+    """work(), or None with the record's rejection noted. Only Rejected is caught (a template that refuses a record
+    raises it, see masks._render): any other exception is a bug and fails the build."""
     try:
         return work()
     except Rejected as r:
         rejects.append((id_, r))
-    except Exception as e:  # noqa: BLE001
-        rejects.append((id_, Rejected(Reason.template_error, None, f"{type(e).__name__}: {e}")))
     return None
 
 
@@ -127,25 +133,6 @@ def _rl(template, tok, row: dict, settings: MaskSettings) -> dict:
         "verifier": row["verifier"],
         "verifier_config": row["verifier_config"],
     }
-
-
-def _audit(rendered: list[Rendered], enc: Encoded, tok: TextTokenizer) -> tuple[np.ndarray, dict[int, Rejected]]:
-    """The part's labels and rejections. Should the batched audit itself raise (on a record no check foresaw),
-    each record is audited alone, so that only the record that raises is rejected, not its part."""
-    try:
-        return sft_labels(rendered, enc, tok)
-    except Exception:  # noqa: BLE001
-        labels, failed = np.full(len(enc.ids), IGNORE, np.int32), {}
-        for r, one in enumerate(rendered):
-            start, end = enc.bounds[r], enc.bounds[r + 1]
-            alone = Encoded(enc.ids[start:end], enc.offsets[start:end], np.array([0, end - start]))
-            rejects: list[tuple[int, Rejected]] = []
-            result = _attempt(r, rejects, lambda one=one, alone=alone: sft_labels([one], alone, tok))
-            if rejects or result[1]:
-                failed[r] = rejects[0][1] if rejects else result[1][0]
-            else:
-                labels[start:end] = result[0]
-        return labels, failed
 
 
 def _sft_columns(input_ids: list[np.ndarray], labels: list[np.ndarray]) -> dict[str, pa.ListArray]:
@@ -177,7 +164,7 @@ def tokenize_rows(
                 rendered.append(r)
         # One batched encode and one vectorised audit for the whole part.
         enc = tok.encode_many([r.text for r in rendered])
-        labels, failed = _audit(rendered, enc, tok)
+        labels, failed = sft_labels(rendered, enc, tok)
         for r, id_ in enumerate(kept):
             if r in failed:
                 rejects.append((id_, failed[r]))

@@ -22,6 +22,7 @@ from tokenizers import Tokenizer
 
 BUILTIN = Path(__file__).parent / "templates"
 _SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
 class TemplateError(ValueError):
@@ -207,12 +208,25 @@ class TextTokenizer:
         return self.decode(ids) == probe
 
 
+def files_sha256(tokenizer_dir: Path, chat_template: str) -> str:
+    """sha256 of every file a tokenizer and its chat template are loaded from: tokenizer.json, tokenizer_config.json,
+    the folder's chat_template.jinja and a .jinja file the recipe names (built-ins ship with the code)."""
+    paths = [tokenizer_dir / name for name in (*TOKENIZER_FILES, "chat_template.jinja")]
+    if chat_template.endswith(".jinja"):
+        paths.append(Path(chat_template))
+    h = hashlib.sha256()
+    for path in paths:
+        data = path.read_bytes() if path.is_file() else b""
+        h.update(len(data).to_bytes(8, "little") + data)  # lengths keep one file from running into the next
+    return h.hexdigest()
+
+
 def fingerprint(tokenizer_dir: Path, template: ChatTemplate, settings: dict) -> str:
     """A hash of everything that changes token ids or labels: tokenizer files, template, settings, version."""
     from tunelake.gold.tokenize.masks import MASKING_VERSION
 
     h = hashlib.sha256()
-    for name in ("tokenizer.json", "tokenizer_config.json"):
+    for name in TOKENIZER_FILES:
         h.update((tokenizer_dir / name).read_bytes())
     h.update(template.text.encode())
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())
