@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from tokenizers import Tokenizer
 
+from tunelake.build import QuarantineRateExceeded
 from tunelake.build import build as run_build
 from tunelake.gold.tokenize.show import legend, token_text
 from tunelake.lake import Lake, LakeBusy
@@ -75,6 +76,9 @@ def build(recipe: Annotated[Path, typer.Argument(help="The recipe YAML file.")])
     except (RecipeError, LakeBusy) as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(2) from None
+    except QuarantineRateExceeded as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(1) from None
     except BrokenProcessPool:
         console.print("[red]A worker process died (killed, or out of memory); no table was committed. Re-run.[/red]")
         raise typer.Exit(1) from None
@@ -84,12 +88,37 @@ def build(recipe: Annotated[Path, typer.Argument(help="The recipe YAML file.")])
     for source, c in manifest["counts"].items():
         table.add_row(source, *(str(c[k]) for k in ("bronze", "silver", "quarantined", "dropped", "file_issues")))
     out.print(table)
+    out.print(_stage_table(manifest["stages"]))
     for item in manifest["inputs"]:
         for issue in item["issues"]:
             console.print(f"[yellow]{item['path']}: {issue['reason']}: {issue['detail']}[/yellow]")
     gold = ", ".join(f"{k.removeprefix('gold/')}={v}" for k, v in manifest["gold"].items() if v)
     out.print(f"gold: {gold or 'empty'}")
     out.print(f"lake: {cfg.lake}  manifest: {cfg.lake / 'manifests' / (manifest['run_id'] + '.json')}")
+
+
+def _stage_table(stages: dict[str, dict]) -> Table:
+    """One row per stage of the chain, from the counts the runner kept: rows in, kept, and why the others left."""
+    table = Table(title="stages")
+    table.add_column("stage", no_wrap=True)
+    for col in ("in", "kept", "dropped", "quarantined", "seconds"):
+        table.add_column(col, justify="left" if col in ("dropped", "quarantined") else "right")
+    for name, c in stages.items():
+        table.add_row(
+            f"{name} v{c['version']}",
+            str(c["in"]),
+            str(c["kept"]),
+            _by_reason(c["dropped"]),
+            _by_reason(c["quarantined"]),
+            f"{c['seconds']:.2f}",
+        )
+    return table
+
+
+def _by_reason(counts: dict[str, int], top: int = 3) -> str:
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    shown = ", ".join(f"{reason} {n}" for reason, n in ranked[:top])
+    return shown + (f", +{len(ranked) - top} more" if len(ranked) > top else "")
 
 
 @app.command()
