@@ -98,6 +98,14 @@ def test_nanosecond_times_in_parquet_are_kept_exactly(tmp_path, arrow_type, valu
     assert not report.issues
 
 
+def test_a_parquet_date_python_cannot_hold_makes_the_file_unreadable_not_a_crash(tmp_path):
+    path = tmp_path / "alpaca.parquet"
+    far_future = pa.array([2**31 - 1], pa.date32())  # days after 1970: past datetime's year 9999
+    pq.write_table(pa.Table.from_pylist(ALPACA[:1]).append_column("created_at", far_future), path)
+    lines, report = read(path)
+    assert lines == [] and [reason for reason, _ in report.issues] == ["unreadable_file"]
+
+
 @pytest.mark.parametrize(
     ("encoding", "bom", "name"),
     [

@@ -38,7 +38,8 @@ MAX_ROW_BYTES = 32 << 20
 _MAGIC = {b"\x1f\x8b": "gz", b"\x28\xb5\x2f\xfd": "zst"}
 # Errors that mean a file's bytes are bad (gzip.BadGzipFile is an OSError); EOFError, a cut stream, is apart.
 _UNREADABLE = (OSError, zlib.error, zstandard.ZstdError)
-_UNREADABLE_TABLE = (OSError, pa.ArrowInvalid, pa.ArrowNotImplementedError)
+# For Parquet and CSV also Arrow's verdicts, and OverflowError: a date outside the years Python's datetime holds.
+_UNREADABLE_TABLE = (OSError, pa.ArrowInvalid, pa.ArrowNotImplementedError, OverflowError)
 
 
 @dataclass
