@@ -7,6 +7,8 @@ build and seq the chunk's place in the input, so a table's rows read back in inp
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,20 @@ class Part:
     rows: int
 
 
+class PartWriteError(OSError):
+    """A part could not be written (a full disk, no permission, ...): says which table and file, and keeps the
+    cause's errno. (An OSError, built with OSError's own arguments, so it pickles back from a worker process.)"""
+
+
+@contextmanager
+def _writing(table: str, path: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as e:
+        message = f"cannot write a part of table {table} to {path}: {e.strerror or e}"
+        raise (PartWriteError(e.errno, message) if e.errno else PartWriteError(message)) from e
+
+
 def part_name(run_id: str, step: int, seq: int) -> str:
     return f"part-{run_id}-{step:02d}-{seq:07d}.parquet"
 
@@ -32,19 +48,20 @@ def write_part(
     None when there are no rows (no empty files)."""
     if data.num_rows == 0:
         return None
-    folder = root / table
-    folder.mkdir(parents=True, exist_ok=True)
     if isinstance(data, pa.RecordBatch):
         data = pa.Table.from_batches([data])
     dictionary = [n for n in data.schema.names if n in _FEW_VALUES]
-    pq.write_table(
-        data,
-        folder / name,
-        row_group_size=row_group_size,
-        compression="zstd",
-        use_dictionary=dictionary,
-        data_page_version="2.0",
-    )
+    path = root / table / name
+    with _writing(table, path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(
+            data,
+            path,
+            row_group_size=row_group_size,
+            compression="zstd",
+            use_dictionary=dictionary,
+            data_page_version="2.0",
+        )
     return Part(table, name, data.num_rows)
 
 
@@ -58,11 +75,12 @@ def write_arrow(root: Path, table: str, name: str, data: pa.Table | pa.RecordBat
     same build. Writing it costs next to nothing; Parquet's encoding and compression cost microseconds a row."""
     if data.num_rows == 0:
         return None
-    folder = root / table
-    folder.mkdir(parents=True, exist_ok=True)
     name = name.removesuffix(".parquet") + ".arrow"
-    with pa.OSFile(str(folder / name), "wb") as sink, pa.ipc.new_file(sink, data.schema) as writer:
-        writer.write(data)
+    path = root / table / name
+    with _writing(table, path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, data.schema) as writer:
+            writer.write(data)
     return Part(table, name, data.num_rows)
 
 

@@ -1,8 +1,10 @@
 """Readers: files -> chunks of raw rows (JSON text, one per line), hashed as they are read.
 
 Every format becomes the same thing, newline-separated JSON rows, so one row-local stage handles them all.
-JSON Lines rows stay byte-for-byte as in the file; parquet, csv and JSON-array rows are serialised to JSON.
-Problems with a whole file (empty, truncated, unreadable) are recorded on its FileReport, never raised.
+JSON Lines rows stay byte-for-byte as in the file; parquet, csv and JSON-document rows are serialised to JSON.
+Problems with a whole file (empty, truncated, unreadable, not UTF-8, a row too long to hold) are recorded on its
+FileReport, never raised; a CSV row that does not split into the header's fields is handed on as its text, which the
+stage quarantines at its row number. Only errors that mean bad bytes are caught: any other is a bug, and raises.
 """
 
 from __future__ import annotations
@@ -10,13 +12,17 @@ from __future__ import annotations
 import glob
 import gzip
 import hashlib
+import itertools
+import re
 import zlib
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import zstandard
@@ -25,6 +31,15 @@ from tunelake.schema import Reason
 
 SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet", ".csv")
 _BOM = b"\xef\xbb\xbf"
+# A row is held whole, several times over, on its way to silver (a build grows by about nine times its size): a
+# longer one is reported as too_long and never held. A bound on memory; silver.max_chars decides what text is too long.
+MAX_ROW_BYTES = 32 << 20
+# The first bytes of compressed files: they decide how a file is read, whatever its name says.
+_MAGIC = {b"\x1f\x8b": "gz", b"\x28\xb5\x2f\xfd": "zst"}
+# Errors that mean a file's bytes are bad (gzip.BadGzipFile is an OSError); EOFError, a cut stream, is apart.
+_UNREADABLE = (OSError, zlib.error, zstandard.ZstdError)
+# For Parquet and CSV also Arrow's verdicts, and OverflowError: a date outside the years Python's datetime holds.
+_UNREADABLE_TABLE = (OSError, pa.ArrowInvalid, pa.ArrowNotImplementedError, OverflowError)
 
 
 @dataclass
@@ -34,6 +49,7 @@ class FileReport:
     bytes: int = 0
     rows: int = 0  # rows handed on (blank lines are not rows)
     issues: list[tuple[Reason, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # how the file was read, where that was not the obvious way
 
 
 @dataclass
@@ -91,17 +107,38 @@ def _text_kind(path: str) -> tuple[str, str]:
     return kind, compression
 
 
-def read_chunks(path: str, report: FileReport, chunk_bytes: int) -> Iterator[RawChunk]:
+def read_chunks(
+    path: str, report: FileReport, chunk_bytes: int, max_row_bytes: int = MAX_ROW_BYTES
+) -> Iterator[RawChunk]:
+    """The file's rows in chunks of about chunk_bytes. A JSON Lines row longer than max_row_bytes is not read: it
+    is reported as too_long, and its row number stays taken."""
     kind, compression = _text_kind(path)
+    if kind != "parquet":
+        compression = _compression(path, compression, report)
     if kind in ("parquet", "csv"):
         yield from _table_chunks(path, kind, compression, report, chunk_bytes)
     else:
-        yield from _text_chunks(path, compression, report, chunk_bytes)
+        yield from _text_chunks(path, kind, compression, report, chunk_bytes, max_row_bytes)
     if report.rows == 0 and not report.issues:
         report.issues.append((Reason.empty_file, "the file holds no rows"))
 
 
-def _text_chunks(path: str, compression: str, report: FileReport, chunk_bytes: int) -> Iterator[RawChunk]:
+def _compression(path: str, named: str, report: FileReport) -> str:
+    """The compression the file's first bytes show (gzip bytes in a file named .jsonl are still gzip), else the
+    one its name gives (a damaged .gz is then reported as such, not read as binary rows)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    found = next((c for magic, c in _MAGIC.items() if head.startswith(magic)), None)
+    if found is None or found == named:
+        return named
+    report.notes.append(f"read as {found}: its first bytes are {found}'s, whatever its name says")
+    return found
+
+
+def _text_chunks(
+    path: str, kind: str, compression: str, report: FileReport, chunk_bytes: int, max_row_bytes: int
+) -> Iterator[RawChunk]:
+    lines = _Lines(path, report, max_row_bytes)
     with open(path, "rb") as f:
         hashing = _Hashing(f)
         stream = {
@@ -109,34 +146,83 @@ def _text_chunks(path: str, compression: str, report: FileReport, chunk_bytes: i
             "zst": lambda: _ZstdFrames(hashing),
             "": lambda: hashing,
         }[compression]()
-        blocks = _blocks(stream, chunk_bytes)
-        pending, row, first = b"", 1, True
         try:
-            for block in blocks:
-                if first:
-                    first = False
-                    if block.removeprefix(_BOM).lstrip()[:1] == b"[":
-                        yield from _json_array(block + b"".join(blocks), path, report, chunk_bytes)
-                        return
-                data = pending + block
-                cut = data.rfind(b"\n") + 1
-                if cut:
-                    chunk, pending = data[:cut], data[cut:]
-                    yield RawChunk(path, row, chunk)
-                    report.rows += _rows(chunk)
-                    row += chunk.count(b"\n")
-                else:
-                    pending = data
+            blocks = _blocks(stream, chunk_bytes)
+            first = next(blocks, b"")
+            if encoding := _wide_encoding(first):
+                iconv = encoding.partition(" ")[0]
+                detail = f"the file is {encoding} text, not UTF-8: convert it (e.g. iconv -f {iconv} -t UTF-8)"
+                report.issues.append((Reason.invalid_utf8, detail))
+            elif _is_document(first, kind):
+                yield from _json_document(first + b"".join(blocks), lines, report, chunk_bytes)
+            else:
+                if b"\r" in first and b"\n" not in first:  # old Mac line ends: a CR alone ends each line
+                    report.notes.append("lines end with CR alone: read as line ends")
+                    first, blocks = first.replace(b"\r", b"\n"), (b.replace(b"\r", b"\n") for b in blocks)
+                for block in itertools.chain([first], blocks):
+                    yield from lines.feed(block)
         except EOFError as e:
-            report.issues.append((Reason.truncated_file, f"the compressed stream ends early after row {row - 1}: {e}"))
-        except (OSError, zlib.error, zstandard.ZstdError) as e:
-            report.issues.append((Reason.unreadable_file, f"cannot decompress after row {row - 1}: {e}"))
+            detail = f"the compressed stream ends early after row {lines.row - 1}: {e}"
+            report.issues.append((Reason.truncated_file, detail))
+        except _UNREADABLE as e:
+            report.issues.append((Reason.unreadable_file, f"cannot decompress after row {lines.row - 1}: {e}"))
         finally:
             hashing.drain()
             report.sha256, report.bytes = hashing.sha.hexdigest(), hashing.size
-        if pending:
-            yield RawChunk(path, row, pending)
-            report.rows += _rows(pending)
+    yield from lines.close()
+
+
+class _Lines:
+    """Cuts text blocks into chunks of whole lines, numbered from 1.
+
+    A line longer than max_row_bytes is never held: its bytes are counted and let go as they arrive, an empty line
+    (not a row) takes its place, so the rows after it keep their numbers, and it is reported as too_long.
+    """
+
+    def __init__(self, path: str, report: FileReport, max_row_bytes: int):
+        self.path, self.report, self.limit = path, report, max_row_bytes
+        self.row = 1  # the number of the next line to hand on
+        self.pending = b""  # the start of a line whose end has not come yet
+        self.dropping = 0  # bytes so far of an over-long line being let go; 0 when there is none
+
+    def feed(self, block: bytes) -> Iterator[RawChunk]:
+        if self.dropping:
+            end = block.find(b"\n")
+            if end < 0:
+                self.dropping += len(block)
+                return
+            self._too_long(self.row, self.dropping + end)
+            self.dropping, block = 0, block[end:]  # its newline stays: the empty line in its place
+        data = self.pending + block
+        cut = data.rfind(b"\n") + 1
+        chunk, self.pending = data[:cut], data[cut:]
+        if len(self.pending) > self.limit:
+            self.dropping, self.pending = len(self.pending), b""
+        if chunk:
+            yield self._chunk(chunk)
+
+    def close(self) -> Iterator[RawChunk]:
+        if self.dropping:
+            self._too_long(self.row, self.dropping)
+        elif self.pending:
+            yield self._chunk(self.pending)
+
+    def _chunk(self, data: bytes) -> RawChunk:
+        if len(data) > self.limit:  # it may hold a whole over-long line
+            lines = data.split(b"\n")
+            for i, line in enumerate(lines):
+                if len(line) > self.limit:
+                    self._too_long(self.row + i, len(line))
+                    lines[i] = b""
+            data = b"\n".join(lines)
+        chunk = RawChunk(self.path, self.row, data)
+        self.report.rows += _rows(data)
+        self.row += data.count(b"\n")
+        return chunk
+
+    def _too_long(self, row: int, size: int) -> None:
+        detail = f"row {row} is {size} bytes, over the {self.limit} a row may have (it would be held whole): not read"
+        self.report.issues.append((Reason.too_long, detail))
 
 
 def _rows(data: bytes) -> int:
@@ -160,7 +246,7 @@ def _blocks(stream, chunk_bytes: int) -> Iterator[bytes]:
             if size >= chunk_bytes:
                 yield b"".join(parts)
                 parts, size = [], 0
-    except Exception:
+    except (EOFError, *_UNREADABLE):
         if parts:
             yield b"".join(parts)
         raise
@@ -172,7 +258,9 @@ class _ZstdFrames:
     """The decompressed bytes of every frame of a zstd file; EOFError if the file ends inside a frame.
 
     zstandard's stream_reader returns a frame cut short as a clean end of file: a truncated file lost its last
-    rows silently (or, cut inside its first block, passed for an empty file).
+    rows silently (or, cut inside its first block, passed for an empty file). Bytes that do not decompress (junk
+    after the last frame, a damaged frame) raise ZstdError naming their offset, once the frames before them are
+    given back.
     """
 
     STEP = 1 << 16  # compressed bytes per step, so one step's output stays small for text
@@ -180,17 +268,27 @@ class _ZstdFrames:
     def __init__(self, raw: _Hashing):
         self.raw = raw
         self.frame = None  # the decompressor of the frame being read; None between frames
+        self.start = 0  # the offset in the file of that frame
+        self.error: zstandard.ZstdError | None = None  # raised once the bytes before it are given back
 
     def read1(self, n: int = -1) -> bytes:
+        if self.error:
+            raise self.error
         while data := self.raw.read(self.STEP):
             out = []
-            while data:
-                if self.frame is None:
-                    self.frame = zstandard.ZstdDecompressor().decompressobj()
-                out.append(self.frame.decompress(data))
-                data = b""
-                if self.frame.eof:
-                    data, self.frame = self.frame.unused_data, None
+            try:
+                while data:
+                    if self.frame is None:
+                        self.frame = zstandard.ZstdDecompressor().decompressobj()
+                        self.start = self.raw.size - len(data)
+                    out.append(self.frame.decompress(data))
+                    data = b""
+                    if self.frame.eof:
+                        data, self.frame = self.frame.unused_data, None
+            except zstandard.ZstdError as e:
+                self.error = zstandard.ZstdError(f"the zstd data from offset {self.start} does not decompress ({e})")
+                if not out:
+                    raise self.error from e
             if out := b"".join(out):
                 return out
         if self.frame is not None:
@@ -198,14 +296,60 @@ class _ZstdFrames:
         return b""
 
 
-def _json_array(document: bytes, path: str, report: FileReport, chunk_bytes: int) -> Iterator[RawChunk]:
-    """A JSON document holding an array of rows; it is parsed whole, so its size bounds memory."""
+# Text in UTF-16 or UTF-32: a byte-order mark, or the NUL bytes of a first two ASCII characters such as '{"'.
+_WIDE_BOMS = {
+    b"\xff\xfe\x00\x00": "UTF-32LE",
+    b"\x00\x00\xfe\xff": "UTF-32BE",
+    b"\xff\xfe": "UTF-16LE",
+    b"\xfe\xff": "UTF-16BE",
+}
+_WIDE_NULS = {
+    (False, True, True, True): "UTF-32LE",
+    (True, True, True, False): "UTF-32BE",
+    (False, True, False, True): "UTF-16LE",
+    (True, False, True, False): "UTF-16BE",
+}
+
+
+def _wide_encoding(first: bytes) -> str | None:
+    """The UTF-16 or UTF-32 encoding the file's first bytes show, if any (read as UTF-8, each row would be
+    quarantined alone as 'byte 0 is not UTF-8')."""
+    bom = next((name for bom, name in _WIDE_BOMS.items() if first.startswith(bom)), None)
+    if bom:
+        return f"{bom} (with a byte-order mark)"
+    return _WIDE_NULS.get(tuple(b == 0 for b in first[:4])) if len(first) >= 4 else None
+
+
+_FIRST_LINE = re.compile(rb"[^\r\n]*[\r\n]")
+
+
+def _is_document(first: bytes, kind: str) -> bool:
+    """Whether the text is one JSON document rather than JSON Lines: an array, or, in a .json file, an object
+    whose first line is not a whole row (pretty-printed; read line by line, each line was one invalid_json)."""
+    text = first.removeprefix(_BOM).lstrip()
+    if text[:1] == b"[":
+        return True
+    line = _FIRST_LINE.match(text) if kind == "json" and text[:1] == b"{" else None
+    if line is None:  # not a .json object, or a first line longer than the block: JSON Lines
+        return False
     try:
-        rows = orjson.loads(document.removeprefix(_BOM))
+        orjson.loads(line.group())
+    except orjson.JSONDecodeError:
+        return True
+    return False
+
+
+def _json_document(document: bytes, lines: _Lines, report: FileReport, chunk_bytes: int) -> Iterator[RawChunk]:
+    """A JSON document: an array of rows, or an object, one row. It is parsed whole, so its size bounds memory."""
+    try:
+        value = orjson.loads(document.removeprefix(_BOM))
     except orjson.JSONDecodeError as e:
-        report.issues.append((Reason.invalid_json, f"the JSON array does not parse: {e}"))
+        if document.removeprefix(_BOM).lstrip()[:1] == b"[":
+            report.issues.append((Reason.invalid_json, f"the JSON array does not parse: {e}"))
+        else:  # JSON Lines after all, with a first row that does not parse: each row is quarantined alone
+            yield from lines.feed(document)
         return
-    yield from _serialised(path, iter(rows), report, chunk_bytes)
+    yield from _serialised(lines.path, iter(value if isinstance(value, list) else [value]), report, chunk_bytes)
 
 
 def _serialised(path: str, rows: Iterator[object], report: FileReport, chunk_bytes: int) -> Iterator[RawChunk]:
@@ -222,14 +366,6 @@ def _serialised(path: str, rows: Iterator[object], report: FileReport, chunk_byt
         yield RawChunk(path, first_row, b"\n".join(lines) + b"\n")
 
 
-def _csv_as_text(path: str, codec: str | None) -> pacsv.CSVStreamingReader:
-    """Every CSV column read as text: type guessing would turn "007" into 7 and "1.50" into 1.5, and fail on a
-    column whose values change type after the first block."""
-    names = pacsv.open_csv(pa.input_stream(path, compression=codec)).schema.names
-    options = pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()))
-    return pacsv.open_csv(pa.input_stream(path, compression=codec), convert_options=options)
-
-
 def _table_chunks(path: str, kind: str, compression: str, report: FileReport, chunk_bytes: int) -> Iterator[RawChunk]:
     sha = hashlib.sha256()
     with open(path, "rb") as f:
@@ -240,10 +376,65 @@ def _table_chunks(path: str, kind: str, compression: str, report: FileReport, ch
         return  # an empty file, not an unreadable one (pyarrow refuses a 0-byte CSV or Parquet file)
     try:
         if kind == "parquet":
-            batches = pq.ParquetFile(path).iter_batches(batch_size=4096)
+            rows = _parquet_rows(path)
         else:
-            batches = _csv_as_text(path, {"gz": "gzip", "zst": "zstd"}.get(compression))
-        rows = (row for batch in batches for row in batch.to_pylist())
+            rows = _csv_rows(path, {"gz": "gzip", "zst": "zstd"}.get(compression))
         yield from _serialised(path, rows, report, chunk_bytes)
-    except Exception as e:  # noqa: BLE001 - any reader failure is a property of this file, not of the build
+    except _UNREADABLE_TABLE as e:
         report.issues.append((Reason.unreadable_file, f"cannot read {kind} after row {report.rows}: {e}"))
+
+
+def _parquet_rows(path: str) -> Iterator[dict]:
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
+        yield from pa.RecordBatch.from_arrays(
+            [_exact(column) for column in batch.columns], names=batch.schema.names
+        ).to_pylist()
+
+
+def _exact(column: pa.Array) -> pa.Array:
+    """A column with nanosecond times in forms Python holds exactly. datetime stops at microseconds: to_pylist
+    fails on them (with pandas installed it gives pandas objects instead, and truncates a time64[ns]). Timestamps
+    and times become ISO 8601 text (offsets written +01:00, as orjson writes them), durations their nanoseconds."""
+    kind = column.type
+    if getattr(kind, "unit", None) != "ns":
+        return column
+    if pa.types.is_duration(kind):
+        return pc.cast(column, pa.int64())
+    if not pa.types.is_timestamp(kind):
+        return pc.cast(column, pa.string())
+    if kind.tz is None:
+        return pc.strftime(column, "%Y-%m-%dT%H:%M:%S")
+    return pc.replace_substring_regex(pc.strftime(column, "%Y-%m-%dT%H:%M:%S%z"), r"(\d\d)(\d\d)$", r"\1:\2")
+
+
+def _csv_rows(path: str, codec: str | None) -> Iterator[object]:
+    """A CSV file's rows, every value read as text: type guessing would turn "007" into 7 and "1.50" into 1.5, and
+    fail on a column whose values change type after the first block.
+
+    A row with another number of fields than the header (a stray comma, an unterminated quote that runs on) is
+    handed on as its own text: a JSON string, not an object, so the stage quarantines it (wrong_type) at its row
+    number, and the rows around it are kept.
+    """
+    skipped: deque[pacsv.InvalidRow] = deque()  # in file order; row 1 is the header
+
+    def skip(row: pacsv.InvalidRow) -> str:
+        skipped.append(row)
+        return "skip"
+
+    any_rows = pacsv.ParseOptions(invalid_row_handler=lambda r: "skip")  # the header is all this reader is for
+    header = pacsv.open_csv(pa.input_stream(path, compression=codec), parse_options=any_rows)
+    reader = pacsv.open_csv(
+        pa.input_stream(path, compression=codec),
+        read_options=pacsv.ReadOptions(use_threads=False),  # threads leave the skipped rows' numbers unknown
+        parse_options=pacsv.ParseOptions(invalid_row_handler=skip),
+        convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(header.schema.names, pa.string())),
+    )
+    row = 1
+    for batch in reader:
+        for values in batch.to_pylist():
+            while skipped and skipped[0].number - 1 <= row:
+                yield skipped.popleft().text
+                row += 1
+            yield values
+            row += 1
+    yield from (r.text for r in skipped)
