@@ -610,6 +610,7 @@ def _manifest(run: _Run, recipe_sha256: str, started_at: str, chain: list) -> di
             "rows": run.reports[p].rows,
             "format": run.formats.get(p),
             "issues": [{"reason": r.value, "detail": d} for r, d in run.reports[p].issues],
+            "notes": run.reports[p].notes,
         }
         for i, s in enumerate(run.recipe.sources)
         for p in run.files[i]

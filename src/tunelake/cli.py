@@ -92,6 +92,8 @@ def build(recipe: Annotated[Path, typer.Argument(help="The recipe YAML file.")])
     for item in manifest["inputs"]:
         for issue in item["issues"]:
             console.print(f"[yellow]{item['path']}: {issue['reason']}: {issue['detail']}[/yellow]")
+        for note in item["notes"]:
+            console.print(f"{item['path']}: {note}", markup=False, highlight=False)
     gold = ", ".join(f"{k.removeprefix('gold/')}={v}" for k, v in manifest["gold"].items() if v)
     out.print(f"gold: {gold or 'empty'}")
     out.print(f"lake: {cfg.lake}  manifest: {cfg.lake / 'manifests' / (manifest['run_id'] + '.json')}")
