@@ -110,3 +110,34 @@ def test_a_recipe_without_exports_builds_gold_and_writes_no_exports(tmp_path, ex
     manifest, lake = run_build(write_recipe(tmp_path, example_sources[:1], gold={"export": []}))
     assert lake.read("gold/preference/train").num_rows == manifest["gold"]["gold/preference/train"] > 0
     assert not (lake.root / "exports").exists() and not (lake.root / "_staging").exists()
+
+
+def test_a_build_that_cannot_write_removes_its_files_and_names_the_table(tmp_path, example_sources, monkeypatch):
+    """A full disk halfway through publish: the error names the table and file, the lake still reads as the
+    build before, and none of the failed build's parts or staging is left on the disk."""
+    import errno
+
+    import pytest
+
+    from tunelake.engine import parts
+    from tunelake.engine.parts import PartWriteError
+
+    recipe = write_recipe(tmp_path, example_sources, engine={"workers": 1})
+    _, lake = run_build(recipe)
+    before = gold_digest(lake)
+    files = sorted(p for p in lake.root.rglob("*") if p.is_file() and "manifests" not in p.parts)
+    write_table, calls = parts.pq.write_table, []
+
+    def fills_up(data, where, **kwargs):
+        calls.append(where)
+        if "gold/sft/train" in str(where):  # publish has written bronze, silver and ledger parts by now
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_table(data, where, **kwargs)
+
+    monkeypatch.setattr(parts.pq, "write_table", fills_up)
+    with pytest.raises(PartWriteError, match="cannot write a part of table gold/sft/train to .*: No space left"):
+        run_build(recipe)
+    assert len(calls) > 10
+    assert not (lake.root / "_staging").exists()
+    assert sorted(p for p in lake.root.rglob("*") if p.is_file() and "manifests" not in p.parts) == files
+    assert gold_digest(lake) == before

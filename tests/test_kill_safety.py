@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from deltalake import DeltaTable
+
 from tests.conftest import REPO, run_build, write_recipe
 from tests.test_build import gold_digest
 from tunelake.lake import Lake
@@ -19,18 +21,36 @@ GSM8K = REPO / "examples" / "data" / "gsm8k_train_300.jsonl.gz"
 BUILD = "import sys; from tunelake.cli import app; sys.argv = ['tunelake', 'build', sys.argv[1]]; app()"
 
 
-def _corpus(folder: Path) -> list[dict]:
+def _corpus(folder: Path, copies: int = 100) -> list[dict]:
     """~30k GSM8K-derived RL rows (real questions, numbered variants) so a build takes a few seconds."""
     with gzip.open(GSM8K) as f:
         rows = [json.loads(line) for line in f]
     path = folder / "gsm8k_x100.jsonl"
     with path.open("w") as f:
-        for copy in range(100):
+        for copy in range(copies):
             for row in rows:
                 f.write(
                     json.dumps({"question": f"{row['question']} (variant {copy})", "answer": row["answer"]}) + "\n"
                 )
     return [{"name": "gsm8k", "path": str(path), "license": "mit", "origin": "human"}]
+
+
+def _start_build(recipe: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", BUILD, str(recipe)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def _kill_when(proc: subprocess.Popen, reached, moment: str) -> None:
+    """SIGKILL the build and its workers, with no chance to clean up, once the lake reaches a state on disk."""
+    while proc.poll() is None and not reached():
+        time.sleep(0.002)
+    assert proc.poll() is None, f"the build ended before the {moment} moment was seen"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def _all_versions_readable(lake: Lake) -> None:
@@ -60,17 +80,7 @@ def test_sigkill_at_any_point_leaves_tables_readable_and_rerun_converges(tmp_pat
         "mid-commit": lambda: (lake_dir / f"bronze/gsm8k/_delta_log/{bronze_v + 1:020d}.json").exists(),
     }
     for name, reached in moments.items():
-        proc = subprocess.Popen(
-            [sys.executable, "-c", BUILD, str(recipe)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        while proc.poll() is None and not reached():
-            time.sleep(0.002)
-        assert proc.poll() is None, f"the build ended before the {name} moment was seen"
-        os.killpg(proc.pid, signal.SIGKILL)  # the build and its workers, with no chance to clean up
-        proc.wait()
+        _kill_when(_start_build(recipe), reached, name)
         _all_versions_readable(killed)
         if name == "publish":  # nothing commits before the end: the parts written so far belong to no version
             assert killed.orphans("none")
@@ -79,3 +89,36 @@ def test_sigkill_at_any_point_leaves_tables_readable_and_rerun_converges(tmp_pat
     run_build(recipe)
     assert gold_digest(killed) == expected
     assert not killed.orphans("none")  # ...are removed by the next build
+
+
+def test_a_build_killed_between_two_table_commits_reads_as_the_build_before(tmp_path):
+    """Readers see every table at the last complete build's version; the next build completes the killed one."""
+    (tmp_path / "clean").mkdir()
+    changed = _corpus(tmp_path / "clean", copies=101)
+    _, clean = run_build(write_recipe(tmp_path / "clean", changed, engine={"workers": 2}))
+
+    folder = tmp_path / "killed"
+    folder.mkdir()
+    recipe = write_recipe(folder, _corpus(folder), engine={"workers": 2})
+    run_build(recipe)
+    lake = Lake(folder / "lake")
+    published = lake.published()
+    before = {table: lake.read(table) for table in lake.tables()}
+    exports = {p: p.read_bytes() for p in sorted((lake.root / "exports").rglob("*.*"))}
+
+    _corpus(folder, copies=101)  # the next build has more rows: every table changes
+    bronze = lake.root / "bronze/gsm8k/_delta_log"
+    first_commit = bronze / f"{published['bronze/gsm8k'] + 1:020d}.json"
+    _kill_when(_start_build(recipe), first_commit.exists, "first commit")
+
+    assert DeltaTable(str(lake.path("bronze/gsm8k"))).version() == published["bronze/gsm8k"] + 1
+    assert DeltaTable(str(lake.path("ledger"))).version() == published["ledger"]  # still to commit
+    assert lake.published() == published
+    for table, rows in before.items():
+        assert lake.read(table).equals(rows), table
+    assert {p: p.read_bytes() for p in sorted((lake.root / "exports").rglob("*.*"))} == exports
+
+    run_build(recipe)
+    assert gold_digest(lake) == gold_digest(clean)
+    assert lake.read("bronze/gsm8k").num_rows == clean.read("bronze/gsm8k").num_rows > before["bronze/gsm8k"].num_rows
+    assert all(lake.version(t) > v for t, v in published.items())

@@ -1,4 +1,5 @@
-"""Delta tables: one commit per write, time travel, and parts that stay invisible until committed."""
+"""Delta tables: one commit per write, time travel, parts that stay invisible until committed, and commits that
+stay invisible until a manifest publishes them."""
 
 from __future__ import annotations
 
@@ -13,7 +14,13 @@ SCHEMA = pa.schema([("n", pa.int64())])
 
 def _write(lake: Lake, values: list[int], run_id: str, commit: bool = True) -> int | None:
     part = write_part(lake.root, "t", part_name(run_id, 1, 0), pa.table({"n": values}, schema=SCHEMA))
-    return lake.commit("t", SCHEMA, [part], run_id) if commit else None
+    return _publish(lake, run_id, lake.commit("t", SCHEMA, [part], run_id)) if commit else None
+
+
+def _publish(lake: Lake, run_id: str, version: int) -> int:
+    """What a build does after its commits: a manifest naming the table's version."""
+    lake.write_manifest({"run_id": run_id, "tables": {"t": version}})
+    return version
 
 
 def test_each_commit_is_a_new_version_and_old_versions_stay_readable(tmp_path):
@@ -35,7 +42,7 @@ def test_uncommitted_parts_are_invisible(tmp_path):
 def test_an_empty_write_commits_an_empty_version(tmp_path):
     lake = Lake(tmp_path)
     _write(lake, [1], "r1")
-    assert lake.commit("t", SCHEMA, [], "r2") == 1
+    assert _publish(lake, "r2", lake.commit("t", SCHEMA, [], "r2")) == 1
     assert lake.read("t").num_rows == 0
 
 
@@ -51,5 +58,17 @@ def test_parts_read_back_in_write_order_across_steps(tmp_path):
         write_part(tmp_path, "t", part_name("r1", step, seq), pa.table({"n": [10 * step + seq]}, schema=SCHEMA))
         for step, seq in [(3, 0), (1, 11), (1, 2), (0, 0)]
     ]
-    lake.commit("t", SCHEMA, parts, "r1")
+    _publish(lake, "r1", lake.commit("t", SCHEMA, parts, "r1"))
     assert lake.read("t")["n"].to_pylist() == [0, 12, 21, 30]
+
+
+def test_a_commit_no_manifest_publishes_is_invisible_to_readers(tmp_path):
+    lake = Lake(tmp_path)
+    _write(lake, [1], "r1")
+    part = write_part(lake.root, "t", part_name("r2", 1, 0), pa.table({"n": [2]}, schema=SCHEMA))
+    assert lake.commit("t", SCHEMA, [part], "r2") == 1  # a build killed after this commit, before its manifest
+    assert lake.version("t") == 0 and lake.read("t")["n"].to_pylist() == [1]
+    assert lake.query("select n from t", t="t") == [(1,)]
+    other = write_part(lake.root, "u", part_name("r2", 1, 0), pa.table({"n": [3]}, schema=SCHEMA))
+    lake.commit("u", SCHEMA, [other], "r2")  # a table only the killed build wrote
+    assert lake.tables() == ["t"] and lake.stored_tables() == ["t", "u"]

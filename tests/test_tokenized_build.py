@@ -133,6 +133,27 @@ def test_a_missing_tokenizer_fails_the_build_before_reading_data(tmp_path):
     assert not (tmp_path / "lake" / "bronze").exists()
 
 
+@pytest.mark.parametrize(
+    ("file", "text", "message"),
+    [
+        ("tokenizer.json", "{not a tokenizer", "not a tokenizer the tokenizers library can load"),
+        ("tokenizer_config.json", "[1, 2]", "expected a JSON object, got list"),
+        ("tokenizer_config.json", "{broken", "cannot read it as JSON"),
+    ],
+)
+def test_a_broken_tokenizer_folder_is_a_recipe_error_naming_the_file(tmp_path, file, text, message):
+    import shutil
+
+    folder = tmp_path / "tok"
+    shutil.copytree(TOKENIZERS / "qwen2.5-instruct", folder)
+    (folder / file).write_text(text)
+    recipe = write_recipe(tmp_path, SOURCES[3:], gold={"tokenize": {"tokenizer": str(folder)}})
+    result = CliRunner().invoke(app, ["build", str(recipe)])
+    assert result.exit_code == 2, result.output
+    said = result.output.replace("\n", "")  # rich wraps long lines
+    assert message in said and file in said
+
+
 def test_show_prints_tokens_with_the_trained_ones_marked(built):
     folder, manifest, lake = built
     fp = manifest["tokenized"]["fingerprint"]

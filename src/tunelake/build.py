@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import jinja2
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -193,32 +194,46 @@ def build(recipe: Recipe, recipe_sha256: str, progress: Progress | None = None) 
     chain = recipe.stage_chain()
     segs = segments(chain)
     with lake.lock():
-        with LocalEngine(recipe.engine.resolved_workers()) as engine:
-            lake.clear_staging()  # leftovers of a killed build
-            lake.remove_orphans(run.run_id)
-            staged = _ingest(run, engine, segs[0])
-            windows = None
-            for index, segment in enumerate(segs[:-1]):
-                decided, annotations = _global(run, engine, index, segment.step, staged)
-                windows = _windows(run, staged, decided, annotations)
-                if index + 1 < len(segs) - 1:  # a segment between two global steps: its own pass
-                    staged = _restage(run, engine, index + 1, segs[index + 1], windows)
-                    windows = None
-            _publish(run, engine, windows or _windows(run, staged, np.empty(0, np.int64), ()), segs, chain)
-            _check_quarantine_rates(run)
-            if tokenize:
-                _tokenize(run, engine, tokenize, publish_step(len(segs)))
-            run.will_commit(tables.LEDGER_NAME, LEDGER)
-            exports = _export(run, engine)
-        # Nothing is committed until every stage has succeeded and the counts reconcile. The pool has shut down
-        # by now: the commits and the manifest follow each other closely, and the manifest's peak memory counts
-        # the reaped workers.
-        run.commit_all()
-        lake.replace_exports(exports)
-        lake.clear_staging()
-        manifest = _manifest(run, recipe_sha256, started_at, chain)
-        lake.write_manifest(manifest)
+        try:
+            with LocalEngine(recipe.engine.resolved_workers()) as engine:
+                lake.finish_publishing()  # a build killed after its manifest, before its exports were in place
+                lake.clear_staging()  # leftovers of a killed build
+                lake.remove_orphans(run.run_id)
+                staged = _ingest(run, engine, segs[0])
+                windows = None
+                for index, segment in enumerate(segs[:-1]):
+                    decided, annotations = _global(run, engine, index, segment.step, staged)
+                    windows = _windows(run, staged, decided, annotations)
+                    if index + 1 < len(segs) - 1:  # a segment between two global steps: its own pass
+                        staged = _restage(run, engine, index + 1, segs[index + 1], windows)
+                        windows = None
+                _publish(run, engine, windows or _windows(run, staged, np.empty(0, np.int64), ()), segs, chain)
+                _check_quarantine_rates(run)
+                if tokenize:
+                    _tokenize(run, engine, tokenize, publish_step(len(segs)))
+                run.will_commit(tables.LEDGER_NAME, LEDGER)
+                exports = _export(run, engine)
+            # Nothing is committed until every stage has succeeded and the counts reconcile. The pool has shut down
+            # by now: the commits and the manifest follow each other closely, and the manifest's peak memory counts
+            # the reaped workers.
+            run.commit_all()
+            manifest = _manifest(run, recipe_sha256, started_at, chain)
+            lake.write_manifest(manifest)  # publishes every commit above at once (see Lake.published)
+            lake.replace_exports(exports)
+            lake.clear_staging()
+        except BaseException:
+            _discard(run)
+            raise
     return manifest
+
+
+def _discard(run: _Run) -> None:
+    """After a failed build (a full disk, a bug, Ctrl-C): remove its staging and every part it wrote into a table
+    it did not commit, so nothing of it is left on the disk."""
+    run.lake.clear_staging()
+    for part in run.lake.root.rglob(f"part-{run.run_id}-*"):
+        if part.parent.relative_to(run.lake.root).as_posix() not in run.tables:
+            part.unlink(missing_ok=True)
 
 
 def _chunks(run: _Run, source_index: int, source: Source) -> Iterator[tuple[RawChunk, FilePlan]]:
@@ -438,12 +453,8 @@ def _plan_tokenize(recipe: Recipe) -> TokenizePlan | None:
         return None
     try:
         return plan_tokenize(recipe.gold.tokenize)
-    except TemplateError as e:
-        raise RecipeError(f"gold.tokenize: {e}") from None
-    except Exception as e:  # noqa: BLE001 - an unreadable tokenizer config, a template that raises when probed
-        raise RecipeError(
-            f"gold.tokenize: cannot use {recipe.gold.tokenize.tokenizer}: {type(e).__name__}: {e}"
-        ) from None
+    except (TemplateError, jinja2.TemplateError) as e:  # a bad tokenizer folder, or a template that raises
+        raise RecipeError(f"gold.tokenize: cannot use {recipe.gold.tokenize.tokenizer}: {e}") from None
 
 
 def _tokenize(run: _Run, engine: Engine, plan: TokenizePlan, after: int) -> None:

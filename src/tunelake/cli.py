@@ -14,6 +14,7 @@ from tokenizers import Tokenizer
 
 from tunelake.build import QuarantineRateExceeded
 from tunelake.build import build as run_build
+from tunelake.engine.parts import PartWriteError
 from tunelake.gold.tokenize.show import legend, token_text
 from tunelake.lake import Lake, LakeBusy
 from tunelake.recipe import RecipeError, example_recipe, load_recipe
@@ -78,6 +79,9 @@ def build(recipe: Annotated[Path, typer.Argument(help="The recipe YAML file.")])
         raise typer.Exit(2) from None
     except QuarantineRateExceeded as e:
         console.print(f"[red]{e}[/red]")
+        raise typer.Exit(1) from None
+    except PartWriteError as e:
+        console.print(f"[red]{e}. Nothing was published, and this build's files were removed.[/red]", markup=False)
         raise typer.Exit(1) from None
     except BrokenProcessPool:
         console.print("[red]A worker process died (killed, or out of memory); no table was committed. Re-run.[/red]")

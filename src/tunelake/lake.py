@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from deltalake import DeltaTable, Schema
 from deltalake.transaction import AddAction, CommitProperties, create_table_with_add_actions
 
+from tunelake import tables
 from tunelake.engine.parts import Part
 
 
@@ -46,25 +47,44 @@ class Lake:
         return self.root / table
 
     def tables(self) -> list[str]:
-        """Names of every Delta table in the lake, sorted."""
+        """Every table a complete build published, sorted (a table only a killed build wrote is not one)."""
+        return sorted(self.published())
+
+    def stored_tables(self) -> list[str]:
+        """Every Delta table on disk, published or not (what cleanup looks at)."""
         found = [p.parent.relative_to(self.root).as_posix() for p in self.root.glob("**/_delta_log")]
-        return sorted(t for t in found if not t.startswith("_staging"))
+        return sorted(t for t in found if not t.startswith(tables.STAGING))
+
+    def published(self) -> dict[str, int]:
+        """Each table's version as of the newest complete build that wrote it.
+
+        A build's manifest, written after all its commits, is what publishes them: a build killed between two
+        table commits leaves the lake reading as the build before it, never silver at a new version beside a
+        ledger at the old one.
+        """
+        versions: dict[str, int] = {}
+        for manifest in self.manifests():
+            versions.update(manifest["tables"])
+        return versions
 
     def exists(self, table: str) -> bool:
-        return DeltaTable.is_deltatable(str(self.path(table)))
+        return table in self.published()
 
     def version(self, table: str) -> int | None:
-        return DeltaTable(str(self.path(table))).version() if self.exists(table) else None
+        return self.published().get(table)
 
     def files(self, table: str, version: int | None = None) -> list[str]:
-        """The Parquet files of one version, in write order (part names sort in the order they were written)."""
-        if not self.exists(table):
+        """The Parquet files of one version (by default the published one), in write order (part names sort in
+        the order they were written)."""
+        published = self.published()
+        if table not in published:
             raise FileNotFoundError(f"no table {table!r} in lake {self.root}")
+        version = published[table] if version is None else version
         # file_uris are URIs: a space in the lake's path comes back as %20.
         return sorted(unquote(u) for u in DeltaTable(str(self.path(table)), version=version).file_uris())
 
     def schema(self, table: str) -> pa.Schema:
-        return pa.schema(DeltaTable(str(self.path(table))).schema())
+        return pa.schema(DeltaTable(str(self.path(table)), version=self.version(table)).schema())
 
     # Reads go through pyarrow.parquet on the version's file list: deltalake's to_pyarrow_table was seen
     # to abort the interpreter at exit, and the file list keeps write order.
@@ -111,18 +131,26 @@ class Lake:
 
     def replace_exports(self, new: Path) -> None:
         """Swap in a build's exports: the old ones stay whole until the new ones are complete."""
-        current, old = self.root / "exports", self.root / "_staging" / "exports.old"
+        current, old = self.root / "exports", self.root / tables.STAGING / "exports.old"
         if current.exists():
             os.replace(current, old)
         if new.exists():
             os.replace(new, current)
         shutil.rmtree(old, ignore_errors=True)
 
+    def finish_publishing(self) -> None:
+        """Put the newest complete build's exports in place if it was killed before it could (under the lock)."""
+        manifests = self.manifests()
+        if manifests:
+            staged = self.root / tables.staged(manifests[-1]["run_id"], "exports")
+            if staged.exists():
+                self.replace_exports(staged)
+
     def orphans(self, run_id: str) -> list[Path]:
         """Parquet parts that no version of their table references (written by builds killed before their commit),
         other than the running build's own."""
         found = []
-        for table in self.tables():
+        for table in self.stored_tables():
             folder = self.path(table)
             referenced = set()
             for commit in (folder / "_delta_log").glob("*.json"):
@@ -141,7 +169,7 @@ class Lake:
         return len(parts)
 
     def clear_staging(self) -> None:
-        shutil.rmtree(self.root / "_staging", ignore_errors=True)
+        shutil.rmtree(self.root / tables.STAGING, ignore_errors=True)
 
     def write_manifest(self, manifest: dict) -> Path:
         folder = self.root / "manifests"

@@ -47,7 +47,8 @@ PACKED_TABLE = Table("gold/tokenized/{fingerprint}/sft_packed/{split}", Mode.ove
 TOKENIZE_QUARANTINED = Table(
     "gold/tokenized/{fingerprint}/quarantine", Mode.overwrite, TOKENIZE_QUARANTINE, "records that cannot be trained on"
 )
-STAGED = Table("_staging/{run_id}/{name}", Mode.staging, None, "a build's scratch, read back in the same build")
+STAGING = "_staging"  # the folder of every build's scratch
+STAGED = Table(STAGING + "/{run_id}/{name}", Mode.staging, None, "a build's scratch, read back in the same build")
 TABLES = (
     BRONZE_TABLE,
     SILVER_RECORDS,
@@ -59,9 +60,6 @@ TABLES = (
     TOKENIZE_QUARANTINED,
     STAGED,
 )
-
-# Path components a table's parameter may never take: each would land a table inside another, or outside the lake.
-RESERVED = ("_delta_log", "_staging")
 
 # The tables the spine writes, as plain names.
 RECORDS = SILVER_RECORDS.name()

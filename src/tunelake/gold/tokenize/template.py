@@ -114,7 +114,10 @@ def load_template(tokenizer_dir: Path, chat_template: str, today: date) -> ChatT
     if chat_template == "auto":
         text = config.get("chat_template")
         if isinstance(text, list):  # named templates: the default one
-            text = next((t["template"] for t in text if t.get("name") == "default"), None)
+            named = [t for t in text if isinstance(t, dict) and isinstance(t.get("template"), str)]
+            text = next((t["template"] for t in named if t.get("name") == "default"), None)
+        if text is not None and not isinstance(text, str):
+            raise TemplateError(f"{tokenizer_dir}: chat_template is a {type(text).__name__}, expected text")
         jinja = tokenizer_dir / "chat_template.jinja"
         text = text or (jinja.read_text() if jinja.exists() else None)
         if not text:
@@ -140,7 +143,13 @@ def _tokenizer_config(tokenizer_dir: Path) -> dict:
     path = tokenizer_dir / "tokenizer_config.json"
     if not path.exists():
         raise TemplateError(f"{tokenizer_dir}: no tokenizer_config.json")
-    return json.loads(path.read_text())
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as e:  # unreadable, not UTF-8, not JSON
+        raise TemplateError(f"{path}: cannot read it as JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise TemplateError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    return config
 
 
 @dataclass(frozen=True)
@@ -169,7 +178,10 @@ class TextTokenizer:
         path = tokenizer_dir / "tokenizer.json"
         if not path.exists():
             raise TemplateError(f"{tokenizer_dir}: no tokenizer.json (a fast tokenizer is required for offsets)")
-        tok = Tokenizer.from_file(str(path))
+        try:
+            tok = Tokenizer.from_file(str(path))
+        except Exception as e:  # noqa: BLE001 - the tokenizers library raises nothing narrower for a bad file
+            raise TemplateError(f"{path}: not a tokenizer the tokenizers library can load: {e}") from None
         bos = _token_text(_tokenizer_config(tokenizer_dir).get("bos_token"))
         return cls(tok, tok.token_to_id(bos) if bos else None)
 
