@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 
 from tunelake import __version__, tables
 from tunelake.address import MAX_FILES, Addresses
+from tunelake.cache import IngestCache, ReuseTask, entry_key, file_sha256, run_reuse
 from tunelake.engine.local import LocalEngine
 from tunelake.engine.parts import Part, part_name, write_part
 from tunelake.engine.protocol import Engine
@@ -60,7 +61,9 @@ from tunelake.silver.canonicalize import FilePlan, SourcePlan
 from tunelake.stage import DECISIONS, Decisions, GlobalStage, StagedRows
 from tunelake.tables import SPLITS
 from tunelake.tasks import (
+    STEP_CANONICALIZE,
     STEP_READ,
+    CanonicalizeDone,
     CanonicalizeTask,
     PackTask,
     Pass,
@@ -71,6 +74,8 @@ from tunelake.tasks import (
     TokenizeTask,
     Window,
     annotations_table,
+    candidates_table,
+    columns_table,
     global_step,
     gold_staging,
     pass_step,
@@ -122,6 +127,12 @@ class _Run:
     tables: dict[str, int] = field(default_factory=dict)
     tokenized: dict | None = None
     schemas: dict[str, pa.Schema] = field(default_factory=dict)  # tables to commit, in order
+    appended: set[str] = field(default_factory=set)  # tables whose parts are appended (append-only tables)
+    previous: dict = field(default_factory=dict)  # the manifest of the last complete build ({} if none)
+    cache: IngestCache | None = None
+    keys: dict[str, str] = field(default_factory=dict)  # input file -> its ingest cache key
+    reused: set[str] = field(default_factory=set)  # input files whose ingest outputs came from the cache
+    fresh: dict[str, list[CanonicalizeDone]] = field(default_factory=lambda: defaultdict(list))  # read this build
 
     @property
     def addresses(self) -> Addresses:
@@ -139,9 +150,12 @@ class _Run:
         for (source, action), n in done.per_source.items():
             self.counts[source][action] += n
 
-    def will_commit(self, table: str, schema: pa.Schema) -> None:
-        """Mark a table's staged parts as its next version; every table is committed at the end of the build."""
+    def will_commit(self, table: str, schema: pa.Schema, append: bool = False) -> None:
+        """Mark a table's staged parts as its next version (or, appended, as what the version adds); every table
+        is committed at the end of the build."""
         self.schemas[table] = schema
+        if append:
+            self.appended.add(table)
 
     def staged_files(self, table: str) -> list[str]:
         """The parts this build wrote for a table, in order (what later stages read before anything commits)."""
@@ -151,7 +165,11 @@ class _Run:
 
     def commit_all(self) -> None:
         for table, schema in self.schemas.items():
-            self.tables[table] = self.lake.commit(table, schema, self.parts.get(table, []), self.run_id)
+            parts, append = self.parts.get(table, []), table in self.appended
+            if append and not parts and self.lake.exists(table):  # nothing new: the published version stands
+                self.tables[table] = self.lake.version(table)
+            else:
+                self.tables[table] = self.lake.commit(table, schema, parts, self.run_id, append)
 
     def timed(self, name: str, records: int, started: float) -> None:
         seconds = time.perf_counter() - started
@@ -190,6 +208,7 @@ def build(recipe: Recipe, recipe_sha256: str, progress: Progress | None = None) 
     started_at = datetime.now(UTC).isoformat()
     lake = Lake(recipe.lake)
     run = _Run(recipe, lake, new_run_id(), plan_files(recipe), progress or Progress())
+    run.cache, run.previous = IngestCache(lake.root), (lake.manifests() or [{}])[-1]
     tokenize = _plan_tokenize(recipe)
     chain = recipe.stage_chain()
     segs = segments(chain)
@@ -220,11 +239,29 @@ def build(recipe: Recipe, recipe_sha256: str, progress: Progress | None = None) 
             manifest = _manifest(run, recipe_sha256, started_at, chain)
             lake.write_manifest(manifest)  # publishes every commit above at once (see Lake.published)
             lake.replace_exports(exports)
+            _cache_fresh_files(run)
             lake.clear_staging()
         except BaseException:
             _discard(run)
             raise
     return manifest
+
+
+def _cache_fresh_files(run: _Run) -> None:
+    """Keep what the ingest pass made of each file read this build, for the next; drop unused entries."""
+    for path, chunks in run.fresh.items():
+        report = run.reports[path]
+        facts = {
+            "path": path,
+            "sha256": report.sha256,
+            "bytes": report.bytes,
+            "rows": report.rows,
+            "issues": [(r.value, d) for r, d in report.issues],
+            "notes": report.notes,
+            "format": run.formats.get(path),
+        }
+        run.cache.put(run.keys[path], facts, chunks, run.lake.root)
+    run.cache.keep_only(set(run.keys.values()))
 
 
 def _discard(run: _Run) -> None:
@@ -236,7 +273,9 @@ def _discard(run: _Run) -> None:
             part.unlink(missing_ok=True)
 
 
-def _chunks(run: _Run, source_index: int, source: Source) -> Iterator[tuple[RawChunk, FilePlan]]:
+def _chunks(
+    run: _Run, source_index: int, source: Source, file_index: int, path: str
+) -> Iterator[tuple[RawChunk, FilePlan]]:
     plan = SourcePlan(
         source_index,
         source.name,
@@ -246,14 +285,13 @@ def _chunks(run: _Run, source_index: int, source: Source) -> Iterator[tuple[RawC
         source.meta,
         run.recipe.silver.max_chars,
     )
-    for file_index, path in enumerate(run.files[source_index]):
-        report = run.reports[path] = FileReport(path)
-        file_plan = None
-        for chunk in read_chunks(path, report, run.recipe.engine.chunk_bytes):
-            if file_plan is None:
-                file_plan = _file_plan(plan, file_index, source.format, chunk)
-                run.formats[path] = file_plan.adapter or file_plan.format_error[0].value
-            yield chunk, file_plan
+    report = run.reports[path] = FileReport(path)
+    file_plan = None
+    for chunk in read_chunks(path, report, run.recipe.engine.chunk_bytes):
+        if file_plan is None:
+            file_plan = _file_plan(plan, file_index, source.format, chunk)
+            run.formats[path] = file_plan.adapter or file_plan.format_error[0].value
+        yield chunk, file_plan
 
 
 def _file_plan(plan: SourcePlan, file_index: int, fmt: str, first: RawChunk) -> FilePlan:
@@ -270,30 +308,76 @@ def _file_plan(plan: SourcePlan, file_index: int, fmt: str, first: RawChunk) -> 
 
 
 def _ingest(run: _Run, engine: Engine, segment: Segment) -> list[Staged]:
-    """Raw chunks through canonicalize and the first segment's row-local stages; returns the staged candidate
-    parts, in input order."""
+    """Raw chunks through canonicalize and the first segment's row-local stages, or a file's cached outputs where
+    nothing that decides them changed; returns the staged candidate parts, in input order."""
     started = time.perf_counter()
     pass_ = Pass(0, segment.rows, segment.step, run.addresses)
-    tasks = (
-        CanonicalizeTask(run.lake.root, run.run_id, seq, chunk, plan, pass_)
-        for seq, (chunk, plan) in enumerate(
-            item for i, s in enumerate(run.recipe.sources) for item in _chunks(run, i, s)
-        )
-    )
     staged = []
     run.progress.start("canonicalize", None)  # rows are counted as they are read; the total is unknown up front
-    for done in engine.map(run_canonicalize, tasks):
+    for done in engine.map(_run_ingest, _ingest_tasks(run, pass_, segment)):
         run.tally(done)
         staged += [done.staged] if done.staged else []
         run.counts[done.source].update(bronze=done.counts["bronze"], quarantined=done.counts["quarantined"])
         run.progress.advance(done.counts["bronze"])
+        if done.fresh:
+            run.fresh[done.file].append(done)
     run.progress.finish()
     _file_issues(run)
     for source in run.recipe.sources:
-        run.will_commit(tables.bronze(source.name), BRONZE)
+        run.will_commit(tables.bronze(source.name), BRONZE, append=True)
     run.will_commit(tables.QUARANTINED, QUARANTINE)
     run.timed("canonicalize", sum(c["bronze"] for c in run.counts.values()), started)
     return staged
+
+
+def _ingest_tasks(run: _Run, pass_: Pass, segment: Segment) -> Iterator[CanonicalizeTask | ReuseTask]:
+    """A task per chunk, in input order: reuse where the ingest cache holds the file, else read it."""
+    settings = {
+        "max_chars": run.recipe.silver.max_chars,
+        "chunk_bytes": run.recipe.engine.chunk_bytes,
+        "stages": [s.describe() for s in segment.rows],
+        "columns_for": segment.step.describe() if segment.step else None,
+    }
+    in_bronze = run.previous.get("bronze_files", {})
+    seq = 0
+    for i, source in enumerate(run.recipe.sources):
+        config = source.model_dump(mode="json", exclude={"path"})
+        for file_index, path in enumerate(run.files[i]):
+            sha = file_sha256(path)
+            key = run.keys[path] = entry_key(sha, path, {**settings, "source": config})
+            entry = run.cache.get(key)
+            if entry is not None:
+                run.reused.add(path)
+                run.reports[path] = FileReport(**{k: v for k, v in entry.report.items() if k != "format"})
+                run.reports[path].issues = [(Reason(r), d) for r, d in run.reports[path].issues]
+                run.formats[path] = entry.report["format"]
+                for chunk in entry.chunks:
+                    name = part_name(run.run_id, STEP_CANONICALIZE, seq)
+                    columns = columns_table(run.run_id, segment.step) if segment.step else None
+                    yield ReuseTask(
+                        run.lake.root,
+                        run.cache.root / key,
+                        chunk,
+                        source.name,
+                        i,
+                        file_index,
+                        path,
+                        candidates_table(run.run_id, 0),
+                        columns,
+                        name,
+                    )
+                    seq += 1
+                continue
+            bronze = sha not in in_bronze.get(source.name, ())
+            for chunk, plan in _chunks(run, i, source, file_index, path):
+                yield CanonicalizeTask(run.lake.root, run.run_id, seq, chunk, plan, pass_, bronze)
+                seq += 1
+
+
+def _run_ingest(task: CanonicalizeTask | ReuseTask) -> CanonicalizeDone:
+    if isinstance(task, CanonicalizeTask):
+        return run_canonicalize(task)
+    return run_reuse(task)
 
 
 def _file_issues(run: _Run) -> None:
@@ -607,6 +691,16 @@ def _export(run: _Run, engine: Engine) -> Path:
     return staging
 
 
+def _bronze_files(run: _Run) -> dict[str, list[str]]:
+    """The sha256 of every file each bronze table holds (bronze is append-only: the last build's, and this one's)."""
+    held = {source: set(shas) for source, shas in run.previous.get("bronze_files", {}).items()}
+    for i, source in enumerate(run.recipe.sources):
+        held.setdefault(source.name, set()).update(
+            run.reports[p].sha256 for p in run.files[i] if run.reports[p].sha256
+        )
+    return {source: sorted(shas) for source, shas in sorted(held.items())}
+
+
 def _manifest(run: _Run, recipe_sha256: str, started_at: str, chain: list) -> dict:
     counts = {}
     for source in run.recipe.sources:
@@ -622,6 +716,7 @@ def _manifest(run: _Run, recipe_sha256: str, started_at: str, chain: list) -> di
             "format": run.formats.get(p),
             "issues": [{"reason": r.value, "detail": d} for r, d in run.reports[p].issues],
             "notes": run.reports[p].notes,
+            "reused": p in run.reused,
         }
         for i, s in enumerate(run.recipe.sources)
         for p in run.files[i]
@@ -635,6 +730,7 @@ def _manifest(run: _Run, recipe_sha256: str, started_at: str, chain: list) -> di
         "recipe": run.recipe.model_dump(mode="json"),
         "inputs": inputs,
         "tables": dict(sorted(run.tables.items())),
+        "bronze_files": _bronze_files(run),
         "counts": counts,
         "gold": dict(sorted(run.gold.items())),
         "chain": [stage.describe() for stage in chain],

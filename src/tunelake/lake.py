@@ -106,8 +106,9 @@ class Lake:
                 con.register(alias, self.schema(table).empty_table())
         return con.execute(sql, params or {}).fetchall()
 
-    def commit(self, table: str, schema: pa.Schema, parts: list[Part], run_id: str) -> int:
-        """Publish the parts as the table's new version (replacing its content) in one commit; returns the version.
+    def commit(self, table: str, schema: pa.Schema, parts: list[Part], run_id: str, append: bool = False) -> int:
+        """Publish the parts as the table's new version in one commit, replacing its content (or, appended, adding
+        to it); returns the version.
 
         Until then the parts are invisible to every reader (the Delta log does not name them), so a build killed
         mid-write leaves each table at its previous version; `vacuum` removes such orphaned parts.
@@ -122,7 +123,8 @@ class Lake:
         props = CommitProperties(custom_metadata={"tunelake_run_id": run_id})
         uri = str(folder)
         if DeltaTable.is_deltatable(uri):
-            DeltaTable(uri).create_write_transaction(actions, mode="overwrite", schema=schema, commit_properties=props)
+            mode = "append" if append else "overwrite"
+            DeltaTable(uri).create_write_transaction(actions, mode=mode, schema=schema, commit_properties=props)
         else:
             create_table_with_add_actions(
                 uri, Schema.from_arrow(schema), actions, mode="error", commit_properties=props
@@ -139,7 +141,12 @@ class Lake:
         shutil.rmtree(old, ignore_errors=True)
 
     def finish_publishing(self) -> None:
-        """Put the newest complete build's exports in place if it was killed before it could (under the lock)."""
+        """Undo what a killed build left half done (under the lock): tables it committed are restored to their
+        published version (so an append-only table never builds on rows no build published), and the newest
+        complete build's exports are put in place if it was killed before it could."""
+        for table, version in self.published().items():
+            if self.exists(table) and DeltaTable(str(self.path(table))).version() > version:
+                DeltaTable(str(self.path(table))).restore(version)
         manifests = self.manifests()
         if manifests:
             staged = self.root / tables.staged(manifests[-1]["run_id"], "exports")

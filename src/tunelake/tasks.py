@@ -127,12 +127,19 @@ class CanonicalizeTask:
     chunk: RawChunk
     plan: FilePlan
     pass_: Pass
+    bronze: bool  # whether to write the rows to bronze (append-only: not when bronze holds the file already)
 
 
 @dataclass
 class CanonicalizeDone(PassDone):
     source: str = ""
+    file: str = ""
     counts: dict[str, int] = field(default_factory=dict)
+    fresh: bool = True  # read from its file this build (not reused from the ingest cache)
+
+    def cached_parts(self) -> list[Part]:
+        """The parts an ingest cache entry keeps: all but bronze (which keeps the rows itself)."""
+        return [p for p in self.parts if p.table in (tables.QUARANTINED, tables.LEDGER_NAME)]
 
 
 def run_canonicalize(task: CanonicalizeTask) -> CanonicalizeDone:
@@ -151,13 +158,13 @@ def run_canonicalize(task: CanonicalizeTask) -> CanonicalizeDone:
     source = task.plan.source.name
     name = part_name(task.run_id, STEP_CANONICALIZE, task.seq)
     parts = [
-        write_part(task.root, tables.bronze(source), name, result.bronze),
+        write_part(task.root, tables.bronze(source), name, result.bronze) if task.bronze else None,
         write_part(task.root, tables.QUARANTINED, name, quarantine),
         write_part(task.root, tables.LEDGER_NAME, name, _by_row(ledger) if counts else ledger),
     ]
     staged = _stage_out(task.root, task.run_id, task.pass_, name, kept)
     done = CanonicalizeDone([p for p in parts if p], staged, [ingest, *counts], verdicts.per_source)
-    done.source, done.counts = source, result.counts
+    done.source, done.file, done.counts = source, task.chunk.file, result.counts
     return done
 
 
