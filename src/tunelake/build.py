@@ -127,7 +127,6 @@ class _Run:
     tables: dict[str, int] = field(default_factory=dict)
     tokenized: dict | None = None
     schemas: dict[str, pa.Schema] = field(default_factory=dict)  # tables to commit, in order
-    appended: set[str] = field(default_factory=set)  # tables whose parts are appended (append-only tables)
     previous: dict = field(default_factory=dict)  # the manifest of the last complete build ({} if none)
     cache: IngestCache | None = None
     keys: dict[str, str] = field(default_factory=dict)  # input file -> its ingest cache key
@@ -150,12 +149,10 @@ class _Run:
         for (source, action), n in done.per_source.items():
             self.counts[source][action] += n
 
-    def will_commit(self, table: str, schema: pa.Schema, append: bool = False) -> None:
-        """Mark a table's staged parts as its next version (or, appended, as what the version adds); every table
-        is committed at the end of the build."""
+    def will_commit(self, table: str, schema: pa.Schema) -> None:
+        """Mark a table's staged parts as its next version (for an append-only table, as what the version adds);
+        every table is committed at the end of the build."""
         self.schemas[table] = schema
-        if append:
-            self.appended.add(table)
 
     def staged_files(self, table: str) -> list[str]:
         """The parts this build wrote for a table, in order (what later stages read before anything commits)."""
@@ -165,7 +162,7 @@ class _Run:
 
     def commit_all(self) -> None:
         for table, schema in self.schemas.items():
-            parts, append = self.parts.get(table, []), table in self.appended
+            parts, append = self.parts.get(table, []), tables.mode_of(table) is tables.Mode.append
             if append and not parts and self.lake.exists(table):  # nothing new: the published version stands
                 self.tables[table] = self.lake.version(table)
             else:
@@ -324,7 +321,7 @@ def _ingest(run: _Run, engine: Engine, segment: Segment) -> list[Staged]:
     run.progress.finish()
     _file_issues(run)
     for source in run.recipe.sources:
-        run.will_commit(tables.bronze(source.name), BRONZE, append=True)
+        run.will_commit(tables.bronze(source.name), BRONZE)
     run.will_commit(tables.QUARANTINED, QUARANTINE)
     run.timed("canonicalize", sum(c["bronze"] for c in run.counts.values()), started)
     return staged

@@ -8,6 +8,7 @@ A table's path is built here and nowhere else. Modes:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -37,7 +38,7 @@ class Table:
         return self.path.format(**params)
 
 
-BRONZE_TABLE = Table("bronze/{source}", Mode.overwrite, BRONZE, "raw rows of one source, verbatim")
+BRONZE_TABLE = Table("bronze/{source}", Mode.append, BRONZE, "raw rows of one source, verbatim; a file once")
 SILVER_RECORDS = Table("silver/records", Mode.overwrite, None, "canonical records, one table for all regimes")
 SILVER_QUARANTINE = Table("silver/quarantine", Mode.overwrite, QUARANTINE, "rejected rows with their reason code")
 LEDGER_TABLE = Table("ledger", Mode.overwrite, LEDGER, "every decision about every input row")
@@ -82,3 +83,11 @@ def gold_tables() -> list[tuple[Regime, str, str]]:
 
 def staged(run_id: str, name: str) -> str:
     return STAGED.name(run_id=run_id, name=name)
+
+
+def mode_of(name: str) -> Mode:
+    """The mode of a table, by which pattern its name fits."""
+    for table in TABLES:
+        if re.fullmatch(re.sub(r"\\\{\w+\\\}", "[^/]+", re.escape(table.path)), name):
+            return table.mode
+    raise ValueError(f"{name!r} is not a table of the registry (tables.TABLES)")
