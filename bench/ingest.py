@@ -1,17 +1,36 @@
-"""Ingest benchmark: `tunelake build` from raw to gold on >= 1M records, beside the I/O floor.
+"""Ingest benchmark: `tunelake build` from raw to gold on >= 1M records, beside its floors and datatrove.
 
-The floor is pyarrow's streaming JSONL -> Parquet copy of the same files (no processing), measured in the same
-run. Project target: a build runs at least half as fast as the floor (ratio >= 0.5), and its peak memory stays
-under 1 GiB however large the input.
+Sides, each measured in the same run on the same files, alternating run by run:
 
-Input is generated deterministically from the real samples in shared/data (HH-RLHF harmless test: preference,
-alpaca sample: SFT, GSM8K train: RL), each row repeated with a varied prompt so records are distinct, plus a share
-of exact duplicates. It is written once per parameter set under --workdir and reused.
+- the layout floor (`--layout-floor`): the writes a build makes (parse, then bronze, silver and gold as zstd
+  Parquet and both exports) with no logic between them, on a pool of as many processes as the build. The headline
+  ratio is build / layout floor records/s; project target >= 0.6.
+- datatrove (when it is installed: `pip install datatrove`; it is not a tunelake dependency), 2 tasks on 2
+  workers, start_method "fork" (its default forkserver respawned workers in a loop here), in two pipelines:
+  JsonlReader -> ExactDedupSignature, then ExactFindDedups, then JsonlReader -> ExactDedupFilter -> ParquetWriter
+  (three LocalPipelineExecutor stages in sequence sharing a folder), and JsonlReader -> LambdaFilter (keeps every
+  document with text) -> ParquetWriter. The bench rows have no `text` field, so the reader's adapter makes each
+  row's serialized JSON the Document's text: datatrove dedups and writes whole rows. It does less than a build (no
+  canonical schema, no quarantine, no ledger, no splits, no gold, no exports), so this is the part of the job it
+  has. Project target: a build at least 4x datatrove with exact dedup. datatrove shards by file (task r reads
+  files r, r+2, ...), so with three input files one task reads two of them.
+- pyarrow's streaming JSONL -> Parquet copy of the same files (the I/O floor, no processing), for information.
+
+Peak memory of a build must stay under 1 GiB however large the input.
+
+Input is generated deterministically from the real samples in shared/data and written once per parameter set
+under --workdir. `--corpus mixed` (default): HH-RLHF harmless test (preference), the alpaca sample (SFT) and
+GSM8K train (RL), each row repeated with a varied prompt so records are distinct, plus a share of exact
+duplicates. `--corpus long`: longer multi-turn SFT conversations, several KB each: OASST2 root-to-assistant
+paths, three joined into one `messages` conversation, and eight HH-RLHF chosen transcripts split into turns and
+joined into one ShareGPT `conversations` list.
 
     python bench/ingest.py --quick                 # 100k records, 1 run: a smoke run
     python bench/ingest.py                         # 1M records, median of 3 runs
+    python bench/ingest.py --corpus long           # the long multi-turn corpus
     python bench/ingest.py --scale-check           # also a build at N/4: peak memory must stay flat
     python bench/ingest.py --layout-floor          # also the writes a build makes, with no logic between them
+    python bench/ingest.py --no-datatrove          # skip the datatrove sides even when it is installed
     python bench/ingest.py --quick --profile       # cProfile of one build with engine.workers=1
 
 `CPU s` is the user + system time of the measured process and every process it reaped (the pool's workers).
@@ -24,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import importlib.util
 import json
 import os
 import random
@@ -77,6 +97,56 @@ def _vary_field(name: str):
     return vary
 
 
+def _vary_first_turn(field: str, text: str):
+    """For conversation rows: the phrase goes at the end of the first turn (a user turn in these corpora)."""
+
+    def vary(row: dict, k: int) -> dict:
+        turns = list(row[field])
+        turns[0] = {**turns[0], text: _vary_text(turns[0][text], k)}
+        return {**row, field: turns}
+
+    return vary
+
+
+def _same_rows(rows: list[dict]) -> list[dict]:
+    return rows
+
+
+def _oasst2_conversations(trees: list[dict], joined: int = 3) -> list[dict]:
+    """OASST2 trees -> `messages` conversations: every root-to-assistant path (cut after its last assistant turn),
+    `joined` consecutive paths concatenated into one conversation (still alternating user / assistant)."""
+    paths = []
+
+    def walk(node: dict, before: list[dict]) -> None:
+        path = [*before, {"role": "user" if node["role"] == "prompter" else "assistant", "content": node["text"]}]
+        replies = node.get("replies") or []
+        if not replies and len(path) >= 2:
+            paths.append(path if path[-1]["role"] == "assistant" else path[:-1])
+        for reply in replies:
+            walk(reply, path)
+
+    for tree in trees:
+        walk(tree["prompt"], [])
+    return [
+        {"messages": [turn for j in range(joined) for turn in paths[(i + j) % len(paths)]]} for i in range(len(paths))
+    ]
+
+
+def _hh_conversations(rows: list[dict], joined: int = 8) -> list[dict]:
+    """HH-RLHF rows -> ShareGPT `conversations`: each chosen transcript split at its Human: / Assistant: markers,
+    `joined` consecutive transcripts concatenated into one conversation of many turns."""
+    transcripts = []
+    for row in rows:
+        turns = []
+        for piece in row["chosen"].split("\n\nHuman: ")[1:]:
+            human, _, assistant = piece.partition("\n\nAssistant: ")
+            turns += [{"from": "human", "value": human.strip()}, {"from": "gpt", "value": assistant.strip()}]
+        if turns and all(t["value"] for t in turns):
+            transcripts.append(turns)
+    n = len(transcripts)
+    return [{"conversations": [t for j in range(joined) for t in transcripts[(i + j) % n]]} for i in range(n)]
+
+
 @dataclass(frozen=True)
 class Spec:
     name: str
@@ -85,13 +155,43 @@ class Spec:
     license: str
     origin: str
     vary: object
+    shape: object = _same_rows  # the sample file's rows -> the base rows that get varied
 
 
-SPECS = (
-    Spec("hh_harmless", "hh-rlhf/harmless-base_test.jsonl.gz", 0.35, "mit", "human", _vary_hh),
-    Spec("alpaca", "alpaca/alpaca_sample_2000.json.gz", 0.35, "cc-by-nc-4.0", "distilled", _vary_field("instruction")),
-    Spec("gsm8k", "gsm8k/train.jsonl.gz", 0.30, "mit", "human", _vary_field("question")),
-)
+CORPORA = {
+    "mixed": (
+        Spec("hh_harmless", "hh-rlhf/harmless-base_test.jsonl.gz", 0.35, "mit", "human", _vary_hh),
+        Spec(
+            "alpaca",
+            "alpaca/alpaca_sample_2000.json.gz",
+            0.35,
+            "cc-by-nc-4.0",
+            "distilled",
+            _vary_field("instruction"),
+        ),
+        Spec("gsm8k", "gsm8k/train.jsonl.gz", 0.30, "mit", "human", _vary_field("question")),
+    ),
+    "long": (
+        Spec(
+            "oasst2_multi",
+            "oasst2_filtered/oasst2_filtered.jsonl.gz",
+            0.5,
+            "apache-2.0",
+            "human",
+            _vary_first_turn("messages", "content"),
+            _oasst2_conversations,
+        ),
+        Spec(
+            "hh_multi",
+            "hh-rlhf/harmless-base_test.jsonl.gz",
+            0.5,
+            "mit",
+            "human",
+            _vary_first_turn("conversations", "value"),
+            _hh_conversations,
+        ),
+    ),
+}
 
 
 def _load_rows(path: Path) -> list[dict]:
@@ -104,10 +204,17 @@ def _load_rows(path: Path) -> list[dict]:
 # --------------------------------------------------------------------------------------------- input generation
 
 
-def generate(records: int, workdir: Path, seed: int, dup_rate: float, gz: bool) -> dict:
+def generate(records: int, workdir: Path, seed: int, dup_rate: float, gz: bool, corpus: str) -> dict:
     """Write (or reuse) the input files; returns their description (also kept as params.json beside them)."""
-    params = {"version": GEN_VERSION, "records": records, "seed": seed, "dup_rate": dup_rate, "gzip": gz}
-    folder = workdir / f"data-n{records}-s{seed}-d{dup_rate:g}{'-gz' if gz else ''}"
+    params = {
+        "version": GEN_VERSION,
+        "corpus": corpus,
+        "records": records,
+        "seed": seed,
+        "dup_rate": dup_rate,
+        "gzip": gz,
+    }
+    folder = workdir / f"data-{corpus}-n{records}-s{seed}-d{dup_rate:g}{'-gz' if gz else ''}"
     meta_path = folder / "params.json"
     if meta_path.exists():
         meta = json.loads(meta_path.read_text())
@@ -116,12 +223,13 @@ def generate(records: int, workdir: Path, seed: int, dup_rate: float, gz: bool) 
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     started = time.perf_counter()
-    counts = [round(records * s.share) for s in SPECS]
+    specs = CORPORA[corpus]
+    counts = [round(records * s.share) for s in specs]
     counts[-1] = records - sum(counts[:-1])
     files = []
-    for index, (spec, n) in enumerate(zip(SPECS, counts, strict=True)):
+    for index, (spec, n) in enumerate(zip(specs, counts, strict=True)):
         rng = random.Random(f"{seed}:{spec.name}")
-        base = _load_rows(DATA / spec.path)
+        base = spec.shape(_load_rows(DATA / spec.path))
         rng.shuffle(base)
         path = folder / f"{spec.name}.jsonl{'.gz' if gz else ''}"
         variants = 0
@@ -382,6 +490,86 @@ def _layout_child(out_dir: str, workers: int, paths: list[str]) -> None:
     print(json.dumps({"rows": rows, "seconds": time.perf_counter() - started}))
 
 
+DATATROVE_SIDES = {"dedup": "datatrove exact dedup", "filter": "datatrove read -> filter -> write"}
+
+
+def datatrove_installed() -> bool:
+    return importlib.util.find_spec("datatrove") is not None
+
+
+def run_datatrove(inputs: dict, workdir: Path, run: int, pipeline: str) -> Measured:
+    out = workdir / f"datatrove-{pipeline}"
+    shutil.rmtree(out, ignore_errors=True)  # datatrove skips tasks its logging folder marks as done
+    out.mkdir(parents=True)
+    cmd = [sys.executable, __file__, "_datatrove", pipeline, str(out), *(f["path"] for f in inputs["files"])]
+    m = run_measured(cmd, workdir / f"datatrove-{pipeline}-{run}.log")
+    _check(m, f"datatrove {pipeline}")
+    m.extra = json.loads(m.log.read_text().strip().splitlines()[-1])
+    shutil.rmtree(out, ignore_errors=True)
+    return m
+
+
+def _row_as_document(self, data: dict, path: str, id_in_file: int | str) -> dict:
+    """JsonlReader's adapter: the row's serialized JSON is the Document's text (the rows have no `text` field)."""
+    return {"text": orjson.dumps(data).decode(), "id": f"{path}/{id_in_file}", "metadata": {}}
+
+
+def _document_bytes(doc) -> bytes:  # what exact dedup hashes (datatrove's xxhash takes bytes)
+    return doc.text.encode()
+
+
+def _has_text(doc) -> bool:
+    return bool(doc.text)
+
+
+def _datatrove_child(pipeline: str, out_dir: str, paths: list[str]) -> None:
+    """datatrove's pipeline `pipeline` ("dedup" or "filter", see the module docstring) over `paths`, 2 tasks on 2
+    forked workers; prints one JSON line with the rows it wrote."""
+    import pyarrow.parquet as pq
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.dedup.exact_dedup import (
+        ExactDedupConfig,
+        ExactDedupFilter,
+        ExactDedupSignature,
+        ExactFindDedups,
+    )
+    from datatrove.pipeline.filters import LambdaFilter
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.writers import ParquetWriter
+
+    out = Path(out_dir)
+    folder = Path(paths[0]).parent
+    listing = out / "paths.txt"  # the reader takes files by name under one folder: these files, in this order
+    listing.write_text("".join(Path(p).name + "\n" for p in paths))
+
+    def executor(name: str, steps: list) -> LocalPipelineExecutor:
+        return LocalPipelineExecutor(
+            steps, tasks=2, workers=2, start_method="fork", logging_dir=str(out / "logs" / name)
+        )
+
+    def reader() -> JsonlReader:
+        return JsonlReader(str(folder), paths_file=str(listing), adapter=_row_as_document)
+
+    writer = ParquetWriter(str(out / "parquet"), compression="zstd")
+    if pipeline == "dedup":
+        config = ExactDedupConfig(content_getter=_document_bytes)
+        sigs, dups = str(out / "signatures"), str(out / "duplicates")
+        stages = {
+            "signature": [reader(), ExactDedupSignature(sigs, config, finder_workers=2)],
+            "find": [ExactFindDedups(sigs, dups, config)],
+            "filter": [reader(), ExactDedupFilter(dups, config), writer],
+        }
+    else:
+        stages = {"filter": [reader(), LambdaFilter(_has_text), writer]}
+    seconds = {}
+    for name, steps in stages.items():  # in sequence: each stage reads the folder the one before wrote
+        started = time.perf_counter()
+        executor(name, steps).run()
+        seconds[name] = round(time.perf_counter() - started, 2)
+    rows = sum(pq.read_metadata(f).num_rows for f in (out / "parquet").glob("*.parquet"))
+    print(json.dumps({"rows": rows, "stages": seconds}))
+
+
 def _build_child(recipe: str) -> None:
     from tunelake.build import build
     from tunelake.recipe import load_recipe
@@ -413,59 +601,98 @@ def environment() -> dict:
     }
 
 
-def report(inputs: dict, base: list[Measured], tl: list[Measured], layout: list[Measured]) -> dict:
+LABELS = {
+    "baseline": "pyarrow open_json -> parquet",
+    "tunelake": "tunelake build",
+    "layout": "layout floor: writes, no logic",
+    **{f"datatrove_{k}": v for k, v in DATATROVE_SIDES.items()},
+}
+
+
+def _summary(ms: list[Measured], n: int) -> dict:
+    """One side's medians over its runs."""
+    med = statistics.median
+    wall = med(m.wall for m in ms)
+    return {
+        "wall_s": wall,
+        "records_per_s": n / wall,
+        "cpu_s": med(m.cpu_s for m in ms),
+        "max_proc_mb": med(m.max_proc_mb for m in ms),
+        "tree_mb": med(m.tree_mb for m in ms),
+        "all_walls": [m.wall for m in ms],
+    }
+
+
+def report(inputs: dict, sides: dict[str, list[Measured]]) -> dict:
+    """Prints the table and the ratios; `sides` maps a LABELS key to its runs (sides not measured are absent)."""
     n = inputs["params"]["records"]
     size = sum(f["bytes"] for f in inputs["files"])
     med = statistics.median
-    b_wall, t_wall = med(m.wall for m in base), med(m.wall for m in tl)
-    b_rps, t_rps = n / b_wall, n / t_wall
-    b_cpu, t_cpu = med(m.cpu_s for m in base), med(m.cpu_s for m in tl)
+    summary = {name: _summary(ms, n) for name, ms in sides.items()}
+    tl, base = summary["tunelake"], summary["baseline"]
+    tl["manifest_peak_rss_mb"] = med(m.extra["peak_rss_mb"] for m in sides["tunelake"])
     parts = ", ".join(f"{f['source']} {f['records']:,} ({f['duplicates']:,} dup)" for f in inputs["files"])
-    print(f"\ninput: {n:,} records, {size / 2**20:,.0f} MiB: {parts}")
-    print(f"runs: {len(tl)}, medians; wall time includes interpreter start and imports\n")
+    print(f"\ninput: {inputs['params']['corpus']} corpus, {n:,} records, {size / 2**20:,.0f} MiB: {parts}")
+    print(f"runs: {len(sides['tunelake'])}, medians; wall time includes interpreter start and imports\n")
     head = (
         f"{'':34} {'wall s':>8} {'records/s':>11} {'CPU s':>7} {'CPU us/rec':>11} {'max proc MiB':>13} "
         f"{'tree MiB':>9} {'manifest MiB':>13}"
     )
     print(head)
     print("-" * len(head))
-    print(
-        f"{'pyarrow open_json -> parquet':34} {b_wall:8.2f} {_fmt(b_rps):>11} {b_cpu:7.2f} {b_cpu / n * 1e6:11.2f} "
-        f"{med(m.max_proc_mb for m in base):13,.0f} {med(m.tree_mb for m in base):9,.0f} {'':>13}"
-    )
-    print(
-        f"{'tunelake build':34} {t_wall:8.2f} {_fmt(t_rps):>11} {t_cpu:7.2f} {t_cpu / n * 1e6:11.2f} "
-        f"{med(m.max_proc_mb for m in tl):13,.0f} {med(m.tree_mb for m in tl):9,.0f} "
-        f"{med(m.extra['peak_rss_mb'] for m in tl):13,.0f}"
-    )
-    if layout:
-        l_wall, l_cpu = med(m.wall for m in layout), med(m.cpu_s for m in layout)
+    for name, side in summary.items():
+        manifest = f"{side['manifest_peak_rss_mb']:13,.0f}" if name == "tunelake" else ""
         print(
-            f"{'layout floor: writes, no logic':34} {l_wall:8.2f} {_fmt(n / l_wall):>11} {l_cpu:7.2f} "
-            f"{l_cpu / n * 1e6:11.2f} {med(m.max_proc_mb for m in layout):13,.0f} "
-            f"{med(m.tree_mb for m in layout):9,.0f}"
+            f"{LABELS[name]:34} {side['wall_s']:8.2f} {_fmt(side['records_per_s']):>11} {side['cpu_s']:7.2f} "
+            f"{side['cpu_s'] / n * 1e6:11.2f} {side['max_proc_mb']:13,.0f} {side['tree_mb']:9,.0f} {manifest}"
         )
-    ratio = t_rps / b_rps
-    tree = max(m.tree_mb for m in tl)
+
+    def over(name: str) -> float:
+        return tl["records_per_s"] / summary[name]["records_per_s"]
+
     met = {True: "met", False: "NOT met"}
-    print(f"\nratio tunelake / pyarrow records/s: {ratio:.3f}  (target >= 0.5: {met[ratio >= 0.5]})")
-    print(f"ratio of CPU per record (pyarrow's / tunelake's): {b_cpu / t_cpu:.3f}  (less moved by other load)")
-    if layout:
+    ratios = {"tunelake_over_baseline": over("baseline")}
+    if "layout" in summary:
+        ratios["tunelake_over_layout"] = over("layout")
         print(
-            f"ratio layout floor / pyarrow records/s: {b_wall / l_wall:.3f}  (the most a build that writes bronze, "
-            "silver, gold and both exports could reach here)"
+            f"\nratio tunelake build / layout floor records/s: {over('layout'):.3f}  "
+            f"(target >= 0.6: {met[over('layout') >= 0.6]})"
         )
+    else:
+        print("\nratio tunelake build / layout floor records/s: not measured (add --layout-floor; target >= 0.6)")
+    if "datatrove_dedup" in summary:
+        ratios["tunelake_over_datatrove_dedup"] = over("datatrove_dedup")
+        ratios["tunelake_over_datatrove_filter"] = over("datatrove_filter")
+        print(
+            f"ratio tunelake / datatrove exact dedup records/s: {over('datatrove_dedup'):.2f}  "
+            f"(target >= 4: {met[over('datatrove_dedup') >= 4]})"
+        )
+        print(f"ratio tunelake / datatrove read -> filter -> write records/s: {over('datatrove_filter'):.2f}")
+        print(
+            "ratio of CPU per record (datatrove exact dedup's / tunelake's): "
+            f"{summary['datatrove_dedup']['cpu_s'] / tl['cpu_s']:.2f}  (less moved by other load)"
+        )
+    print(f"ratio tunelake / pyarrow records/s: {over('baseline'):.3f}  (for information: the I/O floor)")
+    print(f"ratio of CPU per record (pyarrow's / tunelake's): {base['cpu_s'] / tl['cpu_s']:.3f}  (for information)")
+    if "layout" in summary:
+        print(
+            f"ratio layout floor / pyarrow records/s: {base['wall_s'] / summary['layout']['wall_s']:.3f}  (the most a "
+            "build that writes bronze, silver, gold and both exports could reach here)"
+        )
+    tree = max(m.tree_mb for m in sides["tunelake"])
     print(f"tunelake peak memory (tree, worst run): {tree:,.0f} MiB  (target < 1024: {met[tree < 1024]})")
-    modes = {v for m in base for v in m.extra["modes"].values()}
+    modes = {v for m in sides["baseline"] for v in m.extra["modes"].values()}
     if modes != {"open_json"}:
         print("baseline reader: " + "; ".join(sorted(modes)))
+    base["modes"] = sorted(modes)
 
-    stages = list(tl[0].extra["stages"])
+    runs = sides["tunelake"]
+    stages = list(runs[0].extra["stages"])
     print(f"\n{'tunelake stage':14} {'records':>10} {'seconds':>9} {'records/s':>11} {'input rec/s':>12} {'share':>6}")
     rows = {}
     for stage in stages:
-        secs = med(m.extra["stages"][stage]["seconds"] for m in tl)
-        recs = tl[0].extra["stages"][stage]["records"]
+        secs = med(m.extra["stages"][stage]["seconds"] for m in runs)
+        recs = runs[0].extra["stages"][stage]["records"]
         rows[stage] = {
             "records": recs,
             "seconds": secs,
@@ -474,44 +701,28 @@ def report(inputs: dict, base: list[Measured], tl: list[Measured], layout: list[
         }
         print(
             f"{stage:14} {recs:10,} {secs:9.2f} {_fmt(recs / secs) if secs else '-':>11} "
-            f"{_fmt(n / secs) if secs else '-':>12} {secs / t_wall:6.1%}"
+            f"{_fmt(n / secs) if secs else '-':>12} {secs / tl['wall_s']:6.1%}"
         )
+    t_wall = tl["wall_s"]
     other = t_wall - sum(r["seconds"] for r in rows.values())
     print(f"{'(outside)':14} {'':>10} {other:9.2f} {'':>11} {'':>12} {other / t_wall:6.1%}  start, imports, commits")
-    counts = tl[0].extra["counts"]
+    counts = runs[0].extra["counts"]
     total = {k: sum(c[k] for c in counts.values()) for k in ("bronze", "silver", "quarantined", "dropped")}
     expected = sum(f["duplicates"] for f in inputs["files"])
     print(f"\ncounts: {total}; generated exact duplicates: {expected:,}")
-    return {
-        "records": n,
-        "input_bytes": size,
-        "runs": len(tl),
-        "baseline": {
-            "wall_s": b_wall,
-            "records_per_s": b_rps,
-            "cpu_s": b_cpu,
-            "modes": sorted(modes),
-            "max_proc_mb": med(m.max_proc_mb for m in base),
-            "tree_mb": med(m.tree_mb for m in base),
-        },
-        "tunelake": {
-            "wall_s": t_wall,
-            "records_per_s": t_rps,
-            "cpu_s": t_cpu,
-            "stages": rows,
-            "counts": total,
-            "max_proc_mb": med(m.max_proc_mb for m in tl),
-            "tree_mb": med(m.tree_mb for m in tl),
-            "manifest_peak_rss_mb": med(m.extra["peak_rss_mb"] for m in tl),
-        },
-        "layout_floor": {"wall_s": l_wall, "cpu_s": l_cpu, "ratio": b_wall / l_wall} if layout else None,
-        "ratio": ratio,
-        "all_runs": {
-            "baseline": [m.wall for m in base],
-            "tunelake": [m.wall for m in tl],
-            "layout_floor": [m.wall for m in layout],
-        },
-    }
+    tl.update(stages=rows, counts=total)
+    if "datatrove_dedup" in summary:
+        kept = {name: sides[name][0].extra["rows"] for name in ("datatrove_dedup", "datatrove_filter")}
+        print(
+            f"datatrove wrote {kept['datatrove_dedup']:,} rows after exact dedup (generated unique rows: "
+            f"{n - expected:,}) and {kept['datatrove_filter']:,} after the filter"
+        )
+        for name in ("datatrove_dedup", "datatrove_filter"):
+            steps = sides[name][0].extra["stages"]
+            summary[name]["stages"] = {k: med(m.extra["stages"][k] for m in sides[name]) for k in steps}
+            timed = ", ".join(f"{k} {v:.2f} s" for k, v in summary[name]["stages"].items())
+            print(f"{LABELS[name]} stages (median): {timed}")
+    return {"records": n, "input_bytes": size, "runs": len(runs), **summary, "ratios": ratios}
 
 
 def profile(inputs: dict, workdir: Path, top: int) -> None:
@@ -539,6 +750,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a fast smoke run")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/tunelake-bench"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--corpus", choices=sorted(CORPORA), default="mixed", help="what to generate (default mixed)")
     ap.add_argument("--dup-rate", type=float, default=0.05, help="share of exact duplicate rows (default 0.05)")
     ap.add_argument("--gzip", action="store_true", help="write the input as .jsonl.gz instead of plain .jsonl")
     ap.add_argument("--workers", type=int, default=0, help="the recipe's engine.workers (0: one per core)")
@@ -548,6 +760,7 @@ def main() -> None:
         action="store_true",
         help="also time the writes a build makes (bronze, silver, gold, both exports) with no logic between them",
     )
+    ap.add_argument("--no-datatrove", action="store_true", help="skip the datatrove sides even when it is installed")
     ap.add_argument("--profile", action="store_true", help="also profile one build with engine.workers=1")
     ap.add_argument("--profile-only", action="store_true", help="only generate the input and profile")
     ap.add_argument("--top", type=int, default=30, help="functions listed by --profile")
@@ -557,28 +770,35 @@ def main() -> None:
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
 
-    inputs = generate(records, workdir, args.seed, args.dup_rate, args.gzip)
+    inputs = generate(records, workdir, args.seed, args.dup_rate, args.gzip, args.corpus)
     print(f"input: {Path(inputs['files'][0]['path']).parent} (generated in {inputs['seconds']} s, maybe earlier)")
     if args.profile_only:
         profile(inputs, workdir, args.top)
         return
     env = environment()
-    base, tl, layout = [], [], []
+    datatrove = not args.no_datatrove and datatrove_installed()
+    if not args.no_datatrove and not datatrove:
+        print("datatrove is not installed (pip install datatrove): its sides are skipped")
+    sides: dict[str, list[Measured]] = {"baseline": [], "tunelake": []}
+    if args.layout_floor:
+        sides["layout"] = []
+    if datatrove:
+        sides.update({f"datatrove_{k}": [] for k in DATATROVE_SIDES})
     for run in range(runs):  # alternate the sides so drift in the machine hits them alike
-        base.append(run_baseline(inputs, workdir, run))
-        print(f"run {run + 1}/{runs}: pyarrow {base[-1].wall:.2f} s", end="", flush=True)
-        tl.append(run_tunelake(inputs, workdir, args.workers, str(run)))
-        print(f", tunelake {tl[-1].wall:.2f} s", end="", flush=True)
+        sides["baseline"].append(run_baseline(inputs, workdir, run))
+        sides["tunelake"].append(run_tunelake(inputs, workdir, args.workers, str(run)))
         if args.layout_floor:
-            layout.append(run_layout(inputs, workdir, run, args.workers))
-            print(f", layout floor {layout[-1].wall:.2f} s", end="", flush=True)
-        print(flush=True)
-    results = report(inputs, base, tl, layout)
+            sides["layout"].append(run_layout(inputs, workdir, run, args.workers))
+        for pipeline in DATATROVE_SIDES if datatrove else ():
+            sides[f"datatrove_{pipeline}"].append(run_datatrove(inputs, workdir, run, pipeline))
+        walls = ", ".join(f"{LABELS[name].split(':')[0]} {ms[-1].wall:.2f} s" for name, ms in sides.items())
+        print(f"run {run + 1}/{runs}: {walls}", flush=True)
+    results = report(inputs, sides)
     results["environment"] = env
     print(f"environment at start: {env}" + ("  (busy machine: timings are noisy)" if env["load_avg_1m"] > 0.5 else ""))
 
     if args.scale_check:
-        small = generate(records // 4, workdir, args.seed, args.dup_rate, args.gzip)
+        small = generate(records // 4, workdir, args.seed, args.dup_rate, args.gzip, args.corpus)
         m = run_tunelake(small, workdir, args.workers, "quarter")
         print("\nscale check (peak memory should not grow with the input):")
         print(f"{'records':>12} {'wall s':>8} {'max proc MiB':>13} {'tree MiB':>9} {'manifest MiB':>13}")
@@ -597,7 +817,7 @@ def main() -> None:
             "tree_mb": m.tree_mb,
             "manifest_peak_rss_mb": m.extra["peak_rss_mb"],
         }
-    out = workdir / f"results-n{records}-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    out = workdir / f"results-{args.corpus}-n{records}-{time.strftime('%Y%m%dT%H%M%S')}.json"
     out.write_text(json.dumps(results, indent=2))
     print(f"\nresults: {out}")
     if args.profile:
@@ -609,6 +829,8 @@ if __name__ == "__main__":
         _baseline_child(sys.argv[2], sys.argv[3:])
     elif len(sys.argv) > 1 and sys.argv[1] == "_layout":
         _layout_child(sys.argv[2], int(sys.argv[3]), sys.argv[4:])
+    elif len(sys.argv) > 1 and sys.argv[1] == "_datatrove":
+        _datatrove_child(sys.argv[2], sys.argv[3], sys.argv[4:])
     elif len(sys.argv) > 1 and sys.argv[1] == "_build":
         _build_child(sys.argv[2])
     else:
