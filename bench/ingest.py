@@ -28,6 +28,7 @@ joined into one ShareGPT `conversations` list.
     python bench/ingest.py --quick                 # 100k records, 1 run: a smoke run
     python bench/ingest.py                         # 1M records, median of 3 runs
     python bench/ingest.py --corpus long           # the long multi-turn corpus
+    python bench/ingest.py --incremental           # also a no-op rebuild and a rebuild after adding 5% records
     python bench/ingest.py --scale-check           # also a build at N/4: peak memory must stay flat
     python bench/ingest.py --layout-floor          # also the writes a build makes, with no logic between them
     python bench/ingest.py --no-datatrove          # skip the datatrove sides even when it is installed
@@ -371,13 +372,42 @@ def run_tunelake(inputs: dict, workdir: Path, workers: int, tag: str) -> Measure
     _check(m, "tunelake build")
     manifest = json.loads(max((lake / "manifests").glob("*.json")).read_text())
     m.extra = {
-        "stages": manifest["stages"],
+        "stages": manifest["passes"],
         "counts": manifest["counts"],
         "gold": manifest["gold"],
         "peak_rss_mb": manifest["peak_rss_mb"],
     }
     shutil.rmtree(lake, ignore_errors=True)
     return m
+
+
+def run_incremental(inputs: dict, workdir: Path, workers: int, runs: int, args) -> dict:
+    """Per run: a full build into a fresh lake, a no-op rebuild of it, and a rebuild after adding 5% new records
+    (a second generation of the corpus, with another seed, as extra sources). Targets: the no-op rebuild at most
+    10% of the full build's wall time, the 5% rebuild at most 15%."""
+    records = sum(f["records"] for f in inputs["files"])
+    more = generate(records // 20, workdir, args.seed + 1, args.dup_rate, args.gzip, args.corpus)
+    grown = {"files": inputs["files"] + [{**f, "source": f"{f['source']}_new"} for f in more["files"]]}
+    lake = workdir / "lake-incremental"
+    walls: dict[str, list[float]] = {"full": [], "no-op": [], "+5%": []}
+    for run in range(runs):
+        shutil.rmtree(lake, ignore_errors=True)
+        for name, which in (("full", inputs), ("no-op", inputs), ("+5%", grown)):
+            recipe = write_recipe(workdir / "recipe-incremental.yaml", which, lake, workers)
+            m = run_measured(_tunelake_cmd(recipe), workdir / f"incremental-{name}-{run}.log")
+            _check(m, f"tunelake build ({name})")
+            walls[name].append(m.wall)
+        print(f"incremental run {run + 1}/{runs}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in walls.items()))
+    shutil.rmtree(lake, ignore_errors=True)
+    full = statistics.median(walls["full"])
+    summary = {k: {"wall_s": statistics.median(v), "of_full": statistics.median(v) / full} for k, v in walls.items()}
+    print(f"\nincremental ({records:,} records, +{records // 20:,}): medians of {runs}")
+    for name, targets in (("full", None), ("no-op", 0.10), ("+5%", 0.15)):
+        line = f"  {name:<6} {summary[name]['wall_s']:8.2f} s"
+        if targets is not None:
+            line += f"   {summary[name]['of_full']:.3f} of the full build (target <= {targets})"
+        print(line)
+    return summary
 
 
 # --------------------------------------------------------------------------------------------- child modes
@@ -760,6 +790,9 @@ def main() -> None:
         action="store_true",
         help="also time the writes a build makes (bronze, silver, gold, both exports) with no logic between them",
     )
+    ap.add_argument(
+        "--incremental", action="store_true", help="also time a no-op rebuild and one after adding 5%% records"
+    )
     ap.add_argument("--no-datatrove", action="store_true", help="skip the datatrove sides even when it is installed")
     ap.add_argument("--profile", action="store_true", help="also profile one build with engine.workers=1")
     ap.add_argument("--profile-only", action="store_true", help="only generate the input and profile")
@@ -817,6 +850,8 @@ def main() -> None:
             "tree_mb": m.tree_mb,
             "manifest_peak_rss_mb": m.extra["peak_rss_mb"],
         }
+    if args.incremental:
+        results["incremental"] = run_incremental(inputs, workdir, args.workers, runs, args)
     out = workdir / f"results-{args.corpus}-n{records}-{time.strftime('%Y%m%dT%H%M%S')}.json"
     out.write_text(json.dumps(results, indent=2))
     print(f"\nresults: {out}")

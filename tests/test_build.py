@@ -122,8 +122,8 @@ def test_a_build_that_cannot_write_removes_its_files_and_names_the_table(tmp_pat
     from tunelake.engine import parts
     from tunelake.engine.parts import PartWriteError
 
-    recipe = write_recipe(tmp_path, example_sources, engine={"workers": 1})
-    _, lake = run_build(recipe)
+    _, lake = run_build(write_recipe(tmp_path, example_sources, engine={"workers": 2}))
+    recipe = write_recipe(tmp_path, example_sources, engine={"workers": 1})  # not the same recipe: work to do
     before = gold_digest(lake)
     files = sorted(p for p in lake.root.rglob("*") if p.is_file() and "manifests" not in p.parts)
     write_table, calls = parts.pq.write_table, []

@@ -59,9 +59,13 @@ def test_a_rebuild_reads_only_new_and_changed_files_and_equals_a_clean_build(tmp
     assert not any(i["reused"] for i in first["inputs"])
     bronze_before = {s["name"]: lake.read(f"bronze/{s['name']}").num_rows for s in sources}
 
-    # Nothing changed: every file comes from the cache, and the lake is the same.
+    # Nothing changed: nothing is done, and the lake stands.
     again, _ = run_build(recipe)
-    assert all(i["reused"] for i in again["inputs"])
+    assert again["unchanged"] and again["run_id"] == first["run_id"] and len(lake.manifests()) == 1
+    # A setting that changes no record (the workers): every file comes from the cache, the lake is the same.
+    recipe = write_recipe(tmp_path / "lake", sources, stages=_stages(2), engine={"workers": 1})
+    again, _ = run_build(recipe)
+    assert all(i["reused"] for i in again["inputs"]) and "unchanged" not in again
     _assert_same_lake(lake, _clean_build(tmp_path / "clean0", sources, 2))
 
     # One file added, one changed (GSM8K loses its last 50 rows): only those two are read.

@@ -129,6 +129,7 @@ class _Run:
     schemas: dict[str, pa.Schema] = field(default_factory=dict)  # tables to commit, in order
     previous: dict = field(default_factory=dict)  # the manifest of the last complete build ({} if none)
     cache: IngestCache | None = None
+    shas: dict[str, str] = field(default_factory=dict)  # input file -> its sha256
     keys: dict[str, str] = field(default_factory=dict)  # input file -> its ingest cache key
     reused: set[str] = field(default_factory=set)  # input files whose ingest outputs came from the cache
     fresh: dict[str, list[CanonicalizeDone]] = field(default_factory=lambda: defaultdict(list))  # read this build
@@ -205,11 +206,14 @@ def build(recipe: Recipe, recipe_sha256: str, progress: Progress | None = None) 
     started_at = datetime.now(UTC).isoformat()
     lake = Lake(recipe.lake)
     run = _Run(recipe, lake, new_run_id(), plan_files(recipe), progress or Progress())
-    run.cache, run.previous = IngestCache(lake.root), (lake.manifests() or [{}])[-1]
     tokenize = _plan_tokenize(recipe)
     chain = recipe.stage_chain()
     segs = segments(chain)
     with lake.lock():
+        run.cache, run.previous = IngestCache(lake.root), (lake.manifests() or [{}])[-1]
+        _cache_keys(run, segs[0])
+        if _unchanged(run, recipe_sha256, chain):
+            return {**run.previous, "unchanged": True}
         try:
             with LocalEngine(recipe.engine.resolved_workers()) as engine:
                 lake.finish_publishing()  # a build killed after its manifest, before its exports were in place
@@ -314,7 +318,7 @@ def _ingest(run: _Run, engine: Engine, segment: Segment) -> list[Staged]:
     for done in engine.map(_run_ingest, _ingest_tasks(run, pass_, segment)):
         run.tally(done)
         staged += [done.staged] if done.staged else []
-        run.counts[done.source].update(bronze=done.counts["bronze"], quarantined=done.counts["quarantined"])
+        run.counts[done.source].update({k: done.counts[k] for k in ("bronze", "siblings", "quarantined")})
         run.progress.advance(done.counts["bronze"])
         if done.fresh:
             run.fresh[done.file].append(done)
@@ -327,21 +331,42 @@ def _ingest(run: _Run, engine: Engine, segment: Segment) -> list[Staged]:
     return staged
 
 
-def _ingest_tasks(run: _Run, pass_: Pass, segment: Segment) -> Iterator[CanonicalizeTask | ReuseTask]:
-    """A task per chunk, in input order: reuse where the ingest cache holds the file, else read it."""
+def _cache_keys(run: _Run, segment: Segment) -> None:
+    """Each input file's sha256 and ingest cache key (see cache.py), before anything is read."""
     settings = {
         "max_chars": run.recipe.silver.max_chars,
         "chunk_bytes": run.recipe.engine.chunk_bytes,
         "stages": [s.describe() for s in segment.rows],
         "columns_for": segment.step.describe() if segment.step else None,
     }
+    for i, source in enumerate(run.recipe.sources):
+        config = source.model_dump(mode="json", exclude={"path"})
+        for path in run.files[i]:
+            run.shas[path] = file_sha256(path)
+            run.keys[path] = entry_key(run.shas[path], path, {**settings, "source": config})
+
+
+def _unchanged(run: _Run, recipe_sha256: str, chain: list) -> bool:
+    """Whether the last complete build had this recipe, chain, tunelake version and these very input files (so
+    a build now would publish the same lake): then there is nothing to do."""
+    last = run.previous
+    return (
+        bool(last)
+        and last.get("recipe_sha256") == recipe_sha256
+        and last.get("tunelake_version") == __version__
+        and last.get("chain") == [stage.describe() for stage in chain]
+        and [(i["path"], i["sha256"]) for i in last["inputs"]] == [(p, run.shas[p]) for f in run.files for p in f]
+        and all(run.cache.has(run.keys[p]) for f in run.files for p in f)
+    )
+
+
+def _ingest_tasks(run: _Run, pass_: Pass, segment: Segment) -> Iterator[CanonicalizeTask | ReuseTask]:
+    """A task per chunk, in input order: reuse where the ingest cache holds the file, else read it."""
     in_bronze = run.previous.get("bronze_files", {})
     seq = 0
     for i, source in enumerate(run.recipe.sources):
-        config = source.model_dump(mode="json", exclude={"path"})
         for file_index, path in enumerate(run.files[i]):
-            sha = file_sha256(path)
-            key = run.keys[path] = entry_key(sha, path, {**settings, "source": config})
+            sha, key = run.shas[path], run.keys[path]
             entry = run.cache.get(key)
             if entry is not None:
                 run.reused.add(path)
@@ -626,11 +651,11 @@ def _pack(run: _Run, engine: Engine, plan: TokenizePlan, step: int) -> dict:
 
 
 def _reconcile(run: _Run) -> None:
-    """Every bronze row is in silver, quarantined or dropped with a reason, and every stage's rows are kept,
-    dropped or quarantined; else nothing is published."""
+    """Every bronze row (and every further record a row gave) is in silver, quarantined or dropped with a reason,
+    and every stage's rows are kept, dropped or quarantined; else nothing is published."""
     for source in run.recipe.sources:
         c = run.counts[source.name]
-        if c["bronze"] != c["silver"] + c["quarantined"] + c["dropped"]:
+        if c["bronze"] + c["siblings"] != c["silver"] + c["quarantined"] + c["dropped"]:
             raise RuntimeError(f"counts do not reconcile for source {source.name}: {dict(c)}; nothing was published")
     kept = None
     for count in run.stage_counts.values():
@@ -702,7 +727,9 @@ def _manifest(run: _Run, recipe_sha256: str, started_at: str, chain: list) -> di
     counts = {}
     for source in run.recipe.sources:
         c = run.counts[source.name]
-        counts[source.name] = {k: c[k] for k in ("bronze", "silver", "quarantined", "dropped", "file_issues")}
+        counts[source.name] = {
+            k: c[k] for k in ("bronze", "siblings", "silver", "quarantined", "dropped", "file_issues")
+        }
     inputs = [
         {
             "source": s.name,

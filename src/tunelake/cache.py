@@ -66,6 +66,9 @@ class IngestCache:
     def __init__(self, lake_root: Path):
         self.root = lake_root / CACHE
 
+    def has(self, key: str) -> bool:
+        return (self.root / key / "entry.json").exists()
+
     def get(self, key: str) -> Entry | None:
         path = self.root / key / "entry.json"
         if not path.exists():

@@ -86,6 +86,10 @@ def build(recipe: Annotated[Path, typer.Argument(help="The recipe YAML file.")])
     except BrokenProcessPool:
         console.print("[red]A worker process died (killed, or out of memory); no table was committed. Re-run.[/red]")
         raise typer.Exit(1) from None
+    if manifest.get("unchanged"):
+        out.print(
+            f"Nothing changed since build {manifest['run_id']} (same recipe, inputs and stages): the lake stands."
+        )
     table = Table(title=f"build {manifest['run_id']}")
     for col in ("source", "bronze", "silver", "quarantined", "dropped", "file issues"):
         table.add_column(col, justify="left" if col == "source" else "right")

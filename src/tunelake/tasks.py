@@ -29,7 +29,7 @@ from tunelake.ingest.readers import RawChunk
 from tunelake.recipe import Split
 from tunelake.runner import StageCount, Verdicts, run_row_stages
 from tunelake.schema import TOKENIZE_QUARANTINE, Regime, quarantine_ledger, table_of
-from tunelake.silver.canonicalize import STAGE, STAGE_VERSION, FilePlan, canonicalize
+from tunelake.silver.canonicalize import STAGE, STAGE_VERSION, FilePlan, by_row, canonicalize
 from tunelake.stage import GROUP_ID, GlobalStage, RowLocalStage
 from tunelake.tables import SPLITS
 
@@ -147,7 +147,8 @@ def run_canonicalize(task: CanonicalizeTask) -> CanonicalizeDone:
     row-local stages, staged."""
     started = time.perf_counter()
     result = canonicalize(task.chunk, task.plan, task.run_id)
-    ingest = StageCount(STAGE, STAGE_VERSION, "ingest", result.counts["bronze"], result.candidates.num_rows)
+    made = result.counts["bronze"] + result.counts["siblings"]  # a row that gives n records counts n
+    ingest = StageCount(STAGE, STAGE_VERSION, "ingest", made, result.candidates.num_rows)
     ingest.quarantined.update(result.quarantine["reason"].to_pylist())
     ingest.seconds = time.perf_counter() - started
     verdicts = Verdicts([result.quarantine], [result.ledger])
@@ -160,17 +161,12 @@ def run_canonicalize(task: CanonicalizeTask) -> CanonicalizeDone:
     parts = [
         write_part(task.root, tables.bronze(source), name, result.bronze) if task.bronze else None,
         write_part(task.root, tables.QUARANTINED, name, quarantine),
-        write_part(task.root, tables.LEDGER_NAME, name, _by_row(ledger) if counts else ledger),
+        write_part(task.root, tables.LEDGER_NAME, name, by_row(ledger) if counts else ledger),
     ]
     staged = _stage_out(task.root, task.run_id, task.pass_, name, kept)
     done = CanonicalizeDone([p for p in parts if p], staged, [ingest, *counts], verdicts.per_source)
     done.source, done.file, done.counts = source, task.chunk.file, result.counts
     return done
-
-
-def _by_row(ledger: pa.Table) -> pa.Table:
-    """A chunk's ledger rows in input order (stable: a row's entries keep the order the stages wrote them)."""
-    return ledger.take(pc.sort_indices(ledger, [("row", "ascending"), ("sub", "ascending")]))
 
 
 @dataclass(frozen=True)

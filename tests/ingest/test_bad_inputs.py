@@ -359,6 +359,7 @@ def test_empty_files_are_reported_as_empty_file_with_a_null_row(corpus):
     assert rows == [(str(corpus.files["empty"] / n), None, "read", None, None) for n in names]
     assert corpus.manifest["counts"]["empty"] == {
         "bronze": 0,
+        "siblings": 0,
         "silver": 0,
         "quarantined": 0,
         "dropped": 0,
@@ -449,6 +450,7 @@ def test_zstd_with_several_frames_is_read_whole(tmp_path):
     manifest, lake = run_build(write_recipe(tmp_path, [source], engine={"workers": 1, "chunk_bytes": 1000}))
     assert manifest["counts"]["gsm8k"] == {
         "bronze": 40,
+        "siblings": 0,
         "silver": 40,
         "quarantined": 0,
         "dropped": 0,

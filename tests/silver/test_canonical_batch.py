@@ -41,7 +41,7 @@ def _adapted() -> list[dict]:
     for name, fmt in REAL.items():
         for line in (FIXTURES / "real" / name).read_bytes().splitlines():
             with contextlib.suppress(Rejected):
-                out.append(adapt(orjson.loads(line), _plan(fmt)))
+                out += adapt(orjson.loads(line), _plan(fmt))
     return out
 
 

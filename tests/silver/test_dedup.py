@@ -22,7 +22,14 @@ PAIR = {"prompt": "Is the sky blue?", "chosen": "Yes, on a clear day.", "rejecte
 def test_pairs_sharing_prompt_and_chosen_but_not_rejected_are_both_kept(tmp_path):
     other = PAIR | {"rejected": "It is green."}
     manifest, lake = run_build(write_recipe(tmp_path, [_source(tmp_path, "p", [PAIR, other])]))
-    assert manifest["counts"]["p"] == {"bronze": 2, "silver": 2, "quarantined": 0, "dropped": 0, "file_issues": 0}
+    assert manifest["counts"]["p"] == {
+        "bronze": 2,
+        "siblings": 0,
+        "silver": 2,
+        "quarantined": 0,
+        "dropped": 0,
+        "file_issues": 0,
+    }
 
 
 def test_duplicate_across_sources_is_dropped_with_the_kept_id_and_address(tmp_path):

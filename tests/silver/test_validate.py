@@ -257,6 +257,7 @@ def test_counts_reconcile(built):
         bad = sum(c.reason is not None for c in cases)
         assert manifest["counts"][source] == {
             "bronze": len(cases),
+            "siblings": 0,
             "silver": len(cases) - bad,
             "quarantined": bad,
             "dropped": 0,

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from tunelake.address import ordinals
+from tunelake.address import MAX_SUB, ordinals
 from tunelake.ingest.adapters import ADAPTERS
 from tunelake.ingest.adapters.arrow import constant, json_string
 from tunelake.ingest.adapters.messages import EXTRA
@@ -76,8 +76,9 @@ class ChunkResult:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-def adapt(obj: object, plan: FilePlan) -> dict:
-    """One parsed row -> the fields of its canonical record, before normalisation (no id yet); raises Rejected."""
+def adapt(obj: object, plan: FilePlan) -> list[dict]:
+    """One parsed row -> the fields of its canonical records (usually one; an adapter may make several of one
+    row), before normalisation (no id yet); raises Rejected."""
     if not isinstance(obj, dict):
         raise Rejected(Reason.wrong_type, None, f"expected a JSON object per row, got {type(obj).__name__}")
     if plan.format_error:
@@ -90,14 +91,24 @@ def adapt(obj: object, plan: FilePlan) -> dict:
         raise Rejected(Reason.wrong_type, None, f"the {plan.adapter} format cannot read this row: {e!r}") from None
 
 
-def _adapt(obj: dict, plan: FilePlan) -> dict:
-    source = plan.source
+def _adapt(obj: dict, plan: FilePlan) -> list[dict]:
     adapter = ADAPTERS[plan.adapter]
-    regime = source.regime or adapter.regimes[0]
+    regime = plan.source.regime or adapter.regimes[0]
     missing = sorted(adapter.required - obj.keys())
     if missing:
         raise Rejected(Reason.missing_field, missing[0], f"the {adapter.name} format needs {', '.join(missing)}")
-    record = adapter.convert(obj, regime)
+    made = adapter.convert(obj, regime)
+    records = made if isinstance(made, list) else [made]
+    if len(records) > MAX_SUB:
+        raise Rejected(
+            Reason.wrong_type, None, f"the row gives {len(records)} records; at most {MAX_SUB} may come of one row"
+        )
+    return [_finish(record, obj, plan, adapter, regime) for record in records]
+
+
+def _finish(record: dict, obj: dict, plan: FilePlan, adapter, regime: Regime) -> dict:
+    """A record as the adapter made it, with what every record carries: meta, regime, source, license."""
+    source = plan.source
     leftovers = {k: v for k, v in obj.items() if k not in adapter.consumes and k not in _PASSTHROUGH}
     meta = {**source.meta, **leftovers, **(record.pop("meta", None) or {})}
     message_extras = {
@@ -145,7 +156,7 @@ def canonical_batch(adapted: pa.RecordBatch, max_chars: int) -> tuple[pa.RecordB
 
 def canonical_record(obj: object, plan: FilePlan) -> tuple[dict, set[str]]:
     """The canonical record for one parsed row, and what normalisation changed; raises Rejected."""
-    batch, changes, problems = canonical_batch(adapted_batch([adapt(obj, plan)]), plan.source.max_chars)
+    batch, changes, problems = canonical_batch(adapted_batch(adapt(obj, plan)[:1]), plan.source.max_chars)
     if problems:
         raise problems[0]
     return batch.to_pylist()[0], set((changes[0] or "").split(",")) - {""}
@@ -183,30 +194,35 @@ def _canonicalize(chunk: RawChunk, plan: FilePlan, run_id: str) -> ChunkResult:
     raws = bronze["raw"]
 
     # Adapt: a whole chunk at once where the format allows it; the rows it leaves, one by one.
-    parts, at = [], []  # adapted batches, and the bronze index of each of their records
+    # A record's sub is its place among the records its row gave (0 but for adapters that make several).
+    parts, at, subs = [], [], []  # adapted batches, and the bronze index and sub of each of their records
     rejected: list[tuple[int, Rejected]] = []  # (bronze index, why)
     whole = _columnar(chunk.data, plan, len(raws)) if len(raws) == len(lines) else None
     if whole is not None and whole[1].all():  # the common case: nothing left for the per-row path
-        adapted, at = whole[0], np.arange(len(raws))
+        adapted, at, subs = whole[0], np.arange(len(raws)), np.zeros(len(raws), np.int64)
     else:
         if whole is not None:
             batch, handled = whole
             parts.append(batch.filter(pa.array(handled)))
             at.append(np.flatnonzero(handled))
+            subs.append(np.zeros(int(handled.sum()), np.int64))
         one_by_one = range(len(raws)) if whole is None else np.flatnonzero(~whole[1]).tolist()
-        records, record_at = [], []
+        records, record_at, record_sub = [], [], []
         for k in one_by_one:
             try:
-                records.append(adapt(_parse(raws[k].removesuffix(b"\r")), plan))
+                made = adapt(_parse(raws[k].removesuffix(b"\r")), plan)
             except Rejected as r:
                 rejected.append((k, r))
                 continue
-            record_at.append(k)
+            records += made
+            record_at += [k] * len(made)
+            record_sub += range(len(made))
         parts.append(adapted_batch(records))
         at.append(np.asarray(record_at, np.int64))
+        subs.append(np.asarray(record_sub, np.int64))
         at = np.concatenate(at)
         in_order = np.argsort(at, kind="stable")
-        at = at[in_order]
+        at, subs = at[in_order], np.concatenate(subs)[in_order]
         adapted = pa.concat_batches(parts).take(pa.array(in_order))
 
     batch, changes, problems = canonical_batch(adapted, source.max_chars)
@@ -214,11 +230,11 @@ def _canonicalize(chunk: RawChunk, plan: FilePlan, run_id: str) -> ChunkResult:
     valid = np.ones(len(at), bool)
     valid[list(problems)] = False
     rows = np.asarray(bronze["row"], np.int64)
-    kept_rows = pa.array(rows[at[valid]])
+    kept_rows, kept_subs = pa.array(rows[at[valid]]), pa.array(subs[valid])
     rejected.sort(key=lambda item: item[0])  # input order
     why = [r for _, r in rejected]
     candidates = batch.filter(pa.array(valid)).append_column(
-        CANDIDATE.field("_ord"), ordinals(source.index, plan.index, kept_rows)
+        CANDIDATE.field("_ord"), ordinals(source.index, plan.index, kept_rows, kept_subs)
     )
     ids, kept_changes = candidates["id"], changes[valid]
     modified = np.flatnonzero(kept_changes != None)  # noqa: E711 - an object array: elementwise
@@ -243,7 +259,7 @@ def _canonicalize(chunk: RawChunk, plan: FilePlan, run_id: str) -> ChunkResult:
             source=source.name,
             file=chunk.file,
             row=kept_rows,
-            sub=0,
+            sub=pc.cast(kept_subs, pa.int32()),
             stage=STAGE,
             action="keep",
             detail=f"format={plan.adapter}",
@@ -256,7 +272,7 @@ def _canonicalize(chunk: RawChunk, plan: FilePlan, run_id: str) -> ChunkResult:
             source=source.name,
             file=chunk.file,
             row=kept_rows.take(pa.array(modified, pa.int64())),
-            sub=0,
+            sub=pc.cast(kept_subs.take(pa.array(modified, pa.int64())), pa.int32()),
             stage=STAGE,
             action="modify",
             reason="normalized",
@@ -268,14 +284,21 @@ def _canonicalize(chunk: RawChunk, plan: FilePlan, run_id: str) -> ChunkResult:
         bronze=table_of(BRONZE, len(bronze["row"]), source=source.name, file=chunk.file, **bronze),
         candidates=candidates,
         quarantine=quarantine,
-        ledger=_by_row(pa.concat_tables(ledger)),
-        counts={"bronze": len(bronze["row"]), "quarantined": len(rejected), "candidates": candidates.num_rows},
+        ledger=by_row(pa.concat_tables(ledger)),
+        counts={
+            "bronze": len(bronze["row"]),
+            # Records beyond the first that rows gave: bronze + siblings = candidates + quarantined.
+            "siblings": int((subs > 0).sum()),
+            "quarantined": len(rejected),
+            "candidates": candidates.num_rows,
+        },
     )
 
 
-def _by_row(table: pa.Table) -> pa.Table:
-    """Rows in input order (a stable sort: a record's keep entry stays before its modify entry)."""
-    return table.take(pc.sort_indices(table["row"]))
+def by_row(ledger: pa.Table) -> pa.Table:
+    """Ledger rows in input order, record by record of a row (a stable sort: a record's keep entry stays before
+    its modify entry, and a row's entries before those of the stages after canonicalize)."""
+    return ledger.take(pc.sort_indices(ledger, [("row", "ascending"), ("sub", "ascending")]))
 
 
 def _columnar(data: bytes, plan: FilePlan, rows: int) -> tuple[pa.RecordBatch, np.ndarray] | None:

@@ -18,7 +18,8 @@ class Adapter:
     name: str
     regimes: tuple[Regime, ...]  # the first is the default
     required: frozenset[str]
-    convert: Callable[[dict, Regime], dict]  # row, regime -> canonical fields (+ "meta" extras)
+    # row, regime -> canonical fields (+ "meta" extras); a list of them for a row that gives several records
+    convert: Callable[[dict, Regime], dict | list[dict]]
     consumes: frozenset[str]  # fields mapped into the record; the rest of the row goes to meta
     matches: Callable[[dict], bool] = lambda row: True
     columnar: Columnar | None = None  # the same conversion for a whole parsed chunk, where the format allows it
