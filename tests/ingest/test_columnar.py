@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import json
 
 import orjson
 import pytest
@@ -56,6 +57,9 @@ GSM8K = [
     {"question": "Control", "answer": "bell \x07\n#### 5"},  # a control character in meta
     {"question": "   ", "answer": "#### 5"},  # an empty prompt
     {"question": "\u00e9t\u00e9?", "answer": "#### 6"},
+    {"question": "How many?", "answer": "so\n#### 1,2,3.4.5"},  # not a number: no gold
+    {"question": "How many?", "answer": "so\n#### 1,234.5"},
+    {"question": "How many?", "answer": "so\n#### \u0661\u0662"},  # Arabic-Indic digits: not the verifier's
 ]
 HH = [
     *_rows(EXAMPLES / "data/hh_rlhf_harmless_test_300.jsonl.gz"),
@@ -233,6 +237,31 @@ def test_rows_pyarrow_json_would_misread_go_row_by_row(monkeypatch, data):
     assert columnar.counts["quarantined"] >= 1
 
 
+def test_gsm8k_final_answers_that_are_not_numbers_are_quarantined_either_way(monkeypatch):
+    rows, plan = GSM8K[-3:], _plan("gsm8k")
+    assert stage._columnar(_chunk(rows).data, plan, 3)[1].tolist() == [False, True, False]  # the others: row by row
+    columnar, by_row = _both_ways(monkeypatch, _chunk(rows), plan)
+    _assert_same(columnar, by_row)
+    assert columnar.quarantine.select(["row", "reason"]).to_pylist() == [
+        {"row": 1, "reason": "missing_answer"},
+        {"row": 3, "reason": "missing_answer"},
+    ]
+    assert columnar.candidates["answer"].to_pylist() == ["1234.5"]
+
+
 def test_gsm8k_as_sft_goes_row_by_row(monkeypatch):
     plan = FilePlan(SourcePlan(0, "src", Regime.sft, "mit", "human", {}, 1_000_000), 0, "gsm8k")
     assert stage._columnar(_chunk(GSM8K).data, plan, len(GSM8K)) is None
+
+
+def test_integers_beyond_64_bits_reach_meta_exactly_either_way(monkeypatch):
+    big, small = 123456789012345678901234567890, -(2**63) - 1
+    rows = [{**r, "uid": big if i == 2 else i, "neg": small} for i, r in enumerate(ALPACA[:6])]
+    rows[4]["note"] = "an order number 1234567890123456789012 in text"  # long digits inside a string
+    chunk, plan = RawChunk("f.jsonl", 1, b"".join(json.dumps(r).encode() + b"\n" for r in rows)), _plan("alpaca")
+    columnar, by_row = _both_ways(monkeypatch, chunk, plan)
+    _assert_same(columnar, by_row)
+    metas = [json.loads(m) for m in columnar.candidates["meta"].to_pylist()]  # the stdlib reads big integers exactly
+    assert [m["uid"] for m in metas] == [0, 1, big, 3, 4, 5]
+    assert {m["neg"] for m in metas} == {small}
+    assert metas[4]["note"] == rows[4]["note"]

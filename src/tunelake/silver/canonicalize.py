@@ -14,6 +14,8 @@ from __future__ import annotations
 import gc
 import hashlib
 import io
+import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,7 +28,7 @@ import pyarrow.json as pj
 
 from tunelake.ingest.adapters import ADAPTERS
 from tunelake.ingest.adapters.arrow import constant, json_string
-from tunelake.ingest.adapters.messages import EXTRA
+from tunelake.ingest.adapters.messages import EXTRA, json_text, optional_text
 from tunelake.ingest.readers import RawChunk
 from tunelake.schema import BRONZE, LEDGER, QUARANTINE, RECORD, Reason, Regime, Rejected, quarantine_ledger, table_of
 from tunelake.silver.identify import encode_lists, prompt_ids, record_ids
@@ -98,12 +100,7 @@ def adapt(obj: object, plan: FilePlan) -> dict:
         raise Rejected(Reason.wrong_type, None, f"expected a JSON object per row, got {type(obj).__name__}")
     if plan.format_error:
         raise Rejected(plan.format_error[0], None, plan.format_error[1])
-    try:
-        return _adapt(obj, plan)
-    except Rejected:
-        raise
-    except Exception as e:  # noqa: BLE001 - a value of a shape no check foresaw rejects its row only
-        raise Rejected(Reason.wrong_type, None, f"the {plan.adapter} format cannot read this row: {e!r}") from None
+    return _adapt(obj, plan)  # adapters check every shape they read: any other exception is a bug, and fails loudly
 
 
 def _adapt(obj: dict, plan: FilePlan) -> dict:
@@ -124,7 +121,8 @@ def _adapt(obj: dict, plan: FilePlan) -> dict:
     }
     if message_extras:
         meta["message_fields"] = message_extras
-    license_ = obj.get("license") if isinstance(obj.get("license"), str) else source.license
+    given = {key: optional_text(obj, key) for key in _PASSTHROUGH}  # a record's own license, if any, wins
+    license_ = source.license if given["license"] is None else given["license"]
     if not license_:
         raise Rejected(Reason.missing_license, "license", "neither the recipe source nor the record gives a license")
     record.update(
@@ -133,14 +131,15 @@ def _adapt(obj: dict, plan: FilePlan) -> dict:
         origin=source.origin,
         license=license_,
         meta=dump_meta(meta) if meta else None,
-        **{k: obj[k] for k in ("lang", "created_at") if isinstance(obj.get(k), str)},
+        lang=given["lang"],
+        created_at=given["created_at"],
     )
     return record
 
 
 def dump_meta(value: object) -> str:
     """Meta as JSON text, keys sorted: the same whatever order a source wrote its keys in."""
-    return orjson.dumps(value, default=str, option=orjson.OPT_SORT_KEYS).decode()
+    return json_text(value, "meta", sort_keys=True)
 
 
 def adapted_batch(records: list[dict]) -> pa.RecordBatch:
@@ -366,12 +365,24 @@ def _meta_json(source_meta: dict, entries: dict[str, pa.Array], rows: int) -> pa
     return pc.binary_join_element_wise(*pieces, "}", "")
 
 
+# Only a row with a run of 19 digits can hold an integer beyond 64 bits, which orjson reads as a float.
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+
+
 def _parse(text: bytes) -> object:
+    text = text.removeprefix(BOM)
     try:
-        return orjson.loads(text.removeprefix(BOM))
+        obj = orjson.loads(text)
     except orjson.JSONDecodeError as e:
         try:
             text.decode("utf-8")
         except UnicodeDecodeError as u:
             raise Rejected(Reason.invalid_utf8, None, f"byte {u.start} is not UTF-8") from None
         raise Rejected(Reason.invalid_json, None, str(e)) from None
+    if _LONG_DIGITS.search(text) is None:
+        return obj
+    # orjson has read it, so it is valid JSON: the stdlib reads it the same, but keeps every integer exact.
+    try:
+        return json.loads(text)
+    except (RecursionError, ValueError) as e:  # nesting near Python's limit; an integer of over 4,300 digits
+        raise Rejected(Reason.invalid_json, None, f"cannot read its long integers exactly: {e}") from None
