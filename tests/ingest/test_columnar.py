@@ -265,3 +265,32 @@ def test_integers_beyond_64_bits_reach_meta_exactly_either_way(monkeypatch):
     assert [m["uid"] for m in metas] == [0, 1, big, 3, 4, 5]
     assert {m["neg"] for m in metas} == {small}
     assert metas[4]["note"] == rows[4]["note"]
+
+
+def test_a_row_with_many_keys_goes_row_by_row_without_a_column_per_key(monkeypatch):
+    many = {f"k{i}": i for i in range(100_000)}
+    widths, read = [], stage.pj.read_json  # the fields of every table pyarrow is asked to build
+
+    def read_json(source, read_options, parse_options):
+        widths.append(len(parse_options.explicit_schema))
+        return read(source, read_options, parse_options)
+
+    monkeypatch.setattr(stage.pj, "read_json", read_json)
+    plan = _plan("alpaca")
+    for at in (0, 3):  # the first row (whose keys would be the schema) and a later one
+        rows = [*ALPACA[:at], {**ALPACA[at], **many}, *ALPACA[at + 1 : 11]]
+        chunk = _chunk(rows)
+        assert stage._columnar(chunk.data, plan, len(rows)) is None
+        result = canonicalize(chunk, plan, "run")
+        assert result.counts == {"bronze": 11, "quarantined": 0, "candidates": 11}
+        assert orjson.loads(result.candidates["meta"][at].as_py()) == many
+    assert widths and max(widths) == 3  # only ever the three fields Alpaca reads: never one column per key
+
+
+def test_a_chunk_whose_rows_each_bring_new_keys_goes_row_by_row(monkeypatch):
+    rows = [{**r, f"key_{i}": i} for i, r in enumerate(ALPACA[:200])]
+    chunk, plan = _chunk(rows), _plan("alpaca")
+    assert stage._columnar(chunk.data, plan, len(rows)) is None
+    columnar, by_row = _both_ways(monkeypatch, chunk, plan)
+    _assert_same(columnar, by_row)
+    assert orjson.loads(columnar.candidates["meta"][7].as_py()) == {"key_7": 7}
