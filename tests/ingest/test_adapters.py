@@ -199,6 +199,22 @@ def test_gsm8k_negative_gold_keeps_its_sign():
     assert record(real_rows("gsm8k_test_sample.jsonl")[4], "gsm8k")["answer"] == "-10"
 
 
+@pytest.mark.parametrize("tail", ["1,2,3.4.5", "12 apples", "1,0000", "$5", "\u0661\u0662", "5/2", "-"])
+def test_gsm8k_final_answer_that_is_not_a_number_is_quarantined_as_missing_answer(tail):
+    row = real_rows("gsm8k_test_sample.jsonl")[1]
+    row["answer"] = row["answer"].replace("#### 3", f"#### {tail}")
+    error = rejection(row, "gsm8k")
+    assert (error.reason, error.field) == (Reason.missing_answer, "answer")
+    assert error.detail == f"expected a number after the last '####', got {tail!r}"
+
+
+@pytest.mark.parametrize(("tail", "gold"), [("1,234", "1234"), ("1,234.50", "1234.50"), ("-0.5", "-0.5")])
+def test_gsm8k_final_answer_with_grouped_thousands_or_decimals_is_kept(tail, gold):
+    row = real_rows("gsm8k_test_sample.jsonl")[1]
+    row["answer"] = row["answer"].replace("#### 3", f"#### {tail}")
+    assert record(row, "gsm8k")["answer"] == gold
+
+
 def test_gsm8k_read_as_sft_puts_the_worked_solution_in_the_assistant_turn():
     row = real_rows("gsm8k_test_sample.jsonl")[1]
     rec = record(row, "gsm8k", Regime.sft)

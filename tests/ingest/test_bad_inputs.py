@@ -372,8 +372,9 @@ def test_missing_license_is_quarantined_when_neither_recipe_nor_row_gives_one(co
     raws = raw_lines(corpus.files["no_license"])
     q = quarantined(corpus, "no_license")
     assert set(q) == {2, 4, 5}
-    for row in (2, 4, 5):  # absent, null, not a string
+    for row in (2, 4):  # absent, null
         assert_row_quarantined(corpus, "no_license", row, "missing_license", "license", raws[row - 1])
+    assert_row_quarantined(corpus, "no_license", 5, "wrong_type", "license", raws[4])  # a number is not a license
     assert kept_rows(corpus, "no_license") == [1, 3]
     licenses = corpus.lake.query("select distinct license from s where source = 'no_license'", s="silver/records")
     assert licenses == [("cc-by-nc-4.0",)]

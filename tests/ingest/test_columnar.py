@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import json
 
 import orjson
 import pytest
@@ -56,6 +57,9 @@ GSM8K = [
     {"question": "Control", "answer": "bell \x07\n#### 5"},  # a control character in meta
     {"question": "   ", "answer": "#### 5"},  # an empty prompt
     {"question": "\u00e9t\u00e9?", "answer": "#### 6"},
+    {"question": "How many?", "answer": "so\n#### 1,2,3.4.5"},  # not a number: no gold
+    {"question": "How many?", "answer": "so\n#### 1,234.5"},
+    {"question": "How many?", "answer": "so\n#### \u0661\u0662"},  # Arabic-Indic digits: not the verifier's
 ]
 HH = [
     *_rows(EXAMPLES / "data/hh_rlhf_harmless_test_300.jsonl.gz"),
@@ -233,6 +237,60 @@ def test_rows_pyarrow_json_would_misread_go_row_by_row(monkeypatch, data):
     assert columnar.counts["quarantined"] >= 1
 
 
+def test_gsm8k_final_answers_that_are_not_numbers_are_quarantined_either_way(monkeypatch):
+    rows, plan = GSM8K[-3:], _plan("gsm8k")
+    assert stage._columnar(_chunk(rows).data, plan, 3)[1].tolist() == [False, True, False]  # the others: row by row
+    columnar, by_row = _both_ways(monkeypatch, _chunk(rows), plan)
+    _assert_same(columnar, by_row)
+    assert columnar.quarantine.select(["row", "reason"]).to_pylist() == [
+        {"row": 1, "reason": "missing_answer"},
+        {"row": 3, "reason": "missing_answer"},
+    ]
+    assert columnar.candidates["answer"].to_pylist() == ["1234.5"]
+
+
 def test_gsm8k_as_sft_goes_row_by_row(monkeypatch):
     plan = FilePlan(SourcePlan(0, "src", Regime.sft, "mit", "human", {}, 1_000_000), 0, "gsm8k")
     assert stage._columnar(_chunk(GSM8K).data, plan, len(GSM8K)) is None
+
+
+def test_integers_beyond_64_bits_reach_meta_exactly_either_way(monkeypatch):
+    big, small = 123456789012345678901234567890, -(2**63) - 1
+    rows = [{**r, "uid": big if i == 2 else i, "neg": small} for i, r in enumerate(ALPACA[:6])]
+    rows[4]["note"] = "an order number 1234567890123456789012 in text"  # long digits inside a string
+    chunk, plan = RawChunk("f.jsonl", 1, b"".join(json.dumps(r).encode() + b"\n" for r in rows)), _plan("alpaca")
+    columnar, by_row = _both_ways(monkeypatch, chunk, plan)
+    _assert_same(columnar, by_row)
+    metas = [json.loads(m) for m in columnar.candidates["meta"].to_pylist()]  # the stdlib reads big integers exactly
+    assert [m["uid"] for m in metas] == [0, 1, big, 3, 4, 5]
+    assert {m["neg"] for m in metas} == {small}
+    assert metas[4]["note"] == rows[4]["note"]
+
+
+def test_a_row_with_many_keys_goes_row_by_row_without_a_column_per_key(monkeypatch):
+    many = {f"k{i}": i for i in range(100_000)}
+    widths, read = [], stage.pj.read_json  # the fields of every table pyarrow is asked to build
+
+    def read_json(source, read_options, parse_options):
+        widths.append(len(parse_options.explicit_schema))
+        return read(source, read_options, parse_options)
+
+    monkeypatch.setattr(stage.pj, "read_json", read_json)
+    plan = _plan("alpaca")
+    for at in (0, 3):  # the first row (whose keys would be the schema) and a later one
+        rows = [*ALPACA[:at], {**ALPACA[at], **many}, *ALPACA[at + 1 : 11]]
+        chunk = _chunk(rows)
+        assert stage._columnar(chunk.data, plan, len(rows)) is None
+        result = canonicalize(chunk, plan, "run")
+        assert result.counts == {"bronze": 11, "quarantined": 0, "candidates": 11}
+        assert orjson.loads(result.candidates["meta"][at].as_py()) == many
+    assert widths and max(widths) == 3  # only ever the three fields Alpaca reads: never one column per key
+
+
+def test_a_chunk_whose_rows_each_bring_new_keys_goes_row_by_row(monkeypatch):
+    rows = [{**r, f"key_{i}": i} for i, r in enumerate(ALPACA[:200])]
+    chunk, plan = _chunk(rows), _plan("alpaca")
+    assert stage._columnar(chunk.data, plan, len(rows)) is None
+    columnar, by_row = _both_ways(monkeypatch, chunk, plan)
+    _assert_same(columnar, by_row)
+    assert orjson.loads(columnar.candidates["meta"][7].as_py()) == {"key_7": 7}

@@ -14,6 +14,8 @@ from __future__ import annotations
 import gc
 import hashlib
 import io
+import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,7 +29,7 @@ import pyarrow.json as pj
 from tunelake.address import MAX_SUB, ordinals
 from tunelake.ingest.adapters import ADAPTERS
 from tunelake.ingest.adapters.arrow import constant, json_string
-from tunelake.ingest.adapters.messages import EXTRA
+from tunelake.ingest.adapters.messages import EXTRA, json_text, optional_text
 from tunelake.ingest.readers import RawChunk
 from tunelake.schema import BRONZE, LEDGER, QUARANTINE, RECORD, Reason, Regime, Rejected, quarantine_ledger, table_of
 from tunelake.silver.identify import encode_lists, prompt_ids, record_ids
@@ -83,12 +85,7 @@ def adapt(obj: object, plan: FilePlan) -> list[dict]:
         raise Rejected(Reason.wrong_type, None, f"expected a JSON object per row, got {type(obj).__name__}")
     if plan.format_error:
         raise Rejected(plan.format_error[0], None, plan.format_error[1])
-    try:
-        return _adapt(obj, plan)
-    except Rejected:
-        raise
-    except Exception as e:  # noqa: BLE001 - a value of a shape no check foresaw rejects its row only
-        raise Rejected(Reason.wrong_type, None, f"the {plan.adapter} format cannot read this row: {e!r}") from None
+    return _adapt(obj, plan)  # adapters check every shape they read: any other exception is a bug, and fails loudly
 
 
 def _adapt(obj: dict, plan: FilePlan) -> list[dict]:
@@ -119,7 +116,8 @@ def _finish(record: dict, obj: dict, plan: FilePlan, adapter, regime: Regime) ->
     }
     if message_extras:
         meta["message_fields"] = message_extras
-    license_ = obj.get("license") if isinstance(obj.get("license"), str) else source.license
+    given = {key: optional_text(obj, key) for key in _PASSTHROUGH}  # a record's own license, if any, wins
+    license_ = source.license if given["license"] is None else given["license"]
     if not license_:
         raise Rejected(Reason.missing_license, "license", "neither the recipe source nor the record gives a license")
     record.update(
@@ -128,14 +126,15 @@ def _finish(record: dict, obj: dict, plan: FilePlan, adapter, regime: Regime) ->
         origin=source.origin,
         license=license_,
         meta=dump_meta(meta) if meta else None,
-        **{k: obj[k] for k in ("lang", "created_at") if isinstance(obj.get(k), str)},
+        lang=given["lang"],
+        created_at=given["created_at"],
     )
     return record
 
 
 def dump_meta(value: object) -> str:
     """Meta as JSON text, keys sorted: the same whatever order a source wrote its keys in."""
-    return orjson.dumps(value, default=str, option=orjson.OPT_SORT_KEYS).decode()
+    return json_text(value, "meta", sort_keys=True)
 
 
 def adapted_batch(records: list[dict]) -> pa.RecordBatch:
@@ -304,8 +303,7 @@ def by_row(ledger: pa.Table) -> pa.Table:
 def _columnar(data: bytes, plan: FilePlan, rows: int) -> tuple[pa.RecordBatch, np.ndarray] | None:
     """A chunk adapted whole by its format's columnar adapter (see ingest/adapters/arrow.py), and the rows it
     vouches for; None when the chunk must go row by row: the format has no columnar form, or some row does not
-    parse as the fields that form reads (with those types) plus extra keys of plain values (text, integers,
-    booleans), which go to meta as the per-row adapter puts them there."""
+    parse as the fields that form reads (with those types) plus the first row's extra keys (see _read_schema)."""
     source = plan.source
     adapter = ADAPTERS.get(plan.adapter) if plan.adapter and not plan.format_error else None
     columnar = adapter and adapter.columnar
@@ -313,22 +311,20 @@ def _columnar(data: bytes, plan: FilePlan, rows: int) -> tuple[pa.RecordBatch, n
         return None
     if data[:1] != b"{":  # a BOM, or a first row that is not an object (pyarrow 26 crashes on a leading null)
         return None
-    options = pj.ParseOptions(explicit_schema=columnar.reads, unexpected_field_behavior="infer")
+    schema = _read_schema(data.split(b"\n", 1)[0], columnar.reads, adapter.consumes | set(_PASSTHROUGH))
+    # The table holds a cell for every field in every row and costs Arrow calls per field: with fewer rows than
+    # fields, or more cells than bytes (rows holding few of the first row's keys), row by row is cheaper, and linear.
+    if schema is None or len(schema) > rows or len(schema) * rows > len(data):
+        return None
+    options = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error")
     try:
         table = pj.read_json(io.BytesIO(data), pj.ReadOptions(use_threads=False, block_size=len(data) + 1), options)
-        names = table.schema.names
         table.validate(full=True)  # pyarrow.json does not check UTF-8: invalid_utf8 is the per-row path's to name
     except (pa.ArrowInvalid, UnicodeDecodeError):
-        return None
+        return None  # a key the schema lacks (nested ones too), a value of another type, a row that is not JSON
     if table.num_rows != rows:  # with no blank lines (checked by the caller), one row per line
         return None
-    if any(table.schema.field(f.name).type != f.type for f in columnar.reads):
-        return None  # a nested object with more keys than the form reads: its inferred type grew
-    leftovers = {name: table[name] for name in names if name not in columnar.reads.names}
-    if leftovers.keys() & (adapter.consumes | set(_PASSTHROUGH)):  # e.g. Alpaca's system: the per-row adapter maps it
-        return None
-    if any(c.type not in _JSON_VALUES for c in leftovers.values()):
-        return None
+    leftovers = {name: table[name] for name in schema.names[len(columnar.reads) :]}
     built = columnar.build(table.select(columnar.reads.names))
     entries, plain = _leftover_json(leftovers, rows)
     for key, values in built.meta.items():
@@ -345,12 +341,32 @@ def _columnar(data: bytes, plan: FilePlan, rows: int) -> tuple[pa.RecordBatch, n
     return pa.RecordBatch.from_arrays(columns, schema=ADAPTED), built.handled & plain
 
 
-# How the JSON of an extra key's value is written, by the type pyarrow inferred for it (orjson's spelling).
+# The Arrow type an extra key is read as, by the Python type of its value in a chunk's first row (a bool is an int
+# in Python: the lookup is by exact type), and how its values are written as JSON (orjson's spelling).
+_EXTRA_TYPES = {str: pa.string(), bool: pa.bool_(), int: pa.int64()}
 _JSON_VALUES = {
     pa.string(): json_string,
     pa.int64(): lambda v: (pc.cast(v, pa.string()), np.ones(len(v), bool)),
     pa.bool_(): lambda v: (pc.if_else(v, "true", "false"), np.ones(len(v), bool)),
 }
+
+
+def _read_schema(first_line: bytes, reads: pa.Schema, mapped: set[str]) -> pa.Schema | None:
+    """The schema a chunk is read with: the fields the columnar form reads, then the other keys of the chunk's first
+    row, typed by their value there; None when that row has an extra key the per-row adapter maps, or one whose value
+    is not text, an integer or a boolean. Read with unexpected_field_behavior="error", a row with any other key fails
+    the read: a table is never wider than the first row (were it as wide as all the chunk's keys, rows that each bring
+    new keys would cost keys x rows)."""
+    try:
+        first = orjson.loads(first_line)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(first, dict):
+        return None
+    extra = [(key, _EXTRA_TYPES.get(type(value))) for key, value in first.items() if key not in reads.names]
+    if any(kind is None or key in mapped for key, kind in extra):
+        return None
+    return pa.schema([*reads, *extra])
 
 
 def _leftover_json(leftovers: dict[str, pa.ChunkedArray], rows: int) -> tuple[dict[str, pa.Array], np.ndarray]:
@@ -375,12 +391,24 @@ def _meta_json(source_meta: dict, entries: dict[str, pa.Array], rows: int) -> pa
     return pc.binary_join_element_wise(*pieces, "}", "")
 
 
+# Only a row with a run of 19 digits can hold an integer beyond 64 bits, which orjson reads as a float.
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+
+
 def _parse(text: bytes) -> object:
+    text = text.removeprefix(BOM)
     try:
-        return orjson.loads(text.removeprefix(BOM))
+        obj = orjson.loads(text)
     except orjson.JSONDecodeError as e:
         try:
             text.decode("utf-8")
         except UnicodeDecodeError as u:
             raise Rejected(Reason.invalid_utf8, None, f"byte {u.start} is not UTF-8") from None
         raise Rejected(Reason.invalid_json, None, str(e)) from None
+    if _LONG_DIGITS.search(text) is None:
+        return obj
+    # orjson has read it, so it is valid JSON: the stdlib reads it the same, but keeps every integer exact.
+    try:
+        return json.loads(text)
+    except (RecursionError, ValueError) as e:  # nesting near Python's limit; an integer of over 4,300 digits
+        raise Rejected(Reason.invalid_json, None, f"cannot read its long integers exactly: {e}") from None

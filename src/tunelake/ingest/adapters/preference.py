@@ -10,7 +10,16 @@ import pyarrow.compute as pc
 
 from tunelake.ingest.adapters import Adapter
 from tunelake.ingest.adapters.arrow import Columnar, Columns, blank, message_lists, present, strings
-from tunelake.ingest.adapters.messages import chat_message, chat_messages, message, split_shared_prefix, text_field
+from tunelake.ingest.adapters.messages import (
+    chat_messages,
+    list_field,
+    message,
+    optional_number,
+    sharegpt_message,
+    split_shared_prefix,
+    system_prompt,
+    text_field,
+)
 from tunelake.schema import Reason, Regime, Rejected
 
 _HH_TURN = re.compile(r"\n\n(Human|Assistant): ?")
@@ -18,13 +27,7 @@ _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
 
 
 def _scores(row: dict) -> dict:
-    out = {}
-    for key in ("score_chosen", "score_rejected"):
-        value = row.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-            raise Rejected(Reason.wrong_type, key, f"expected a number, got {type(value).__name__}")
-        out[key] = None if value is None else float(value)
-    return out
+    return {key: optional_number(row, key) for key in ("score_chosen", "score_rejected")}
 
 
 def _side(row: dict, key: str) -> list[dict]:
@@ -128,13 +131,12 @@ def hh_rlhf_columns(table: pa.Table) -> Columns:
 
 
 def sharegpt_preference(row: dict, regime: Regime) -> dict:
-    prompt = chat_messages(row["conversations"], "conversations")
-    if isinstance(row.get("system"), str) and row["system"]:
-        prompt.insert(0, message("system", row["system"]))
+    turns = list_field(row, "conversations")
+    prompt = [sharegpt_message(t, f"conversations[{i}]") for i, t in enumerate(turns)]
     return {
-        "prompt": prompt,
-        "chosen": [chat_message(row["chosen"], "chosen")],
-        "rejected": [chat_message(row["rejected"], "rejected")],
+        "prompt": [*system_prompt(row), *prompt],
+        "chosen": [sharegpt_message(row["chosen"], "chosen")],
+        "rejected": [sharegpt_message(row["rejected"], "rejected")],
     }
 
 

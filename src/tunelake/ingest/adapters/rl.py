@@ -5,21 +5,38 @@ GSM8K and MATH can also be read as SFT (the worked solution becomes the assistan
 
 from __future__ import annotations
 
+import re
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from tunelake.ingest.adapters import Adapter
-from tunelake.ingest.adapters.arrow import Columnar, Columns, blank, constant, messages, present, strings, strip
-from tunelake.ingest.adapters.messages import as_json, chat_messages, list_field, message, optional_text, text_field
+from tunelake.ingest.adapters.arrow import Columnar, Columns, constant, messages, present, strings, strip
+from tunelake.ingest.adapters.messages import (
+    as_json,
+    chat_messages,
+    message,
+    optional_number,
+    optional_text,
+    string_list,
+    text_field,
+)
 from tunelake.schema import Reason, Regime, Rejected
+
+# A GSM8K gold number: digits (commas only between groups of three), an optional sign and decimals. ASCII digits
+# only: the same pattern is RE2's in gsm8k_columns, where \d is ASCII.
+_NUMBER = r"-?([0-9]{1,3}(,[0-9]{3})+|[0-9]+)(\.[0-9]+)?"
 
 
 def gsm8k_answer(solution: str) -> str:
     """The gold number after the last '####', without thousands separators ("1,080" -> "1080")."""
     head, sep, tail = solution.rpartition("####")
-    if not sep or not tail.strip():
+    tail = tail.strip()
+    if not sep or not tail:
         raise Rejected(Reason.missing_answer, "answer", "expected a final line '#### <number>'")
-    return tail.strip().replace(",", "")
+    if not re.fullmatch(_NUMBER, tail):
+        raise Rejected(Reason.missing_answer, "answer", f"expected a number after the last '####', got {tail!r}")
+    return tail.replace(",", "")
 
 
 def gsm8k(row: dict, regime: Regime) -> dict:
@@ -41,15 +58,16 @@ _AFTER_LAST_MARK = r"(?s)^.*####(?P<tail>.*)$"  # greedy: the text after the las
 def gsm8k_columns(table: pa.Table) -> Columns:
     """gsm8k() for a whole chunk, in the RL regime."""
     question, solution = table["question"].combine_chunks(), table["answer"].combine_chunks()
-    tail = pc.struct_field(pc.extract_regex(solution, _AFTER_LAST_MARK), [0])
+    tail = strip(pc.struct_field(pc.extract_regex(solution, _AFTER_LAST_MARK), [0]))
+    number = pc.match_substring_regex(tail, f"^(?:{_NUMBER})$").fill_null(False).to_numpy(zero_copy_only=False)
     rows = len(question)
     fields = {
         "prompt": messages(["user"], [question]),
-        "answer": pc.replace_substring(strip(tail), ",", ""),
+        "answer": pc.replace_substring(tail, ",", ""),
         "verifier": constant("numeric", rows),
         "domain": constant("math", rows),
     }
-    return Columns(fields, {"solution": solution}, present(question, solution) & ~blank(tail))
+    return Columns(fields, {"solution": solution}, present(question, solution) & number)
 
 
 def last_boxed(text: str) -> str | None:
@@ -66,11 +84,17 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
+_LEVELS = {**{n: n for n in range(1, 6)}, **{str(n): n for n in range(1, 6)}}
+
+
 def _level(row: dict) -> float | None:
+    """MATH's level ("Level 3"; 3 in MATH-500) over the top level, 5; None for any other value (it stays in meta)."""
     level = row.get("level")
-    if isinstance(level, str) and level.removeprefix("Level ").isdigit():
-        level = int(level.removeprefix("Level "))
-    return level / 5 if isinstance(level, int) and not isinstance(level, bool) else None
+    if isinstance(level, str):
+        level = level.removeprefix("Level ")
+    elif isinstance(level, bool) or not isinstance(level, int):
+        return None
+    return _LEVELS[level] / 5 if level in _LEVELS else None
 
 
 def math(row: dict, regime: Regime) -> dict:
@@ -99,7 +123,7 @@ def humaneval(row: dict, regime: Regime) -> dict:
         "prompt": [message("user", prompt)],
         "answer": text_field(row, "canonical_solution"),
         "verifier": "python_tests",
-        "verifier_config": as_json(config),
+        "verifier_config": as_json(config, "verifier_config"),
         "domain": "code",
         "meta": {"task_id": row.get("task_id")},
     }
@@ -108,17 +132,15 @@ def humaneval(row: dict, regime: Regime) -> dict:
 def mbpp(row: dict, regime: Regime) -> dict:
     """MBPP (`text`) and sanitized MBPP (`prompt`); the prompt lists the tests, as the MBPP paper does."""
     task = text_field(row, "text" if "text" in row else "prompt")
-    tests = list_field(row, "test_list")
-    if not all(isinstance(t, str) for t in tests):
-        raise Rejected(Reason.wrong_type, "test_list", "expected a list of assert strings")
-    setup = row.get("test_setup_code") or "\n".join(row.get("test_imports") or [])
+    tests = string_list(row, "test_list")
+    setup = optional_text(row, "test_setup_code") or "\n".join(string_list(row, "test_imports", required=False))
     config = {"test_list": tests, "test_setup_code": setup}
     user = f"{task} Your code should pass these tests:\n\n" + "\n".join(tests)
     return {
         "prompt": [message("user", user)],
         "answer": text_field(row, "code"),
         "verifier": "python_tests",
-        "verifier_config": as_json(config),
+        "verifier_config": as_json(config, "verifier_config"),
         "domain": "code",
         "meta": {"task_id": row.get("task_id")},
     }
@@ -127,20 +149,23 @@ def mbpp(row: dict, regime: Regime) -> dict:
 def generic_rl(row: dict, regime: Regime) -> dict:
     prompt = row["prompt"]
     prompt = [message("user", prompt)] if isinstance(prompt, str) else chat_messages(prompt, "prompt")
-    answer = row.get("answer")
-    if answer is not None and not isinstance(answer, str):
-        answer = as_json(answer)  # numbers and lists are kept as their JSON text
-    difficulty = row.get("difficulty")
-    if difficulty is not None and (isinstance(difficulty, bool) or not isinstance(difficulty, int | float)):
-        raise Rejected(Reason.wrong_type, "difficulty", f"expected a number, got {type(difficulty).__name__}")
     return {
         "prompt": prompt,
-        "answer": answer,
+        "answer": _gold(row),
         "verifier": text_field(row, "verifier"),
-        "verifier_config": as_json(row.get("verifier_config")),
+        "verifier_config": as_json(row.get("verifier_config"), "verifier_config"),
         "domain": optional_text(row, "domain"),
-        "difficulty": None if difficulty is None else float(difficulty),
+        "difficulty": optional_number(row, "difficulty"),
     }
+
+
+def _gold(row: dict) -> str | None:
+    """The gold answer as text: a string, or a number as its JSON text (GSM8K-like 18 -> "18"). A list, object or
+    boolean is a Rejected: as JSON text it would be compared to a rollout's answer as if it were one."""
+    answer = row.get("answer")
+    if isinstance(answer, bool) or not isinstance(answer, str | int | float | None):
+        raise Rejected(Reason.wrong_type, "answer", f"expected a string or a number, got {type(answer).__name__}")
+    return as_json(answer, "answer")
 
 
 ADAPTERS = [

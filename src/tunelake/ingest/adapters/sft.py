@@ -10,11 +10,12 @@ import pyarrow.compute as pc
 from tunelake.ingest.adapters import Adapter
 from tunelake.ingest.adapters.arrow import Columnar, Columns, blank, message_lists, messages, present, strings
 from tunelake.ingest.adapters.messages import (
-    chat_message,
     chat_messages,
     list_field,
     message,
     optional_text,
+    sharegpt_message,
+    system_prompt,
     text_field,
     tool_calls_json,
     tools_json,
@@ -60,7 +61,7 @@ def sharegpt_columns(table: pa.Table) -> Columns:
 
 def _sharegpt_turn(turn: object, where: str) -> dict:
     """A ShareGPT turn; `function_call` turns become assistant tool calls, `observation` turns tool results."""
-    msg = chat_message(turn, where)
+    msg = sharegpt_message(turn, where)
     if msg["role"] == "function_call":
         try:
             call = orjson.loads(msg["content"] or "")
@@ -75,15 +76,16 @@ def _sharegpt_turn(turn: object, where: str) -> dict:
 def sharegpt(row: dict, regime: Regime) -> dict:
     turns = list_field(row, "conversations")
     messages = [_sharegpt_turn(t, f"conversations[{i}]") for i, t in enumerate(turns)]
-    if isinstance(row.get("system"), str) and row["system"]:
-        messages.insert(0, message("system", row["system"]))
-    return {"messages": messages, "tools": tools_json(row.get("tools"))}
+    return {"messages": [*system_prompt(row), *messages], "tools": tools_json(row.get("tools"))}
 
 
 def _history(row: dict) -> list[dict]:
     """Alpaca-style `history`: earlier [instruction, response] pairs."""
+    history = row.get("history")
+    if history is not None and not isinstance(history, list):
+        raise Rejected(Reason.wrong_type, "history", f"expected a list of pairs, got {type(history).__name__}")
     out = []
-    for i, pair in enumerate(row.get("history") or []):
+    for i, pair in enumerate(history or []):
         if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
             raise Rejected(Reason.wrong_type, f"history[{i}]", "expected a [user, assistant] pair of strings")
         out += [message("user", pair[0]), message("assistant", pair[1])]
@@ -92,16 +94,13 @@ def _history(row: dict) -> list[dict]:
 
 def _instruction(row: dict, context_key: str) -> str:
     instruction = text_field(row, "instruction")
-    context = row.get(context_key) or ""
-    if not isinstance(context, str):
-        raise Rejected(Reason.wrong_type, context_key, f"expected a string, got {type(context).__name__}")
+    context = optional_text(row, context_key) or ""
     return f"{instruction}\n\n{context}" if context.strip() else instruction
 
 
 def alpaca(row: dict, regime: Regime) -> dict:
-    system = [message("system", row["system"])] if isinstance(row.get("system"), str) and row["system"] else []
     user = message("user", _instruction(row, "input"))
-    return {"messages": [*system, *_history(row), user, message("assistant", text_field(row, "output"))]}
+    return {"messages": [*system_prompt(row), *_history(row), user, message("assistant", text_field(row, "output"))]}
 
 
 def alpaca_columns(table: pa.Table) -> Columns:
