@@ -81,3 +81,9 @@ class NeedsAMissingPackage(RowLocalStage):
 
     def process(self, batch: pa.RecordBatch) -> Outcome:
         return Outcome(batch)
+
+
+class ForgetsToProcess(RowLocalStage):
+    """A stage that never says what it does to a batch."""
+
+    name = "forgets_to_process"

@@ -161,6 +161,7 @@ def test_exact_dedup_can_be_turned_off(tmp_path, example_sources):
         ([{"use": f"{EXAMPLE_STAGES}.QuarantineShortAnswers", "min_chars": 1, "max": 2}], "max: unknown key"),
         ([{"use": f"{EXAMPLE_STAGES}.LosesARow"}] * 2, "stage names must be unique"),
         ([{"min_chars": 1}], "`use` must name a stage class"),
+        ([{"use": f"{EXAMPLE_STAGES}.ForgetsToProcess"}], "does not implement process"),
     ],
 )
 def test_a_stage_that_cannot_be_used_is_a_recipe_error(tmp_path, stages, message):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -92,11 +93,11 @@ class Outcome:
     modified: pa.Array | None = None  # what the stage changed in a kept row (a ledger `modify` entry)
 
 
-class RowLocalStage(Stage):
+class RowLocalStage(Stage, ABC):
     """Runs on one batch at a time, anywhere: the runner fuses consecutive row-local stages over each chunk."""
 
-    def process(self, batch: pa.RecordBatch) -> Outcome:
-        raise NotImplementedError
+    @abstractmethod
+    def process(self, batch: pa.RecordBatch) -> Outcome: ...
 
 
 @dataclass
@@ -118,12 +119,12 @@ class Decisions:
     annotations: pa.Table | None = None
 
 
-class GlobalStage(Stage):
+class GlobalStage(Stage, ABC):
     """Sees every candidate at once, through the columns it asks for (staged per chunk by the row-local pass)."""
 
     def columns(self, batch: pa.RecordBatch) -> dict[str, pa.Array]:
         """The columns this step reads, computed per chunk where the data is (default: its `reads` columns)."""
         return {name: batch[name] for name in self.reads}
 
-    def run(self, rows: StagedRows, memory_limit: str) -> Decisions:
-        raise NotImplementedError
+    @abstractmethod
+    def run(self, rows: StagedRows, memory_limit: str) -> Decisions: ...

@@ -63,6 +63,9 @@ def builtin_stages(silver: object) -> list[Stage]:
 def _instance(cls: type[Stage], config: dict, where: str) -> Stage:
     if not getattr(cls, "name", None):
         raise StageError(f"{where}: the stage class sets no `name`")
+    if getattr(cls, "__abstractmethods__", None):
+        missing = ", ".join(sorted(cls.__abstractmethods__))
+        raise StageError(f"{where}: the stage class does not implement {missing}")
     _check_dependencies(cls, where)
     try:
         return cls(cls.Config.model_validate(config))
