@@ -41,6 +41,13 @@ class QuarantineShortAnswers(RowLocalStage):
         reason = pc.if_else(short, pa.scalar("short_answer", pa.string()), pa.scalar(None, pa.string()))
         return Outcome(batch, quarantine=reason, field=pc.if_else(short, "answer", pa.scalar(None, pa.string())))
 
+    def report(self, ledger: pa.Table) -> dict:
+        """Quarantined rows per source, from the stage's own ledger rows."""
+        return {
+            item["values"]: item["counts"]
+            for item in pc.value_counts(ledger.filter(pc.equal(ledger["action"], "quarantine"))["source"]).to_pylist()
+        }
+
 
 class OneGroupPerSource(GlobalStage):
     """Annotates every record with its source's group, so each source lands whole in one split; drops the

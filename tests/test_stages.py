@@ -4,6 +4,7 @@ built-in ones (stages used here are in tests/stage_examples.py and examples/stag
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 
@@ -96,6 +97,8 @@ def test_row_local_stages_add_columns_rewrite_fields_and_quarantine(tmp_path, ex
         == len(quarantined)
         == manifest["stages"]["quarantine_short_answers"]["quarantined"]["short_answer"]
     )
+    # The stage's own report, made from its ledger rows, is in the manifest; stages without one add nothing.
+    assert manifest["reports"] == {"quarantine_short_answers": dict(Counter(s for s, *_ in quarantined))}
 
 
 def test_a_global_stage_annotates_groups_that_the_splits_follow(tmp_path, example_sources):

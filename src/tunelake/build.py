@@ -28,6 +28,8 @@ from pathlib import Path
 import jinja2
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from tunelake import __version__, tables
@@ -58,7 +60,7 @@ from tunelake.schema import (
     table_of,
 )
 from tunelake.silver.canonicalize import FilePlan, SourcePlan
-from tunelake.stage import DECISIONS, Decisions, GlobalStage, StagedRows
+from tunelake.stage import DECISIONS, Decisions, GlobalStage, Stage, StagedRows
 from tunelake.tables import SPLITS
 from tunelake.tasks import (
     STEP_CANONICALIZE,
@@ -126,6 +128,7 @@ class _Run:
     passes: dict[str, dict] = field(default_factory=dict)
     tables: dict[str, int] = field(default_factory=dict)
     tokenized: dict | None = None
+    stage_reports: dict[str, dict] = field(default_factory=dict)  # per stage that reports (Stage.report)
     schemas: dict[str, pa.Schema] = field(default_factory=dict)  # tables to commit, in order
     previous: dict = field(default_factory=dict)  # the manifest of the last complete build ({} if none)
     cache: IngestCache | None = None
@@ -232,6 +235,7 @@ def build(recipe: Recipe, recipe_sha256: str, progress: Progress | None = None) 
                 if tokenize:
                     _tokenize(run, engine, tokenize, publish_step(len(segs)))
                 run.will_commit(tables.LEDGER_NAME, LEDGER)
+                _stage_reports(run, chain)
                 exports = _export(run, engine)
             # Nothing is committed until every stage has succeeded and the counts reconcile. The pool has shut down
             # by now: the commits and the manifest follow each other closely, and the manifest's peak memory counts
@@ -650,6 +654,18 @@ def _pack(run: _Run, engine: Engine, plan: TokenizePlan, step: int) -> dict:
     return report
 
 
+def _stage_reports(run: _Run, chain: list) -> None:
+    """Each reporting stage's summary of its own ledger rows in this build (reused files' rows included)."""
+    reporting = [stage for stage in chain if type(stage).report is not Stage.report]
+    if not reporting:
+        return
+    ledger = ds.dataset(run.staged_files(tables.LEDGER_NAME), schema=LEDGER, format="parquet")
+    for stage in reporting:
+        report = stage.report(ledger.to_table(filter=pc.field("stage") == stage.name))
+        if report is not None:
+            run.stage_reports[stage.name] = report
+
+
 def _reconcile(run: _Run) -> None:
     """Every bronze row (and every further record a row gave) is in silver, quarantined or dropped with a reason,
     and every stage's rows are kept, dropped or quarantined; else nothing is published."""
@@ -759,6 +775,7 @@ def _manifest(run: _Run, recipe_sha256: str, started_at: str, chain: list) -> di
         "gold": dict(sorted(run.gold.items())),
         "chain": [stage.describe() for stage in chain],
         "stages": {name: count.report() for name, count in run.stage_counts.items()},
+        "reports": run.stage_reports,
         "passes": run.passes,
         "tokenized": run.tokenized,
         "peak_rss_mb": peak_rss_mb(),

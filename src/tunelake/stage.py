@@ -80,6 +80,11 @@ class Stage:
     def fingerprint(self) -> str:
         return hashlib.sha256(orjson.dumps(self.describe(), option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
+    def report(self, ledger: pa.Table) -> dict | None:
+        """What this stage adds to the manifest's `reports` (e.g. an eval x source matrix), from the build's ledger
+        rows of this stage (schema.LEDGER); None adds nothing. The counts per reason are kept by the runner."""
+        return None
+
 
 @dataclass
 class Outcome:
