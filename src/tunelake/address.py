@@ -21,12 +21,12 @@ SOURCE_BITS, FILE_BITS, ROW_BITS, SUB_BITS = 8, 20, 29, 6
 MAX_SOURCES, MAX_FILES, MAX_ROWS, MAX_SUB = (1 << b for b in (SOURCE_BITS, FILE_BITS, ROW_BITS, SUB_BITS))
 _ROW_SHIFT = SUB_BITS
 _FILE_SHIFT = _ROW_SHIFT + ROW_BITS
-_SOURCE_SHIFT = _FILE_SHIFT + FILE_BITS
+SOURCE_SHIFT = _FILE_SHIFT + FILE_BITS
 
 
 def ordinal(source: int, file: int, row: int = 0, sub: int = 0) -> int:
     """The ordinal of one address."""
-    return (source << _SOURCE_SHIFT) | (file << _FILE_SHIFT) | (row << _ROW_SHIFT) | sub
+    return (source << SOURCE_SHIFT) | (file << _FILE_SHIFT) | (row << _ROW_SHIFT) | sub
 
 
 def ordinals(source: int, file: int, rows: pa.Array, subs: pa.Array | None = None) -> pa.Array:
@@ -38,7 +38,7 @@ def ordinals(source: int, file: int, rows: pa.Array, subs: pa.Array | None = Non
 def ordinal_parts(ords: pa.Array) -> tuple[pa.Array, pa.Array, pa.Array, pa.Array]:
     """(source, file, row, sub) index arrays back from ordinals."""
     return (
-        pc.shift_right(ords, _SOURCE_SHIFT),
+        pc.shift_right(ords, SOURCE_SHIFT),
         pc.bit_wise_and(pc.shift_right(ords, _FILE_SHIFT), MAX_FILES - 1),
         pc.bit_wise_and(pc.shift_right(ords, _ROW_SHIFT), MAX_ROWS - 1),
         pc.bit_wise_and(ords, MAX_SUB - 1),

@@ -201,6 +201,8 @@ class Reason(StrEnum):
     unreadable_file = "unreadable_file"
     empty_file = "empty_file"
     duplicate = "duplicate_of"  # written as duplicate_of:<id>
+    near_duplicate = "near_duplicate_of"  # written as near_duplicate_of:<id>
+    prompt_cap = "prompt_cap"  # written as prompt_cap:<group id>
     # Tokenization (gold/tokenized): the record is never trained on.
     template_error = "template_error"
     template_dropped_content = "template_dropped_content"

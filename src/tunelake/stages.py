@@ -18,11 +18,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from tunelake.silver.dedup import ExactDedup
+from tunelake.silver.near_dedup import NearDedup
 from tunelake.stage import GlobalStage, MissingDependency, RowLocalStage, Stage
 
 # name -> class, in the order they run. A new built-in stage is one module and one line here.
 BUILTIN: dict[str, type[Stage]] = {
     "exact_dedup": ExactDedup,
+    "near_dedup": NearDedup,
 }
 # Built-in stages a recipe runs unless its section is null.
 ON_BY_DEFAULT = frozenset({"exact_dedup"})

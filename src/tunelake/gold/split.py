@@ -11,16 +11,11 @@ import numpy as np
 import pyarrow as pa
 
 from tunelake.recipe import Split
+from tunelake.silver.ngrams import mix
 from tunelake.tables import SPLITS
 
 _HEX = np.full(256, 255, np.uint8)
 _HEX[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16, dtype=np.uint8)
-
-
-def _mix(z: np.ndarray) -> np.ndarray:
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
 
 
 def _unit(prompt_ids: pa.Array, seed: int) -> np.ndarray:
@@ -37,7 +32,7 @@ def _unit(prompt_ids: pa.Array, seed: int) -> np.ndarray:
             value = np.zeros(len(prompt_ids), np.uint64)
             for column in word:
                 value = (value << np.uint64(4)) | column.astype(np.uint64)
-            mixed = _mix(mixed ^ value)
+            mixed = mix(mixed ^ value)
     return (mixed >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 

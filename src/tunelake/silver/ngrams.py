@@ -80,7 +80,7 @@ def ngram_hashes(texts: pa.Array, n: int) -> Grams:
             at = first + t
             inside = at < end
             acc += np.where(inside, word_hashes[np.minimum(at, len(word_hashes) - 1)] * _POSITION[t], np.uint64(0))
-    return Grams(offsets, _mix(acc) if len(acc) else acc)
+    return Grams(offsets, mix(acc) if len(acc) else acc)
 
 
 def _list_offsets(lists: pa.ListArray) -> np.ndarray:
@@ -100,7 +100,7 @@ def _word_hashes(flat: pa.StringArray) -> np.ndarray:
     powers = _powers(int(lengths.max()))
     with np.errstate(over="ignore"):
         terms = (data.astype(np.uint64) + np.uint64(1)) * powers[position]
-        return _mix(np.add.reduceat(terms, offsets[:-1]) ^ lengths.astype(np.uint64))
+        return mix(np.add.reduceat(terms, offsets[:-1]) ^ lengths.astype(np.uint64))
 
 
 def _powers(count: int) -> np.ndarray:
@@ -112,7 +112,7 @@ def _powers(count: int) -> np.ndarray:
     return powers
 
 
-def _mix(z: np.ndarray) -> np.ndarray:
+def mix(z: np.ndarray) -> np.ndarray:
     """SplitMix64's finaliser: every input bit affects every output bit."""
     with np.errstate(over="ignore"):
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -122,4 +122,4 @@ def _mix(z: np.ndarray) -> np.ndarray:
 
 # One odd multiplier per position in an n-gram (SplitMix64's outputs 1..MAX_N), so "a b" and "b a" differ.
 with np.errstate(over="ignore"):
-    _POSITION = _mix(np.arange(1, MAX_N + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) | np.uint64(1)
+    _POSITION = mix(np.arange(1, MAX_N + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) | np.uint64(1)

@@ -53,6 +53,17 @@ class Turns:
     def any(self, turns: np.ndarray) -> np.ndarray:
         return self.first(turns) >= 0
 
+    def text(self, turns: np.ndarray | None = None) -> pa.StringArray:
+        """Per record, the contents of its turns (those where `turns`, a bool per turn, holds; default all) joined
+        by newlines; "" where none."""
+        content = pc.fill_null(self.fields["content"], "")
+        lengths = self.lengths
+        if turns is not None:
+            content = content.filter(pa.array(turns))
+            lengths = np.bincount(self.record[turns], minlength=self.records)
+        offsets = pa.array(np.concatenate(([0], np.cumsum(lengths))), pa.int32())
+        return pc.fill_null(pc.binary_join(pa.ListArray.from_arrays(offsets, content), "\n"), "")
+
     def replaced(self, **fields: pa.Array) -> pa.Array:
         """The column with some message fields replaced (arrays over all turns, in the same order)."""
         children = [fields.get(name, self.fields[name]) for name in MESSAGE_FIELDS]

@@ -1,0 +1,232 @@
+"""MinHash signatures, LSH banding, exact Jaccard and clusters: the arithmetic of near-duplicate detection.
+
+Vectorised end to end (NumPy over whole arrays; no Python loop per record, gram, pair or edge):
+- a signature is, per permutation, the minimum over a text's gram hashes of a multiply-shift hash (the high 32
+  bits of a * h + b modulo 2^64, a odd): one outer product per block of grams, reduced per text;
+- a band of `rows` signature values is folded into one 64-bit bucket key, so two texts share a bucket in a band
+  when their values agree on all its rows: P(candidate) = 1 - (1 - J^rows)^bands;
+- candidates are verified by exact Jaccard of their gram sets, so banding decides recall only, never precision;
+- clusters are connected components of the verified pairs, by min-label propagation with pointer jumping.
+
+Everything here is deterministic and independent of how records are split into chunks or workers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tunelake.silver.ngrams import Grams, mix
+
+SEED = 0x7475_6E65_6C61_6B65  # "tunelake": the permutations are part of cached outputs; never change it
+BLOCK = 1 << 14  # grams hashed at once: BLOCK x num_perm x 8 bytes of scratch (16 MiB at 128 permutations)
+EMPTY = np.uint32(0xFFFF_FFFF)  # the signature value of a text with no grams
+
+
+def permutations(num_perm: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (a, b) of each permutation: a odd, from SplitMix64 over SEED (so the same on every machine)."""
+    with np.errstate(over="ignore"):
+        counter = np.uint64(SEED) + np.arange(1, 2 * num_perm + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    values = mix(counter)
+    return values[:num_perm] | np.uint64(1), values[num_perm:]
+
+
+def signatures(grams: Grams, num_perm: int) -> np.ndarray:
+    """Each text's MinHash signature, uint32 of shape (texts, num_perm); a text with no grams is all EMPTY."""
+    a, b = permutations(num_perm)
+    out = np.full((len(grams), num_perm), EMPTY, np.uint32)
+    counts = grams.counts
+    has = np.flatnonzero(counts)
+    if not len(has):
+        return out
+    # Blocks end at text boundaries (a text longer than a block is hashed in pieces, its minimum carried over).
+    starts = grams.offsets[has]
+    ends = grams.offsets[has + 1]
+    lo = 0
+    while lo < len(has):
+        hi = int(np.searchsorted(starts, starts[lo] + BLOCK, side="left"))
+        hi = max(hi, lo + 1)
+        first, last = int(starts[lo]), int(ends[hi - 1])
+        block_min = np.full((num_perm, hi - lo), EMPTY, np.uint32)
+        for piece in range(first, last, BLOCK):
+            piece_end = min(piece + BLOCK, last)
+            hashed = _hash(grams.hashes[piece:piece_end], a, b)
+            # Texts of this block that have grams in this piece, and where their grams start within it.
+            t_lo = int(np.searchsorted(ends[lo:hi], piece, side="right"))
+            t_hi = int(np.searchsorted(starts[lo:hi], piece_end, side="left"))
+            at = np.maximum(starts[lo + t_lo : lo + t_hi], piece) - piece
+            np.minimum(block_min[:, t_lo:t_hi], np.minimum.reduceat(hashed, at, axis=1), out=block_min[:, t_lo:t_hi])
+        out[has[lo:hi]] = block_min.T
+        lo = hi
+    return out
+
+
+def _hash(hashes: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Every permutation of every gram hash: (num_perm, grams) uint32."""
+    with np.errstate(over="ignore"):
+        values = np.multiply.outer(a, hashes)
+        values += b[:, None]
+    values >>= np.uint64(32)
+    return values.astype(np.uint32)
+
+
+def band_parameters(threshold: float, num_perm: int, recall: float = 0.995) -> tuple[int, int]:
+    """(bands, rows) with bands * rows <= num_perm: the most rows per band (the fewest false candidates) whose
+    chance of making a pair at exactly `threshold` a candidate is at least `recall`."""
+    for rows in range(num_perm, 0, -1):
+        bands = num_perm // rows
+        if candidate_probability(threshold, bands, rows) >= recall:
+            return bands, rows
+    return num_perm, 1
+
+
+def candidate_probability(jaccard: float, bands: int, rows: int) -> float:
+    """The chance that a pair of this similarity shares a bucket in at least one band."""
+    return 1 - (1 - jaccard**rows) ** bands
+
+
+def band_keys(signature: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """Per text and band, a 64-bit key of the band's values: (texts, bands) uint64, the band index mixed in, so
+    keys of different bands never meet."""
+    if bands * rows > signature.shape[1]:
+        raise ValueError(f"{bands} bands x {rows} rows need {bands * rows} permutations, got {signature.shape[1]}")
+    keys = np.empty((signature.shape[0], bands), np.uint64)
+    with np.errstate(over="ignore"):
+        for band in range(bands):
+            acc = np.full(signature.shape[0], np.uint64(band + 1) * np.uint64(0xD6E8FEB86659FD93), np.uint64)
+            for column in signature[:, band * rows : (band + 1) * rows].T:
+                acc = mix(acc ^ column.astype(np.uint64))
+            keys[:, band] = acc
+    return keys
+
+
+def bucket_pairs(bucket: np.ndarray, member: np.ndarray, all_pairs_up_to: int = 32) -> np.ndarray:
+    """Candidate pairs from (bucket, member) rows sorted by bucket.
+
+    A bucket of up to `all_pairs_up_to` members gives all its pairs; a larger one (many near-identical texts, or
+    a value shared by chance) gives each member paired with the next and with the bucket's first, so candidates
+    stay linear in its size while its true duplicates still join one component."""
+    n = len(bucket)
+    index = np.arange(n)
+    first = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]]) if n else np.empty(0, np.int64)
+    sizes = np.diff(np.r_[first, n])
+    first_of = np.repeat(first, sizes)
+    small = np.repeat(sizes <= all_pairs_up_to, sizes)
+    pairs = []
+    for d in range(1, min(all_pairs_up_to, int(sizes.max(initial=1)))):
+        i = index[: n - d]
+        ok = (bucket[i] == bucket[i + d]) & (small[i] | (d == 1))
+        pairs.append(np.stack([member[i[ok]], member[i[ok] + d]], axis=1))
+    later_in_big = ~small & (index != first_of)
+    pairs.append(np.stack([member[first_of[later_in_big]], member[later_in_big]], axis=1))
+    return np.concatenate(pairs).astype(np.int64, copy=False)
+
+
+def unique_pairs(pairs: np.ndarray) -> np.ndarray:
+    """Each unordered pair once, as (smaller, larger), sorted."""
+    if not len(pairs):
+        return pairs.reshape(0, 2)
+    ordered = np.sort(pairs, axis=1)
+    return np.unique(ordered, axis=0)
+
+
+def sorted_sets(grams: Grams) -> Grams:
+    """Each text's gram hashes as a sorted set (duplicates removed): what Jaccard compares."""
+    if not len(grams.hashes):
+        return grams
+    text = np.repeat(np.arange(len(grams)), grams.counts)
+    order = np.lexsort((grams.hashes, text))
+    hashes, text = grams.hashes[order], text[order]
+    first = np.r_[True, (hashes[1:] != hashes[:-1]) | (text[1:] != text[:-1])]
+    offsets = np.zeros(len(grams) + 1, np.int64)
+    np.cumsum(np.bincount(text[first], minlength=len(grams)), out=offsets[1:])
+    return Grams(offsets, hashes[first])
+
+
+def jaccard(sets: Grams, left: np.ndarray, right: np.ndarray, block: int = 1 << 22) -> np.ndarray:
+    """Exact Jaccard of the sets of texts left[k] and right[k] (from sorted_sets), float64 per pair. Two empty
+    sets are identical (1.0)."""
+    counts = sets.counts
+    out = np.empty(len(left), np.float64)
+    sizes = counts[left] + counts[right]
+    start = 0
+    while start < len(left):
+        # Pairs whose grams together fit the block (at least one pair).
+        stop = max(start + 1, int(np.searchsorted(np.cumsum(sizes[start:]), block, side="right")) + start)
+        out[start:stop] = _jaccard_block(sets, left[start:stop], right[start:stop])
+        start = stop
+    return out
+
+
+def _jaccard_block(sets: Grams, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    counts = sets.counts
+    pair = np.arange(len(left))
+    sides = np.concatenate([left, right])
+    owner = np.concatenate([pair, pair])
+    lengths = counts[sides]
+    gather = _ranges(sets.offsets[sides], lengths)
+    hashes = sets.hashes[gather]
+    by = np.repeat(owner, lengths)
+    order = np.lexsort((hashes, by))
+    hashes, by = hashes[order], by[order]
+    # Within a pair each side is a set, so an equal neighbour is a gram both sides hold.
+    both = (hashes[1:] == hashes[:-1]) & (by[1:] == by[:-1])
+    inter = np.bincount(by[1:][both], minlength=len(left)).astype(np.float64)
+    union = counts[left] + counts[right] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The concatenation of arange(s, s + n) for each (s, n)."""
+    total = int(lengths.sum())
+    if not total:
+        return np.empty(0, np.int64)
+    shift = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+    return np.arange(total, dtype=np.int64) + shift
+
+
+def components(nodes: int, edges: np.ndarray) -> np.ndarray:
+    """The connected component of each node 0..nodes-1, labelled by its smallest node."""
+    label = np.arange(nodes, dtype=np.int64)
+    if not len(edges):
+        return label
+    u, v = edges[:, 0], edges[:, 1]
+    while True:
+        low = np.minimum(label[u], label[v])
+        before = label.copy()
+        np.minimum.at(label, u, low)
+        np.minimum.at(label, v, low)
+        label = label[label]  # pointer jumping: each node takes its label's label
+        if np.array_equal(label, before):
+            return label
+
+
+def greedy_keep(nodes: int, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which nodes to keep when node i is preferred to node j for i < j: a node is dropped when a kept node
+    preferred to it shares an edge with it (so no two kept nodes share an edge, and every dropped node names a
+    kept neighbour). Returns (kept mask, for each dropped node the kept neighbour it is dropped for, else -1).
+
+    Decided in rounds over all edges at once: a node whose preferred neighbours are all decided and dropped is
+    kept; a node with a kept preferred neighbour is dropped. Rounds are as many as the longest chain of
+    preference among undecided nodes, not as many as edges."""
+    kept = np.ones(nodes, bool)
+    dropped_for = np.full(nodes, -1, np.int64)
+    if not len(edges):
+        return kept, dropped_for
+    better, worse = edges.min(axis=1), edges.max(axis=1)
+    state = np.zeros(nodes, np.int8)  # 0 undecided, 1 kept, 2 dropped
+    state[np.setdiff1d(np.arange(nodes), worse)] = 1  # nobody preferred to them shares an edge
+    while (state[worse] == 0).any():
+        # Undecided nodes with a kept preferred neighbour are dropped, for the most preferred such neighbour.
+        hit = (state[better] == 1) & (state[worse] == 0)
+        if hit.any():
+            order = np.lexsort((better[hit], worse[hit]))
+            w, b = worse[hit][order], better[hit][order]
+            first = np.r_[True, w[1:] != w[:-1]]
+            dropped_for[w[first]] = b[first]
+            state[w[first]] = 2
+        # Undecided nodes whose preferred neighbours are all dropped are kept.
+        blocking = np.zeros(nodes, bool)
+        blocking[worse[state[better] != 2]] = True
+        state[(state == 0) & ~blocking] = 1
+    kept = state != 2
+    return kept, dropped_for
