@@ -1,0 +1,173 @@
+"""The near_dedup stage through real builds: planted near-duplicates of real records (GSM8K train, HH-RLHF
+harmless test, from examples/data) are dropped naming the kept record and their Jaccard; a preference pair is a
+duplicate only when all three parts are; the kept member follows the policy whatever the workers; near-identical
+prompts share a split."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pytest
+
+from tests.conftest import EXAMPLES, run_build, write_recipe
+from tunelake.recipe import RecipeError, load_recipe
+
+GSM8K = EXAMPLES / "data" / "gsm8k_train_300.jsonl.gz"
+HH = EXAMPLES / "data" / "hh_rlhf_harmless_test_300.jsonl.gz"
+
+
+def _rows(path: Path) -> list[dict]:
+    with gzip.open(path, "rt") as f:
+        return [json.loads(line) for line in f]
+
+
+def _write(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def _source(name: str, path: str, **extra) -> dict:
+    return {"name": name, "path": path, "license": "mit", "origin": "human", **extra}
+
+
+def _reformatted(text: str) -> str:
+    """The same words, other case, punctuation and spacing: Jaccard 1 after normalising, a different record."""
+    return "  " + text.upper().replace(",", " ,").replace("?", " ??") + " "
+
+
+def _respaced(text: str) -> str:
+    """The same words and case with other punctuation spacing (HH transcripts keep their turn markers)."""
+    return text.replace(", ", " ,  ").replace(". ", " .  ").replace("?", " ?!")
+
+
+def _ledger(lake, stage: str) -> list[dict]:
+    rows = lake.query(f"select source, row, reason, detail from l where stage = '{stage}' order by 1, 2", l="ledger")
+    return [dict(zip(("source", "row", "reason", "detail"), r, strict=True)) for r in rows]
+
+
+def test_planted_near_duplicates_of_real_records_are_dropped_naming_the_kept_record(tmp_path):
+    real = _rows(GSM8K)[:120]
+    planted = [{**r, "question": _reformatted(r["question"])} for r in real[:40]]
+    planted += [{**r, "question": r["question"] + " Show your work."} for r in real[40:60]]
+    sources = [
+        _source("gsm8k", _write(tmp_path / "real.jsonl", real), format="gsm8k"),
+        _source("copies", _write(tmp_path / "copies.jsonl", planted), format="gsm8k"),
+    ]
+    manifest, lake = run_build(write_recipe(tmp_path, sources, silver={"near_dedup": {}}))
+
+    drops = _ledger(lake, "near_dedup")
+    assert {d["source"] for d in drops} == {"copies"} and len(drops) == 60
+    ids = dict(lake.query("select row, id from l where source = 'gsm8k' and stage = 'split'", l="ledger"))
+    for d in drops:  # copy row i is a copy of real row i: the earlier source is kept
+        assert d["reason"] == f"near_duplicate_of:{ids[d['row']]}"
+        jaccard = float(d["detail"].split()[1])
+        assert jaccard == 1.0 if d["row"] <= 40 else 0.8 <= jaccard < 1.0
+        assert d["detail"].endswith(f"with the kept gsm8k:{tmp_path / 'real.jsonl'}:{d['row']}")
+    assert manifest["stages"]["near_dedup"]["dropped"] == {"near_duplicate_of": 60}
+    silver = lake.read("silver/records", ["id", "cluster_id"])
+    assert silver.num_rows == 120
+    clustered = pc.sum(pc.not_equal(silver["id"], silver["cluster_id"])).as_py() or 0
+    assert clustered == 0  # every kept record here is its own cluster's kept member
+
+
+def test_a_preference_pair_is_a_near_duplicate_only_when_prompt_chosen_and_rejected_all_are(tmp_path):
+    real = _rows(HH)[:50]
+    same_pair = [_reformatted_pair(r) for r in real[:10]]
+    other_rejected = [
+        _reformatted_pair({**r, "rejected": _with_last_answer(r["rejected"], real[-1 - i]["rejected"])})
+        for i, r in enumerate(real[10:20])
+    ]
+    sources = [
+        _source("hh", _write(tmp_path / "hh.jsonl", real)),
+        _source("copies", _write(tmp_path / "copies.jsonl", same_pair + other_rejected)),
+    ]
+    _, lake = run_build(write_recipe(tmp_path, sources, silver={"near_dedup": {}}))
+    dropped_rows = {d["row"] for d in _ledger(lake, "near_dedup")}
+    assert dropped_rows == set(range(1, 11))  # whole pairs; a pair with another rejected response is kept
+    kept = lake.query("select count(*) from l where source = 'copies'", l="silver/records")[0][0]
+    assert kept == 10
+
+
+def _with_last_answer(transcript: str, other: str) -> str:
+    """The transcript with its last assistant turn taken from another transcript."""
+    return transcript.rsplit("\n\nAssistant:", 1)[0] + "\n\nAssistant:" + other.rsplit("\n\nAssistant:", 1)[1]
+
+
+def _reformatted_pair(row: dict) -> dict:
+    return {k: _respaced(v) if isinstance(v, str) else v for k, v in row.items()}
+
+
+def test_the_kept_record_follows_the_policy_whatever_the_workers(tmp_path):
+    """Highest score first, then the earliest source, then the smallest id; the same with 1 or 2 workers and
+    chunks of a few rows."""
+    real = _rows(HH)[:30]
+    rows_a = [{**_pair(r), "score_chosen": 1.0} for r in real]
+    rows_b = [{**_pair(r), "score_chosen": 5.0} for r in real]  # later source, higher score: kept
+    results = []
+    for workers in (1, 2):
+        folder = tmp_path / f"w{workers}"
+        folder.mkdir()
+        sources = [
+            _source("a", _write(folder / "a.jsonl", rows_a), format="trl_preference"),
+            _source("b", _write(folder / "b.jsonl", [_reformatted_pair(r) | {"score_chosen": 5.0} for r in rows_b])),
+        ]
+        engine = {"workers": workers, "chunk_bytes": 4096}
+        _, lake = run_build(write_recipe(folder, sources, silver={"near_dedup": {}}, engine=engine))
+        results.append(sorted(lake.read("silver/records", ["id"])["id"].to_pylist()))
+        assert {d["source"] for d in _ledger(lake, "near_dedup")} == {"a"}
+    assert results[0] == results[1]
+
+
+def _pair(row: dict) -> dict:
+    prompt, chosen = row["chosen"].rsplit("\n\nAssistant:", 1)
+    rejected = row["rejected"].rsplit("\n\nAssistant:", 1)[1]
+    return {"prompt": prompt.replace("\n\nHuman:", "").strip(), "chosen": chosen.strip(), "rejected": rejected.strip()}
+
+
+def test_near_identical_prompts_share_a_split(tmp_path):
+    """Forty prompts, each beside a reworded copy with another answer (not near-duplicate records): with half
+    the data in test, ungrouped prompts would part in about half the pairs; grouped, none does."""
+    real = _rows(GSM8K)[:40]
+    rows = []
+    for i, r in enumerate(real):
+        rows.append({"instruction": r["question"], "output": r["answer"]})
+        rows.append({"instruction": _reformatted(r["question"]), "output": f"Another answer, number {i}."})
+    sources = [_source("alpaca", _write(tmp_path / "a.jsonl", rows), format="alpaca")]
+    split = {"validation": 0.0, "test": 0.5, "seed": 3}
+    _, lake = run_build(write_recipe(tmp_path, sources, silver={"near_dedup": {}}, gold={"split": split}))
+    placed = lake.query("select row, detail from l where stage = 'split'", l="ledger")
+    by_row = dict(placed)
+    assert len(by_row) == 80
+    assert all(by_row[2 * i + 1] == by_row[2 * i + 2] for i in range(40))
+    assert len(set(by_row.values())) == 2  # both splits are used
+
+
+def test_a_preference_prompt_group_can_be_capped(tmp_path):
+    real = _rows(HH)[:5]
+    rows = []
+    for r in real:
+        base = _pair(r)
+        for k in range(4):  # four different pairs for each prompt, the prompt reworded in two of them
+            prompt = _reformatted(base["prompt"]) if k % 2 else base["prompt"]
+            rows.append({"prompt": prompt, "chosen": f"{base['chosen']} ({k})", "rejected": f"answer {k}"})
+    sources = [_source("pairs", _write(tmp_path / "p.jsonl", rows), format="trl_preference")]
+    near_dedup = {"max_pairs_per_prompt": 2}
+    manifest, lake = run_build(write_recipe(tmp_path, sources, silver={"near_dedup": near_dedup}))
+    assert manifest["stages"]["near_dedup"]["dropped"] == {"prompt_cap": 10}
+    fate = lake.query("select row, id, stage from l where stage in ('split', 'near_dedup') order by row", l="ledger")
+    for i in range(5):  # with no score and one source, the two smallest ids of each prompt's four are kept
+        group = fate[4 * i : 4 * i + 4]
+        assert [row for row, _, _ in group] == [4 * i + 1, 4 * i + 2, 4 * i + 3, 4 * i + 4]
+        assert {id_ for _, id_, stage in group if stage == "split"} == set(sorted(id_ for _, id_, _ in group)[:2])
+
+
+def test_banding_must_fit_the_permutations(tmp_path):
+    sources = [_source("gsm8k", str(GSM8K))]
+    bad = write_recipe(tmp_path, sources, silver={"near_dedup": {"bands": 20, "rows": 8}})
+    with pytest.raises(RecipeError, match="bands x rows = 160 is more than num_perm = 128"):
+        load_recipe(bad)
+    with pytest.raises(RecipeError, match="give both `bands` and `rows`"):
+        load_recipe(write_recipe(tmp_path, sources, silver={"near_dedup": {"bands": 20}}))
