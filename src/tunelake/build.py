@@ -225,7 +225,7 @@ def build(recipe: Recipe, recipe_sha256: str, progress: Progress | None = None) 
                 staged = _ingest(run, engine, segs[0])
                 windows = None
                 for index, segment in enumerate(segs[:-1]):
-                    decided, annotations = _global(run, engine, index, segment.step, staged)
+                    decided, annotations = _global_steps(run, engine, index, segment.steps, staged)
                     windows = _windows(run, staged, decided, annotations)
                     if index + 1 < len(segs) - 1:  # a segment between two global steps: its own pass
                         staged = _restage(run, engine, index + 1, segs[index + 1], windows)
@@ -316,7 +316,7 @@ def _ingest(run: _Run, engine: Engine, segment: Segment) -> list[Staged]:
     """Raw chunks through canonicalize and the first segment's row-local stages, or a file's cached outputs where
     nothing that decides them changed; returns the staged candidate parts, in input order."""
     started = time.perf_counter()
-    pass_ = Pass(0, segment.rows, segment.step, run.addresses)
+    pass_ = Pass(0, segment.rows, segment.steps, run.addresses)
     staged = []
     run.progress.start("canonicalize", None)  # rows are counted as they are read; the total is unknown up front
     for done in engine.map(_run_ingest, _ingest_tasks(run, pass_, segment)):
@@ -341,7 +341,7 @@ def _cache_keys(run: _Run, segment: Segment) -> None:
         "max_chars": run.recipe.silver.max_chars,
         "chunk_bytes": run.recipe.engine.chunk_bytes,
         "stages": [s.describe() for s in segment.rows],
-        "columns_for": segment.step.describe() if segment.step else None,
+        "columns_for": [step.describe() for step in segment.steps],
     }
     for i, source in enumerate(run.recipe.sources):
         config = source.model_dump(mode="json", exclude={"path"})
@@ -379,7 +379,7 @@ def _ingest_tasks(run: _Run, pass_: Pass, segment: Segment) -> Iterator[Canonica
                 run.formats[path] = entry.report["format"]
                 for chunk in entry.chunks:
                     name = part_name(run.run_id, STEP_CANONICALIZE, seq)
-                    columns = columns_table(run.run_id, segment.step) if segment.step else None
+                    columns = columns_table(run.run_id, 0) if segment.steps else None
                     yield ReuseTask(
                         run.lake.root,
                         run.cache.root / key,
@@ -435,20 +435,39 @@ def _run_step(step: GlobalStage, rows: StagedRows) -> object:
     return step.run(rows, GLOBAL_MEMORY)
 
 
+def _global_steps(
+    run: _Run, engine: Engine, index: int, steps: tuple[GlobalStage, ...], staged: list[Staged]
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """A segment's global steps, one after another over the columns staged for them, each without the candidates
+    the ones before removed; returns the sorted ordinals they removed and the files of their annotations."""
+    removed, annotations = np.empty(0, np.int64), ()
+    for position, step in enumerate(steps):
+        decided, notes = _global(run, engine, index, position, step, staged, removed)
+        removed, annotations = np.union1d(removed, decided), annotations + notes
+    return removed, annotations
+
+
 def _global(
-    run: _Run, engine: Engine, index: int, step: GlobalStage, staged: list[Staged]
+    run: _Run,
+    engine: Engine,
+    index: int,
+    position: int,
+    step: GlobalStage,
+    staged: list[Staged],
+    removed: np.ndarray,
 ) -> tuple[np.ndarray, tuple[str, ...]]:
     """One global step over the columns staged for it: its decisions go to the ledger and quarantine; returns the
     sorted ordinals it removed and the file of its annotations (if any)."""
     started = time.perf_counter()
-    rows = StagedRows([str(run.lake.root / s.columns.table / s.columns.name) for s in staged], run.addresses)
+    files = [str(run.lake.root / s.columns.table / s.columns.name) for s in staged]
+    rows = StagedRows(files, run.addresses, step.name, removed)
     count = count_of(step)
-    count.records_in = sum(s.part.rows for s in staged)
+    count.records_in = sum(s.part.rows for s in staged) - len(removed)
     # On the pool, when there is one: the step's working memory (DuckDB's) then never joins the parent's.
     decided = engine.run(_run_step, step, rows) if rows.files else Decisions(DECISIONS.empty_table())
     verdicts = global_verdicts(step, decided, run.addresses, run.run_id, count)
     quarantine, ledger = verdicts.tables()
-    name = part_name(run.run_id, global_step(index), 0)
+    name = part_name(run.run_id, global_step(index), position)
     run.add(
         [
             p
@@ -501,7 +520,7 @@ def _restage(run: _Run, engine: Engine, index: int, segment: Segment, windows: l
     """A segment between two global steps: the staged candidates, minus what the step before removed, through its
     row-local stages, staged again with the columns the next step reads."""
     started = time.perf_counter()
-    pass_ = Pass(index, segment.rows, segment.step, run.addresses)
+    pass_ = Pass(index, segment.rows, segment.steps, run.addresses)
     tasks = (
         RestageTask(run.lake.root, run.run_id, seq, window, pass_, pass_step(index))
         for seq, window in enumerate(windows)
@@ -518,7 +537,7 @@ def _publish(run: _Run, engine: Engine, windows: list[Window], segs: list[Segmen
     started = time.perf_counter()
     run.progress.start("publish", sum(s.part.rows for w in windows for s in w.staged))
     index = len(segs) - 1
-    pass_ = Pass(index, segs[-1].rows, None, run.addresses)
+    pass_ = Pass(index, segs[-1].rows, (), run.addresses)
     silver = silver_schema(chain)
     stage_gold = bool(run.recipe.gold.export)
     tasks = (

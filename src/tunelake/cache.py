@@ -2,7 +2,7 @@
 
 An entry is keyed by everything that decides that output: the file's sha256 and path, its source's settings,
 the validation limits, the chunk size, the stages fused into the pass (names, versions, configs), the global
-step whose columns it stages, and the tunelake version. A rebuild reuses an entry instead of reading and
+steps whose columns it stages, and the tunelake version. A rebuild reuses an entry instead of reading and
 canonicalizing the file again: its ledger and quarantine parts are linked back into their tables, its staged
 candidates re-staged with the file's current place in the recipe (the ordinals). Entries live in `_cache/` in
 the lake, which no cleanup of a build touches; those the last build did not use are removed after it.

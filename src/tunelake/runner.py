@@ -1,10 +1,12 @@
 """The stage runner: how a chain of stages becomes passes over the data, and how every stage's verdicts become
 ledger and quarantine rows, through one path, with counts that reconcile.
 
-A chain is cut into segments, each a run of row-local stages ending at a global step (or at publish). The first
-segment runs in the ingest pass, fused with canonicalize over each chunk; a later segment runs in a pass over the
-staged candidates of the one before. A row-local pass also stages, per chunk, the columns the segment's global
-step asks for; the parent then runs the step over those files on the engine and writes its decisions.
+A chain is cut into segments, each a run of row-local stages ending at a run of global steps (or at publish). The
+first segment runs in the ingest pass, fused with canonicalize over each chunk; a later segment runs in a pass over
+the staged candidates of the one before. A row-local pass also stages, per chunk, the columns the segment's global
+steps ask for (all of them, so global steps back to back cost no pass between them); the parent then runs the
+steps over those files on the engine, one after another, each without the rows the ones before it removed, and
+writes their decisions.
 """
 
 from __future__ import annotations
@@ -25,19 +27,24 @@ from tunelake.stage import ACTIONS, DECISIONS, Decisions, GlobalStage, Outcome, 
 @dataclass(frozen=True)
 class Segment:
     rows: tuple[RowLocalStage, ...]  # fused over each chunk, in order
-    step: GlobalStage | None  # the global step that ends the segment; None for the last one (publish follows)
+    steps: tuple[GlobalStage, ...]  # the global steps that end the segment, in order; none for the last one
 
 
 def segments(chain: list[Stage]) -> list[Segment]:
-    """The chain cut after each global step; there is always a last segment, which publish ends."""
-    cut, rows = [], []
+    """The chain cut after each run of global steps; there is always a last segment, which publish ends."""
+    cut, rows, steps = [], [], []
     for stage in chain:
         if isinstance(stage, GlobalStage):
-            cut.append(Segment(tuple(rows), stage))
-            rows = []
-        else:
-            rows.append(stage)
-    return [*cut, Segment(tuple(rows), None)]
+            steps.append(stage)
+            continue
+        if steps:
+            cut.append(Segment(tuple(rows), tuple(steps)))
+            rows, steps = [], []
+        rows.append(stage)
+    if steps:
+        cut.append(Segment(tuple(rows), tuple(steps)))
+        rows = []
+    return [*cut, Segment(tuple(rows), ())]
 
 
 @dataclass

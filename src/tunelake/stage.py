@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import duckdb
+import numpy as np
 import orjson
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
@@ -109,11 +110,20 @@ class RowLocalStage(Stage, ABC):
 class StagedRows:
     """A global step's input: its columns for every candidate still in the build, staged as Parquet files."""
 
-    files: list[str]  # `_ord`, `id` and the stage's columns; rows in ordinal order within each file
+    files: list[str]  # `_ord`, `id` and each step's columns as `<step>.<column>`; rows in ordinal order per file
     addresses: object  # tasks.Addresses: ordinal -> (source, file, row), for details that name an input row
+    step: str  # whose columns these are
+    removed: np.ndarray  # sorted ordinals that global steps before this one removed: left out
 
     def relation(self, con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyRelation:
-        return con.read_parquet(self.files)
+        """`_ord`, `id` and this step's columns, under their own names, for the candidates still in the build."""
+        staged = con.read_parquet(self.files)
+        prefix = f"{self.step}."
+        mine = [f'"{c}" as "{c[len(prefix) :]}"' for c in staged.columns if c.startswith(prefix)]
+        rows = staged.project(", ".join(["_ord", "id", *mine]))
+        if len(self.removed):
+            rows = rows.join(con.from_arrow(pa.table({"_ord": self.removed})), "_ord", how="anti")
+        return rows
 
 
 @dataclass

@@ -44,7 +44,7 @@ STEP_READ, STEP_CANONICALIZE = 0, 1
 
 
 def global_step(segment: int) -> int:
-    """The step of the global step that ends a segment."""
+    """The step of the global steps that end a segment (a part's seq is the step's place among them)."""
     return 2 * segment + 2
 
 
@@ -62,9 +62,10 @@ def candidates_table(run_id: str, pass_: int) -> str:
     return tables.staged(run_id, f"candidates-{pass_}")
 
 
-def columns_table(run_id: str, step: GlobalStage) -> str:
-    """Where a row-local pass stages, per chunk, the columns a global step reads (Parquet)."""
-    return tables.staged(run_id, f"columns-{step.name}")
+def columns_table(run_id: str, pass_: int) -> str:
+    """Where a row-local pass stages, per chunk, the columns its global steps read (Parquet; a step's columns are
+    named `<step>.<column>`)."""
+    return tables.staged(run_id, f"columns-{pass_}")
 
 
 def annotations_table(run_id: str, step: GlobalStage) -> str:
@@ -79,7 +80,7 @@ def gold_staging(run_id: str, table: str) -> str:
 
 @dataclass(frozen=True)
 class Staged:
-    """A chunk's (or window's) kept candidates, staged, and the columns staged for the next global step; they
+    """A chunk's (or window's) kept candidates, staged, and the columns staged for the next global steps; they
     hold the ordinals first..last, in order."""
 
     part: Part
@@ -94,7 +95,7 @@ class Pass:
 
     index: int
     stages: tuple[RowLocalStage, ...]
-    step: GlobalStage | None  # whose columns to stage
+    steps: tuple[GlobalStage, ...]  # whose columns to stage
     addresses: Addresses
 
 
@@ -106,15 +107,22 @@ class PassDone:
     per_source: Counter  # (source, "dropped" | "quarantined") -> rows, from the pass's stages
 
 
-def _stage_out(root: Path, run_id: str, pass_: Pass, name: str, kept: pa.RecordBatch) -> Staged | None:
+def _stage_out(
+    root: Path, run_id: str, pass_: Pass, name: str, kept: pa.RecordBatch, counts: list[StageCount]
+) -> Staged | None:
+    """The kept candidates staged, with the columns of the pass's global steps (the time each step takes to make
+    them is added to `counts`, under its name)."""
     part = write_arrow(root, candidates_table(run_id, pass_.index), name, kept)
     if not part:
         return None
     columns = None
-    if pass_.step is not None:
-        extra = pass_.step.columns(kept)
-        data = pa.Table.from_arrays([kept["_ord"], kept["id"], *extra.values()], names=["_ord", "id", *extra.keys()])
-        columns = write_part(root, columns_table(run_id, pass_.step), name, data)
+    if pass_.steps:
+        data = {"_ord": kept["_ord"], "id": kept["id"]}
+        for step in pass_.steps:
+            started = time.perf_counter()
+            data.update({f"{step.name}.{column}": array for column, array in step.columns(kept).items()})
+            counts.append(StageCount(step.name, step.version, "global", seconds=time.perf_counter() - started))
+        columns = write_part(root, columns_table(run_id, pass_.index), name, pa.table(data))
     ords = kept["_ord"]
     return Staged(part, columns, ords[0].as_py(), ords[-1].as_py())
 
@@ -163,7 +171,7 @@ def run_canonicalize(task: CanonicalizeTask) -> CanonicalizeDone:
         write_part(task.root, tables.QUARANTINED, name, quarantine),
         write_part(task.root, tables.LEDGER_NAME, name, by_row(ledger) if counts else ledger),
     ]
-    staged = _stage_out(task.root, task.run_id, task.pass_, name, kept)
+    staged = _stage_out(task.root, task.run_id, task.pass_, name, kept, counts)
     done = CanonicalizeDone([p for p in parts if p], staged, [ingest, *counts], verdicts.per_source)
     done.source, done.file, done.counts = source, task.chunk.file, result.counts
     return done
@@ -220,7 +228,7 @@ def run_restage(task: RestageTask) -> PassDone:
         write_part(task.root, tables.QUARANTINED, name, quarantine),
         write_part(task.root, tables.LEDGER_NAME, name, ledger),
     ]
-    staged = _stage_out(task.root, task.run_id, task.pass_, name, kept) if kept.num_rows else None
+    staged = _stage_out(task.root, task.run_id, task.pass_, name, kept, counts) if kept.num_rows else None
     return PassDone([p for p in parts if p], staged, counts, verdicts.per_source)
 
 

@@ -13,6 +13,8 @@ import pyarrow.compute as pc
 import pytest
 
 from tests.conftest import EXAMPLES, run_build, write_recipe
+from tests.test_build import gold_digest
+from tests.test_incremental import LEDGER
 from tunelake.recipe import RecipeError, load_recipe
 
 GSM8K = EXAMPLES / "data" / "gsm8k_train_300.jsonl.gz"
@@ -171,3 +173,35 @@ def test_banding_must_fit_the_permutations(tmp_path):
         load_recipe(bad)
     with pytest.raises(RecipeError, match="give both `bands` and `rows`"):
         load_recipe(write_recipe(tmp_path, sources, silver={"near_dedup": {"bands": 20}}))
+
+
+def test_near_dedup_shares_the_ingest_pass_and_a_rebuild_equals_a_clean_build(tmp_path):
+    """Exact and near dedup run back to back over columns staged in one pass (no pass between them), so the
+    signatures are cached with each file's ingest outputs; a rebuild after adding a file equals a clean build."""
+    real = _rows(GSM8K)[:100]
+    (tmp_path / "copies").mkdir()
+    _write(tmp_path / "copies" / "a.jsonl", [{**r, "question": _reformatted(r["question"])} for r in real[:30]])
+    sources = [
+        _source("gsm8k", _write(tmp_path / "real.jsonl", real), format="gsm8k"),
+        _source("copies", str(tmp_path / "copies" / "*.jsonl"), format="gsm8k"),
+    ]
+    (tmp_path / "lake").mkdir()
+    recipe = write_recipe(tmp_path / "lake", sources, silver={"near_dedup": {}})
+    first, lake = run_build(recipe)
+    assert [p for p in first["passes"] if p.startswith("pass")] == []
+    stages = first["stages"]
+    assert stages["near_dedup"]["in"] == stages["exact_dedup"]["kept"] and stages["near_dedup"]["kept"] == 100
+
+    _write(tmp_path / "copies" / "b.jsonl", [{**r, "question": _reformatted(r["question"])} for r in real[30:60]])
+    rebuilt, _ = run_build(recipe)
+    assert {Path(i["path"]).name: i["reused"] for i in rebuilt["inputs"]} == {
+        "real.jsonl": True,
+        "a.jsonl": True,
+        "b.jsonl": False,
+    }
+    (tmp_path / "clean").mkdir()
+    _, clean = run_build(write_recipe(tmp_path / "clean", sources, silver={"near_dedup": {}}))
+    assert gold_digest(lake) == gold_digest(clean)
+    assert lake.read("silver/records").equals(clean.read("silver/records"))
+    assert lake.read("ledger", LEDGER).equals(clean.read("ledger", LEDGER))
+    assert rebuilt["stages"]["near_dedup"]["dropped"] == {"near_duplicate_of": 60}
