@@ -132,6 +132,7 @@ class _Run:
     schemas: dict[str, pa.Schema] = field(default_factory=dict)  # tables to commit, in order
     previous: dict = field(default_factory=dict)  # the manifest of the last complete build ({} if none)
     cache: IngestCache | None = None
+    read_tables: dict[str, int] = field(default_factory=dict)  # published tables global steps read -> version
     shas: dict[str, str] = field(default_factory=dict)  # input file -> its sha256
     keys: dict[str, str] = field(default_factory=dict)  # input file -> its ingest cache key
     reused: set[str] = field(default_factory=set)  # input files whose ingest outputs came from the cache
@@ -351,11 +352,14 @@ def _cache_keys(run: _Run, segment: Segment) -> None:
 
 
 def _unchanged(run: _Run, recipe_sha256: str, chain: list) -> bool:
-    """Whether the last complete build had this recipe, chain, tunelake version and these very input files (so
-    a build now would publish the same lake): then there is nothing to do."""
+    """Whether the last complete build had this recipe, chain, tunelake version, these very input files and the
+    same versions of the lake tables its stages read (so a build now would publish the same lake): then there is
+    nothing to do."""
     last = run.previous
+    read = {t for stage in chain for t in stage.reads_tables if run.lake.exists(t)}
     return (
         bool(last)
+        and last.get("read_tables", {}) == {t: run.lake.version(t) for t in sorted(read)}
         and last.get("recipe_sha256") == recipe_sha256
         and last.get("tunelake_version") == __version__
         and last.get("chain") == [stage.describe() for stage in chain]
@@ -460,7 +464,9 @@ def _global(
     sorted ordinals it removed and the file of its annotations (if any)."""
     started = time.perf_counter()
     files = [str(run.lake.root / s.columns.table / s.columns.name) for s in staged]
-    rows = StagedRows(files, run.addresses, step.name, removed)
+    read = {t: run.lake.files(t) for t in step.reads_tables if run.lake.exists(t)}
+    run.read_tables.update({t: run.lake.version(t) for t in read})
+    rows = StagedRows(files, run.addresses, step.name, removed, read)
     count = count_of(step)
     count.records_in = sum(s.part.rows for s in staged) - len(removed)
     # On the pool, when there is one: the step's working memory (DuckDB's) then never joins the parent's.
@@ -793,6 +799,7 @@ def _manifest(run: _Run, recipe_sha256: str, started_at: str, chain: list) -> di
         "counts": counts,
         "gold": dict(sorted(run.gold.items())),
         "chain": [stage.describe() for stage in chain],
+        "read_tables": dict(sorted(run.read_tables.items())),
         "stages": {name: count.report() for name, count in run.stage_counts.items()},
         "reports": run.stage_reports,
         "passes": run.passes,

@@ -15,9 +15,14 @@ from tokenizers import Tokenizer
 from tunelake.build import QuarantineRateExceeded
 from tunelake.build import build as run_build
 from tunelake.engine.parts import PartWriteError
+from tunelake.gold.freeze import FreezeError
+from tunelake.gold.freeze import freeze as freeze_table
+from tunelake.gold.leakage import find_leaks
 from tunelake.gold.tokenize.show import legend, token_text
 from tunelake.lake import Lake, LakeBusy
 from tunelake.recipe import RecipeError, example_recipe, load_recipe
+from tunelake.silver.lsh import MinHashConfig
+from tunelake.stage import BuildRefused
 
 app = typer.Typer(
     help="tunelake: raw post-training data -> clean, deduplicated, audited, versioned, training-ready datasets.",
@@ -77,7 +82,7 @@ def build(recipe: Annotated[Path, typer.Argument(help="The recipe YAML file.")])
     except (RecipeError, LakeBusy) as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(2) from None
-    except QuarantineRateExceeded as e:
+    except (QuarantineRateExceeded, BuildRefused) as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(1) from None
     except PartWriteError as e:
@@ -254,3 +259,40 @@ def quarantine(
         for source, file, row, field, detail in sample:
             where = f"{source}:{Path(file).name}:{row if row is not None else '-'}"
             out.print(f"  {where}  {field or ''}  {detail[:200]}", markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def freeze(
+    lake: LakeOption,
+    table: Annotated[str, typer.Option(help="The published eval table to freeze, e.g. gold/sft/test.")],
+    name: Annotated[str, typer.Option(help="The frozen set's name, unique in the lake, e.g. sft-eval-v1.")],
+) -> None:
+    """Pin an eval split as a named frozen set: every later build keeps its prompts, and their near-duplicates,
+    in that split and out of train (a build that would move one fails)."""
+    try:
+        rows = freeze_table(Lake(lake), table, name)
+    except (FreezeError, LakeBusy) as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from None
+    out.print(f"Froze {rows} records of {table} as {name!r}.")
+
+
+@app.command()
+def leakage(
+    lake: LakeOption,
+    threshold: Annotated[float, typer.Option(help="Jaccard of word 5-grams at which two prompts are one.")] = 0.8,
+    show: Annotated[int, typer.Option(help="Leaks listed (all are counted).")] = 20,
+) -> None:
+    """Prompts held in two splits of the published gold, or in train beside a frozen eval set, exactly or as
+    near-duplicates (MinHash LSH, verified by exact Jaccard). Exits 1 if there is any."""
+    leaks, prompts = find_leaks(Lake(lake), MinHashConfig(threshold=threshold))
+    if not leaks:
+        out.print(f"No leak: {prompts} distinct prompts, none in two splits (exact or at Jaccard >= {threshold}).")
+        return
+    table = Table(title=f"{len(leaks)} leaks among {prompts} distinct prompts")
+    for col in ("kind", "jaccard", "held in", "prompt"):
+        table.add_column(col)
+    for leak in leaks[:show]:
+        table.add_row(leak.kind, f"{leak.jaccard:.3f}", "\n".join(leak.places), leak.text)
+    out.print(table)
+    raise typer.Exit(1)

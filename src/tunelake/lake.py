@@ -65,6 +65,9 @@ class Lake:
         versions: dict[str, int] = {}
         for manifest in self.manifests():
             versions.update(manifest["tables"])
+        frozen = str(self.path(tables.FROZEN_NAME))
+        if DeltaTable.is_deltatable(frozen):  # committed whole by `tunelake freeze`, outside any build
+            versions[tables.FROZEN_NAME] = DeltaTable(frozen).version()
         return versions
 
     def exists(self, table: str) -> bool:

@@ -189,10 +189,21 @@ class Recipe(_Strict):
 
     @model_validator(mode="after")
     def _stage_names_unique(self) -> Recipe:
-        names = [stage.name for stage in self.stage_chain()]
+        chain = self.stage_chain()
+        names = [stage.name for stage in chain]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"stage names must be unique (they name ledger entries); repeated: {', '.join(dupes)}")
+        adders: dict[str, list[str]] = {}
+        for stage in chain:
+            for column in stage.adds:
+                adders.setdefault(column.name, []).append(stage.name)
+        for column, by in adders.items():
+            if len(by) > 1:
+                raise ValueError(
+                    f"the column {column!r} is added by the stages {' and '.join(by)}; a column has one author: "
+                    f"turn one off (a built-in one with `silver.<name>: null`)"
+                )
         return self
 
     def stage_chain(self) -> list[Stage]:

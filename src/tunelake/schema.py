@@ -101,6 +101,21 @@ QUARANTINE = pa.schema(
     ]
 )
 
+# A frozen eval set (`tunelake freeze`): one row per record of the gold table it pins, with its prompt as the
+# splits see it, so later builds keep that prompt and its near-duplicates in the frozen split.
+FROZEN = pa.schema(
+    [
+        ("name", pa.string()),  # the set's name, unique in the lake
+        ("table", pa.string()),  # the gold table it was frozen from, e.g. gold/sft/test
+        ("version", pa.int64()),  # that table's Delta version
+        ("split", pa.string()),
+        ("id", pa.string()),
+        ("prompt_id", pa.string()),
+        ("prompt_text", pa.string()),
+        ("frozen_at", pa.string()),  # ISO time
+    ]
+)
+
 LEDGER = pa.schema(
     [
         ("id", pa.string()),  # canonical record id; null when the row never became a record

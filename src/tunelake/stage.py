@@ -27,6 +27,7 @@ import duckdb
 import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
 # A stage's decisions about candidates: action is `drop` or `quarantine`; reason is a reason code (optionally
@@ -44,6 +45,8 @@ ACTIONS = ("drop", "quarantine")
 
 # The annotation that decides splits: records sharing a group_id always share a split (default: the prompt id).
 GROUP_ID = pa.field("group_id", pa.string())
+# The annotation that pins a record to a split whatever its group's would be (a frozen eval set's split).
+PINNED_SPLIT = pa.field("pinned_split", pa.string())
 
 
 class StageConfig(BaseModel):
@@ -56,6 +59,11 @@ class MissingDependency(ValueError):
     """A stage needs a package that is not installed."""
 
 
+class BuildRefused(RuntimeError):
+    """A global step found that the build must not publish (e.g. a frozen eval prompt would change split); the
+    message says why and what to do. Nothing is published."""
+
+
 class Stage:
     name: ClassVar[str]
     version: ClassVar[str] = "1"  # bump when the stage's output changes for the same input and config
@@ -63,6 +71,7 @@ class Stage:
     reads: ClassVar[tuple[str, ...]] = ()  # candidate columns it looks at
     adds: ClassVar[tuple[pa.Field, ...]] = ()  # columns it adds (row-local) or annotates (global); kept in silver
     requires: ClassVar[dict[str, str]] = {}  # importable module -> the command that installs it
+    reads_tables: ClassVar[tuple[str, ...]] = ()  # published lake tables a global step reads (tables.py names)
 
     def __init__(self, config: StageConfig | None = None):
         self.config = config if config is not None else self.Config()
@@ -114,6 +123,7 @@ class StagedRows:
     addresses: object  # tasks.Addresses: ordinal -> (source, file, row), for details that name an input row
     step: str  # whose columns these are
     removed: np.ndarray  # sorted ordinals that global steps before this one removed: left out
+    tables: dict[str, list[str]]  # the published tables it reads (Stage.reads_tables) -> their Parquet files
 
     def relation(self, con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyRelation:
         """`_ord`, `id` and this step's columns, under their own names, for the candidates still in the build."""
@@ -124,6 +134,11 @@ class StagedRows:
         if len(self.removed):
             rows = rows.join(con.from_arrow(pa.table({"_ord": self.removed})), "_ord", how="anti")
         return rows
+
+    def read_table(self, name: str, schema: pa.Schema) -> pa.Table:
+        """A published table the step reads, whole (empty while the lake has none)."""
+        files = self.tables.get(name, [])
+        return pa.concat_tables([pq.read_table(f, schema=schema) for f in files]) if files else schema.empty_table()
 
 
 @dataclass

@@ -19,15 +19,17 @@ from pydantic import ValidationError
 
 from tunelake.silver.dedup import ExactDedup
 from tunelake.silver.near_dedup import NearDedup
+from tunelake.silver.prompt_groups import PromptGroups
 from tunelake.stage import GlobalStage, MissingDependency, RowLocalStage, Stage
 
 # name -> class, in the order they run. A new built-in stage is one module and one line here.
 BUILTIN: dict[str, type[Stage]] = {
     "exact_dedup": ExactDedup,
     "near_dedup": NearDedup,
+    "prompt_groups": PromptGroups,
 }
 # Built-in stages a recipe runs unless its section is null.
-ON_BY_DEFAULT = frozenset({"exact_dedup"})
+ON_BY_DEFAULT = frozenset({"exact_dedup", "prompt_groups"})
 
 
 class StageError(ValueError):

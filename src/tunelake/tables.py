@@ -14,7 +14,7 @@ from enum import StrEnum
 
 import pyarrow as pa
 
-from tunelake.schema import BRONZE, LEDGER, QUARANTINE, TOKENIZE_QUARANTINE, Regime
+from tunelake.schema import BRONZE, FROZEN, LEDGER, QUARANTINE, TOKENIZE_QUARANTINE, Regime
 
 SPLITS = ("train", "validation", "test")
 
@@ -48,6 +48,9 @@ PACKED_TABLE = Table("gold/tokenized/{fingerprint}/sft_packed/{split}", Mode.ove
 TOKENIZE_QUARANTINED = Table(
     "gold/tokenized/{fingerprint}/quarantine", Mode.overwrite, TOKENIZE_QUARANTINE, "records that cannot be trained on"
 )
+# Written by `tunelake freeze` (each set in one commit, under the lake's lock), never by a build: published as
+# soon as it is committed.
+FROZEN_SETS = Table("frozen", Mode.append, FROZEN, "eval sets pinned by `tunelake freeze`; kept out of train")
 STAGING = "_staging"  # the folder of every build's scratch
 STAGED = Table(STAGING + "/{run_id}/{name}", Mode.staging, None, "a build's scratch, read back in the same build")
 TABLES = (
@@ -59,6 +62,7 @@ TABLES = (
     TOKENIZED_TABLE,
     PACKED_TABLE,
     TOKENIZE_QUARANTINED,
+    FROZEN_SETS,
     STAGED,
 )
 
@@ -66,6 +70,7 @@ TABLES = (
 RECORDS = SILVER_RECORDS.name()
 QUARANTINED = SILVER_QUARANTINE.name()
 LEDGER_NAME = LEDGER_TABLE.name()
+FROZEN_NAME = FROZEN_SETS.name()
 
 
 def bronze(source: str) -> str:
@@ -79,6 +84,14 @@ def gold(regime: Regime, split: str) -> str:
 def gold_tables() -> list[tuple[Regime, str, str]]:
     """(regime, split, table) for every gold table, in the order builds write and report them."""
     return [(regime, split, gold(regime, split)) for regime in Regime for split in SPLITS]
+
+
+def gold_of(name: str) -> tuple[Regime, str] | None:
+    """(regime, split) of a gold table's name; None for any other name."""
+    for regime, split, table in gold_tables():
+        if table == name:
+            return regime, split
+    return None
 
 
 def staged(run_id: str, name: str) -> str:

@@ -30,7 +30,7 @@ from tunelake.recipe import Split
 from tunelake.runner import StageCount, Verdicts, run_row_stages
 from tunelake.schema import TOKENIZE_QUARANTINE, Regime, quarantine_ledger, table_of
 from tunelake.silver.canonicalize import STAGE, STAGE_VERSION, FilePlan, by_row, canonicalize
-from tunelake.stage import GROUP_ID, GlobalStage, RowLocalStage
+from tunelake.stage import GROUP_ID, PINNED_SPLIT, GlobalStage, RowLocalStage
 from tunelake.tables import SPLITS
 
 # Rows in a row group of a gold part, the unit one tokenize task reads: a publish window holds tens of thousands
@@ -252,7 +252,7 @@ class PublishDone(PassDone):
 
 def run_publish(task: PublishTask) -> PublishDone:
     """Candidates still in the build, through the last segment's row-local stages -> silver/records and, split
-    by group (the prompt, unless a stage annotated a `group_id`), the gold tables."""
+    by group (the prompt, unless a stage annotated a `group_id`; a `pinned_split` overrides), the gold tables."""
     addresses, verdicts = task.pass_.addresses, Verdicts()
     batch, counts = run_row_stages(
         _batch(task.window.read(task.root)), task.pass_.stages, addresses, task.run_id, verdicts
@@ -267,6 +267,8 @@ def run_publish(task: PublishTask) -> PublishDone:
     if GROUP_ID.name in batch.schema.names:
         groups = pc.coalesce(batch[GROUP_ID.name], groups)
     splits = assign_splits(groups, task.split)
+    if PINNED_SPLIT.name in batch.schema.names:
+        splits = pc.coalesce(batch[PINNED_SPLIT.name], splits)
     where = pc.binary_join_element_wise("gold/", records["regime"], "/", splits, "")
     keep = addresses.ledger(batch["_ord"], batch["id"], "split", "keep", None, where, task.run_id)
     parts = [

@@ -1,7 +1,6 @@
 """The near_dedup stage through real builds: planted near-duplicates of real records (GSM8K train, HH-RLHF
 harmless test, from examples/data) are dropped naming the kept record and their Jaccard; a preference pair is a
-duplicate only when all three parts are; the kept member follows the policy whatever the workers; near-identical
-prompts share a split."""
+duplicate only when all three parts are; the kept member follows the policy whatever the workers."""
 
 from __future__ import annotations
 
@@ -127,43 +126,6 @@ def _pair(row: dict) -> dict:
     prompt, chosen = row["chosen"].rsplit("\n\nAssistant:", 1)
     rejected = row["rejected"].rsplit("\n\nAssistant:", 1)[1]
     return {"prompt": prompt.replace("\n\nHuman:", "").strip(), "chosen": chosen.strip(), "rejected": rejected.strip()}
-
-
-def test_near_identical_prompts_share_a_split(tmp_path):
-    """Forty prompts, each beside a reworded copy with another answer (not near-duplicate records): with half
-    the data in test, ungrouped prompts would part in about half the pairs; grouped, none does."""
-    real = _rows(GSM8K)[:40]
-    rows = []
-    for i, r in enumerate(real):
-        rows.append({"instruction": r["question"], "output": r["answer"]})
-        rows.append({"instruction": _reformatted(r["question"]), "output": f"Another answer, number {i}."})
-    sources = [_source("alpaca", _write(tmp_path / "a.jsonl", rows), format="alpaca")]
-    split = {"validation": 0.0, "test": 0.5, "seed": 3}
-    _, lake = run_build(write_recipe(tmp_path, sources, silver={"near_dedup": {}}, gold={"split": split}))
-    placed = lake.query("select row, detail from l where stage = 'split'", l="ledger")
-    by_row = dict(placed)
-    assert len(by_row) == 80
-    assert all(by_row[2 * i + 1] == by_row[2 * i + 2] for i in range(40))
-    assert len(set(by_row.values())) == 2  # both splits are used
-
-
-def test_a_preference_prompt_group_can_be_capped(tmp_path):
-    real = _rows(HH)[:5]
-    rows = []
-    for r in real:
-        base = _pair(r)
-        for k in range(4):  # four different pairs for each prompt, the prompt reworded in two of them
-            prompt = _reformatted(base["prompt"]) if k % 2 else base["prompt"]
-            rows.append({"prompt": prompt, "chosen": f"{base['chosen']} ({k})", "rejected": f"answer {k}"})
-    sources = [_source("pairs", _write(tmp_path / "p.jsonl", rows), format="trl_preference")]
-    near_dedup = {"max_pairs_per_prompt": 2}
-    manifest, lake = run_build(write_recipe(tmp_path, sources, silver={"near_dedup": near_dedup}))
-    assert manifest["stages"]["near_dedup"]["dropped"] == {"prompt_cap": 10}
-    fate = lake.query("select row, id, stage from l where stage in ('split', 'near_dedup') order by row", l="ledger")
-    for i in range(5):  # with no score and one source, the two smallest ids of each prompt's four are kept
-        group = fate[4 * i : 4 * i + 4]
-        assert [row for row, _, _ in group] == [4 * i + 1, 4 * i + 2, 4 * i + 3, 4 * i + 4]
-        assert {id_ for _, id_, stage in group if stage == "split"} == set(sorted(id_ for _, id_, _ in group)[:2])
 
 
 def test_banding_must_fit_the_permutations(tmp_path):

@@ -1,0 +1,206 @@
+"""Prompt groups: near-identical prompts share a split, and frozen eval prompts keep theirs; a global stage.
+
+A record's prompt, as the splits see it, is its leading system turn and first user turn (what its `prompt_id`
+hashes), in every regime. Prompts whose shingle sets have a Jaccard of at least the threshold are joined, and
+each connected group of them takes the smallest `prompt_id` among them as its `group_id`: the splits follow it,
+so two near-identical prompts never land in two splits (across regimes too).
+
+Frozen eval sets (`tunelake freeze`, the lake's `frozen` table) join the same graph: a group holding a frozen
+prompt is pinned to that prompt's frozen split (`pinned_split`), so a frozen prompt never moves and its
+near-duplicates never reach train. Two frozen sets that pin near-identical prompts to two splits refuse the
+build, naming both.
+
+Optionally, a preference prompt group keeps at most `max_pairs_per_prompt` pairs (the preferred ones: highest
+score, earliest source, smallest id); the rest are dropped as `prompt_cap:<group>`.
+"""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field
+
+from tunelake import tables
+from tunelake.address import SOURCE_SHIFT
+from tunelake.schema import FROZEN, Reason, Regime
+from tunelake.silver import lsh, minhash
+from tunelake.silver.lsh import MinHashConfig
+from tunelake.silver.turns import Turns
+from tunelake.stage import DECISIONS, GROUP_ID, PINNED_SPLIT, BuildRefused, Decisions, GlobalStage, StagedRows
+
+
+class PromptGroupsConfig(MinHashConfig):
+    """Near-identical prompts (MinHash LSH, verified by exact Jaccard) share a split; frozen eval sets pin theirs."""
+
+    max_pairs_per_prompt: int | None = Field(
+        None,
+        ge=1,
+        description="Preference: keep at most this many pairs per group of near-identical prompts "
+        "(the highest score, then the earliest source, then the smallest id); the rest are dropped as prompt_cap.",
+    )
+
+
+class PromptGroups(GlobalStage):
+    name = "prompt_groups"
+    Config = PromptGroupsConfig
+    reads = ("regime", "prompt_id", "messages", "prompt", "score_chosen")
+    adds = (GROUP_ID, PINNED_SPLIT)
+    reads_tables = (tables.FROZEN_NAME,)
+
+    def columns(self, batch: pa.RecordBatch) -> dict[str, pa.Array]:
+        texts = prompt_texts(batch)
+        return {
+            "prompt_id": batch["prompt_id"],
+            "prompt_text": texts,
+            "bands": lsh.text_band_keys(texts, self.config),
+            "preference": pc.equal(batch["regime"], Regime.preference.value),
+            "score": batch["score_chosen"],
+        }
+
+    def run(self, rows: StagedRows, memory_limit: str) -> Decisions:
+        con = duckdb.connect(config={"memory_limit": memory_limit})
+        con.execute("set enable_progress_bar = false")  # the build draws its own
+        con.register("staged", rows.relation(con))
+        frozen = rows.read_table(tables.FROZEN_NAME, FROZEN)
+        _prompts(con, frozen, self.config)
+        groups = _groups(con, self.config)
+        pins = _pins(con, frozen, groups)
+        decisions = DECISIONS.empty_table()
+        if self.config.max_pairs_per_prompt is not None:
+            capped = _capped(con, groups, self.config.max_pairs_per_prompt)
+            detail = pc.binary_join_element_wise(capped["detail"], rows.addresses.name(capped["kept_ord"]), "")
+            action = pa.array(["drop"] * capped.num_rows, pa.string())
+            columns = [capped["_ord"], capped["id"], action, capped["reason"], detail]
+            decisions = pa.Table.from_arrays(columns, schema=DECISIONS)
+        con.register("groups", groups)
+        con.register("pins", pins)
+        notes = con.sql(
+            f"""
+            select s._ord, g.group_id as {GROUP_ID.name}, p.split as {PINNED_SPLIT.name}
+            from staged s left join groups g using (prompt_id)
+            left join pins p on p.grp = coalesce(g.group_id, s.prompt_id)
+            order by s._ord
+            """
+        ).to_arrow_table()
+        return Decisions(decisions, notes.cast(pa.schema([pa.field("_ord", pa.int64()), GROUP_ID, PINNED_SPLIT])))
+
+
+def prompt_texts(batch: pa.RecordBatch | pa.Table) -> pa.Array:
+    """Each record's prompt as the splits see it (as its prompt_id does): a leading system turn and the first
+    user turn, from `messages` for SFT, `prompt` otherwise."""
+    sft = pc.equal(batch["regime"], Regime.sft.value)
+    return pc.if_else(sft, _opening(batch["messages"]), _opening(batch["prompt"]))
+
+
+def gold_prompt_texts(rows: pa.Table, regime: Regime) -> pa.Array:
+    """prompt_texts of rows of one regime's gold table (which has `messages` for SFT, else `prompt`)."""
+    return _opening(rows[prompt_column(regime)])
+
+
+def prompt_column(regime: Regime) -> str:
+    return "messages" if regime is Regime.sft else "prompt"
+
+
+def _opening(column: pa.Array) -> pa.Array:
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    turns = Turns.of(column)
+    role = turns.fields["role"]
+    chosen = (turns.position == 0) & pc.equal(role, "system").fill_null(False).to_numpy(zero_copy_only=False)
+    user = turns.first(pc.equal(role, "user").fill_null(False).to_numpy(zero_copy_only=False))
+    chosen[user[user >= 0]] = True
+    return turns.text(chosen)
+
+
+def _prompts(con: duckdb.DuckDBPyConnection, frozen: pa.Table, config: PromptGroupsConfig) -> None:
+    """The table `prompts`: one row per distinct prompt of the build or of a frozen set, numbered (`_ord`) in
+    prompt_id order, with its text and band keys."""
+    outside = frozen.group_by("prompt_id", use_threads=False).aggregate([("prompt_text", "first")])
+    outside = outside.rename_columns(["prompt_id", "text"])
+    con.register("frozen_prompts", outside.append_column("bands", lsh.text_band_keys(outside["text"], config)))
+    con.execute(
+        """
+        create temp table prompts as
+        with every as (
+            select prompt_id, any_value(prompt_text) as prompt_text, any_value(bands) as bands
+            from staged group by prompt_id
+            union all
+            select prompt_id, text, bands from frozen_prompts
+            where prompt_id not in (select prompt_id from staged)
+        )
+        select *, row_number() over (order by prompt_id) - 1 as _ord from every
+        """
+    )
+
+
+def _groups(con: duckdb.DuckDBPyConnection, config: PromptGroupsConfig) -> pa.Table:
+    """(prompt_id, group_id) for every prompt that has near-identical others: the group is the smallest prompt_id
+    among them, so it does not depend on which records carry them."""
+    pairs = lsh.candidate_pairs(con, "prompts", "bands")
+    nodes, edges, _ = lsh.verified_pairs(con, "prompts", pairs, ("prompt_text",), config)
+    label = minhash.components(len(nodes), edges)  # the smallest node: prompts are numbered in prompt_id order
+    grouped = np.flatnonzero(np.bincount(edges.ravel(), minlength=len(nodes)))
+    con.register("members", pa.table({"_ord": nodes[grouped], "head": nodes[label[grouped]]}))
+    groups = con.sql(
+        """
+        select p.prompt_id, h.prompt_id as group_id
+        from members m join prompts p on p._ord = m._ord join prompts h on h._ord = m.head
+        order by p.prompt_id
+        """
+    ).to_arrow_table()
+    con.unregister("members")
+    return groups.cast(pa.schema([pa.field("prompt_id", pa.string()), pa.field("group_id", pa.string())]))
+
+
+def _pins(con: duckdb.DuckDBPyConnection, frozen: pa.Table, groups: pa.Table) -> pa.Table:
+    """(grp, split): the split each group (or lone prompt) holding a frozen prompt is pinned to. Raises
+    BuildRefused where frozen sets pin one group to two splits."""
+    con.register("frozen", frozen)
+    con.register("groups", groups)
+    pins = con.sql(
+        """
+        select coalesce(g.group_id, f.prompt_id) as grp, list_sort(list(distinct f.split)) as splits,
+               list(distinct f.name || ' (' || f.split || ', prompt ' || f.prompt_id || ')') as held_by
+        from frozen f left join groups g using (prompt_id)
+        group by grp order by grp
+        """
+    ).to_arrow_table()
+    con.unregister("groups")
+    conflicts = pins.filter(pc.greater(pc.list_value_length(pins["splits"]), 1))
+    if conflicts.num_rows:
+        first = conflicts.slice(0, 1).to_pylist()[0]
+        raise BuildRefused(
+            f"{conflicts.num_rows} group(s) of near-identical prompts hold frozen prompts of two splits, so one "
+            f"would move: e.g. group {first['grp']}: {'; '.join(sorted(first['held_by']))}. Frozen sets must not "
+            "overlap across splits; freeze them again from one build's gold."
+        )
+    return pa.table({"grp": pins["grp"], "split": pc.list_element(pins["splits"], 0)})
+
+
+def _capped(con: duckdb.DuckDBPyConnection, groups: pa.Table, cap: int) -> pa.Table:
+    """Preference pairs beyond the first `cap` of their prompt group, by the keep policy: (`_ord`, id, reason,
+    detail, kept_ord: the group's first pair)."""
+    con.register("groups", groups)
+    policy = f"order by s.score desc nulls last, s._ord >> {SOURCE_SHIFT}, s.id"
+    capped = con.sql(
+        f"""
+        with grouped as (
+            select s.*, coalesce(g.group_id, s.prompt_id) as grp
+            from staged s left join groups g using (prompt_id) where s.preference
+        ),
+        pairs as (
+            select _ord, id, grp,
+                   row_number() over (partition by grp {policy}) as place,
+                   first_value(_ord) over (partition by grp {policy}) as kept_ord
+            from grouped s
+        )
+        select _ord, id, '{Reason.prompt_cap.value}:' || grp as reason,
+               'pair ' || place || ' of its prompt group, over the cap of {cap}; the first kept is ' as detail,
+               kept_ord
+        from pairs where place > {cap} order by _ord
+        """
+    ).to_arrow_table()
+    con.unregister("groups")
+    return capped
