@@ -201,6 +201,7 @@ class Reason(StrEnum):
     unreadable_file = "unreadable_file"
     empty_file = "empty_file"
     duplicate = "duplicate_of"  # written as duplicate_of:<id>
+    contaminated = "contaminated"  # written as contaminated:<eval set>:<item>
     # Tokenization (gold/tokenized): the record is never trained on.
     template_error = "template_error"
     template_dropped_content = "template_dropped_content"

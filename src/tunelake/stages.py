@@ -17,11 +17,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from tunelake.silver.decontaminate import Decontaminate
 from tunelake.silver.dedup import ExactDedup
 from tunelake.stage import GlobalStage, MissingDependency, RowLocalStage, Stage
 
 # name -> class, in the order they run. A new built-in stage is one module and one line here.
 BUILTIN: dict[str, type[Stage]] = {
+    "decontaminate": Decontaminate,
     "exact_dedup": ExactDedup,
 }
 # Built-in stages a recipe runs unless its section is null.
