@@ -187,8 +187,6 @@ def checked_texts(batch: pa.RecordBatch, check: list[Part]) -> tuple[pa.StringAr
         add(turns.fields["content"], turns.record, part)
     answers = batch["answer"]
     add(answers, np.arange(len(answers)), "response")
-    if not texts:
-        return pa.array([], pa.string()), np.zeros(0, np.int64), np.zeros(0, np.int8)
     return pa.concat_arrays(texts), np.concatenate(owners), np.concatenate(parts)
 
 

@@ -114,7 +114,7 @@ class EvalIndex:
     names: list[str]  # per eval set
     item_set: np.ndarray  # per item: the index of its eval set
     labels: list[str]  # per item
-    words: np.ndarray  # per item: its normalised words
+    word_counts: np.ndarray  # per item: how many normalised words it has
     grams: np.ndarray  # per item: its distinct grams (the share's denominator; 0 for an item with no words)
     tables: dict[int, GramTable]  # gram size -> the items' grams of that size (n, and each short item's length)
     item_starts: np.ndarray  # item i's distinct gram hashes are item_hashes[item_starts[i]:item_starts[i + 1]]
@@ -160,7 +160,7 @@ class EvalIndex:
 
     def gram_size(self, item: int) -> int:
         """The words per gram an item is matched by: n, or all its words for a short item."""
-        return min(int(self.words[item]), self.n)
+        return min(int(self.word_counts[item]), self.n)
 
 
 @dataclass(frozen=True)
@@ -176,9 +176,10 @@ class Shingles:
         # Why a placeholder for numbers: a copy whose numbers were changed (the usual way a benchmark item is
         # "rewritten") keeps its words but not its digits. Measured on planted copies of every GSM8K test, MATH-500,
         # HumanEval and MBPP item (README, "Decontamination"): numbers-renamed copies are found 0.996 of the time
-        # with the placeholder, 0.595 with digits kept; false positives on untouched GSM8K train rise from 2 to 4
-        # of 7,473 (Alpaca: 0 of 2,000 both ways). Short items keep their digits: they are often little but
-        # numbers ("simplify sqrt 242"), and with a placeholder would match every problem of that form.
+        # with the placeholder, 0.595 with digits kept; hits on untouched GSM8K train rise from 2 to 4 of 7,473, all
+        # 4 test problems with other names and numbers (Alpaca: 0 of 2,000 both ways). Short items keep their
+        # digits: they are often little but numbers ("simplify sqrt 242"), and with a placeholder would match every
+        # problem of that form.
         masked = pa.ListArray.from_arrays(split.offsets, pc.replace_substring_regex(split.values, r"\p{Nd}+", "0"))
         grams = {n: word_ngram_hashes(masked, n)}
         for size in short_sizes:
