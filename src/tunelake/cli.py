@@ -296,3 +296,25 @@ def leakage(
         table.add_row(leak.kind, f"{leak.jaccard:.3f}", "\n".join(leak.places), leak.text)
     out.print(table)
     raise typer.Exit(1)
+
+
+@app.command("decontam-report")
+def decontam_report(lake: LakeOption) -> None:
+    """Eval set x source: items hit and records dropped by the decontaminate stage in the last build."""
+    manifests = Lake(lake).manifests()
+    if not manifests:
+        console.print(f"[red]No build in {lake}.[/red]")
+        raise typer.Exit(1)
+    manifest = manifests[-1]
+    report = manifest.get("reports", {}).get("decontaminate")
+    if report is None:
+        console.print(f"[red]Build {manifest['run_id']} did not run decontaminate (silver.decontaminate).[/red]")
+        raise typer.Exit(1)
+    sources = list(manifest["counts"])
+    table = Table(title=f"decontamination, build {manifest['run_id']}", caption="items hit / records dropped")
+    for col in ("eval set", "items", *sources):
+        table.add_column(col, justify="left" if col == "eval set" else "right")
+    for name, entry in report.items():
+        cells = [entry["sources"].get(s, {"items_hit": 0, "records_dropped": 0}) for s in sources]
+        table.add_row(name, str(entry["items"]), *(f"{c['items_hit']} / {c['records_dropped']}" for c in cells))
+    out.print(table)

@@ -256,6 +256,13 @@ def load_recipe(path: str | Path) -> tuple[Recipe, str]:
         recipe.gold.tokenize.tokenizer = (base / recipe.gold.tokenize.tokenizer).resolve()
     for source in recipe.sources:
         source.path = str(base / source.path)
+    for name in BUILTIN:
+        section = getattr(recipe.silver, name)
+        try:
+            if section is not None:
+                section.resolve(base)
+        except ValueError as e:
+            raise RecipeError(f"{path}: silver.{name}: {e}") from None
     return recipe, hashlib.sha256(raw).hexdigest()
 
 

@@ -21,6 +21,7 @@ import hashlib
 import importlib.util
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import duckdb
@@ -53,6 +54,10 @@ class StageConfig(BaseModel):
     """A stage's recipe section; subclasses add fields, each with a description."""
 
     model_config = ConfigDict(extra="forbid")
+
+    def resolve(self, base: Path) -> None:
+        """Make the section's file paths absolute against the recipe's folder `base` and check the files they name,
+        as the recipe loads; raise ValueError saying which file and what is wrong. Nothing to do by default."""
 
 
 class MissingDependency(ValueError):

@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from tunelake.silver.decontaminate import Decontaminate
 from tunelake.silver.dedup import ExactDedup
 from tunelake.silver.near_dedup import NearDedup
 from tunelake.silver.prompt_groups import PromptGroups
@@ -24,6 +25,7 @@ from tunelake.stage import GlobalStage, MissingDependency, RowLocalStage, Stage
 
 # name -> class, in the order they run. A new built-in stage is one module and one line here.
 BUILTIN: dict[str, type[Stage]] = {
+    "decontaminate": Decontaminate,
     "exact_dedup": ExactDedup,
     "near_dedup": NearDedup,
     "prompt_groups": PromptGroups,

@@ -60,16 +60,21 @@ class Grams:
 def ngram_hashes(texts: pa.Array, n: int) -> Grams:
     """The hashes of each text's word n-grams (overlapping, in order). A text with fewer than n words, but at
     least one, gives one gram of all its words; an empty or null text gives none."""
-    if not 1 <= n <= MAX_N:
-        raise ValueError(f"n-gram size must be in 1..{MAX_N}, got {n}")
     if isinstance(texts, pa.ChunkedArray):
         texts = texts.combine_chunks()
-    split = words(texts)
+    return word_ngram_hashes(words(texts), n)
+
+
+def word_ngram_hashes(split: pa.ListArray, n: int) -> Grams:
+    """The hashes of the n-grams of each list of words (as `words` gives them): for a caller that takes grams of
+    several sizes of the same texts, or of words it has rewritten, without splitting the texts again."""
+    if not 1 <= n <= MAX_N:
+        raise ValueError(f"n-gram size must be in 1..{MAX_N}, got {n}")
     word_hashes = _word_hashes(split.flatten())
     bounds = _list_offsets(split)
     starts, per_text = bounds[:-1], np.diff(bounds)
     grams = np.where(per_text >= n, per_text - n + 1, np.minimum(per_text, 1))
-    offsets = np.zeros(len(texts) + 1, np.int64)
+    offsets = np.zeros(len(split) + 1, np.int64)
     np.cumsum(grams, out=offsets[1:])
     # Gram j of a text starts at word starts[text] + j; it takes up to n words, never past the text's last word.
     first = np.repeat(starts - offsets[:-1], grams) + np.arange(offsets[-1], dtype=np.int64)
