@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import tunelake.build as build_module
-from tests.conftest import run_build, write_recipe
+from tests.conftest import EXAMPLES, run_build, write_recipe
 from tunelake.engine.parts import Part
 from tunelake.schema import Regime
 from tunelake.tables import SPLITS
@@ -141,3 +141,18 @@ def test_a_build_that_cannot_write_removes_its_files_and_names_the_table(tmp_pat
     assert not (lake.root / "_staging").exists()
     assert sorted(p for p in lake.root.rglob("*") if p.is_file() and "manifests" not in p.parts) == files
     assert gold_digest(lake) == before
+
+
+def test_a_build_that_keeps_no_record_after_one_that_exported_removes_the_exports(tmp_path):
+    """Every record dropped (here: each is contaminated by itself as an eval set): the build publishes empty gold
+    and no exports, instead of failing to move the old exports aside."""
+    gsm8k = EXAMPLES / "data" / "gsm8k_train_300.jsonl.gz"
+    source = {"name": "gsm8k", "path": str(gsm8k), "license": "mit", "origin": "human"}
+    gold = {"export": ["jsonl"]}
+    _, lake = run_build(write_recipe(tmp_path, [source], gold=gold))
+    assert (lake.root / "exports" / "rl" / "train.jsonl").exists()
+    itself = {"against": [{"name": "itself", "path": str(gsm8k), "field": "question"}]}
+    manifest, lake = run_build(write_recipe(tmp_path, [source], gold=gold, silver={"decontaminate": itself}))
+    assert manifest["counts"]["gsm8k"]["silver"] == 0 and manifest["counts"]["gsm8k"]["dropped"] == 300
+    assert not (lake.root / "exports").exists()
+    assert lake.read("gold/rl/train").num_rows == 0

@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from tokenizers import Tokenizer
 
+from tunelake import tables
 from tunelake.build import QuarantineRateExceeded
 from tunelake.build import build as run_build
 from tunelake.engine.parts import PartWriteError
@@ -21,6 +22,7 @@ from tunelake.gold.leakage import find_leaks
 from tunelake.gold.tokenize.show import legend, token_text
 from tunelake.lake import Lake, LakeBusy
 from tunelake.recipe import RecipeError, example_recipe, load_recipe
+from tunelake.schema import Reason
 from tunelake.silver.lsh import MinHashConfig
 from tunelake.stage import BuildRefused
 
@@ -179,6 +181,40 @@ def explain(
     if not rows:
         console.print(f"[red]No ledger entry for {record} in the last build.[/red]")
         raise typer.Exit(1)
+    _print_entries(rows)
+    for record_id in dict.fromkeys(r[0] for r in rows if r[0]):
+        _print_cluster(lk, record_id)
+
+
+def _print_cluster(lk: Lake, record_id: str) -> None:
+    """A record's near-duplicate cluster (when near_dedup ran): its kept record and the records dropped for it."""
+    if "cluster_id" not in lk.schema(tables.RECORDS).names:
+        return
+    kept = lk.query("select cluster_id from s where id = $id", {"id": record_id}, s=tables.RECORDS)
+    if not kept:  # dropped: its ledger entry names the record it was dropped for
+        found = lk.query(
+            "select reason from l where id = $id and reason like 'near_duplicate_of:%'", {"id": record_id}, l="ledger"
+        )
+        kept = [(found[0][0].split(":", 1)[1],)] if found else []
+    if not kept:
+        return
+    cluster = kept[0][0]
+    dropped = lk.query(
+        "select id, source, row, detail from l where reason = $r order by source, file, row",
+        {"r": f"{Reason.near_duplicate.value}:{cluster}"},
+        l="ledger",
+    )
+    if not dropped and cluster == record_id:
+        return
+    out.print(
+        f"near-duplicate cluster {cluster}: kept {cluster}, dropped {len(dropped)}", highlight=False, soft_wrap=True
+    )
+    for id_, source, row, detail in dropped[:10]:
+        out.print(f"  {id_}  {source} row {row}  {detail}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _print_entries(rows: list[tuple]) -> None:
+    """Ledger entries (id, source, file, row, sub, stage, action, reason, detail), under each input row."""
     for address in dict.fromkeys((r[1], r[2], r[3]) for r in rows):
         source, file, row = address
         head = f"[bold]{source}[/bold] {file} row {row if row is not None else '-'}"

@@ -138,6 +138,7 @@ class Lake:
         """Swap in a build's exports: the old ones stay whole until the new ones are complete."""
         current, old = self.root / "exports", self.root / tables.STAGING / "exports.old"
         if current.exists():
+            old.parent.mkdir(parents=True, exist_ok=True)  # a build with no gold stages nothing there
             os.replace(current, old)
         if new.exists():
             os.replace(new, current)

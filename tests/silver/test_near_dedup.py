@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 import pytest
+from typer.testing import CliRunner
 
 from tests.conftest import EXAMPLES, run_build, write_recipe
 from tests.test_build import gold_digest
 from tests.test_incremental import LEDGER
+from tunelake.cli import app
 from tunelake.recipe import RecipeError, load_recipe
 
 GSM8K = EXAMPLES / "data" / "gsm8k_train_300.jsonl.gz"
@@ -167,3 +169,22 @@ def test_near_dedup_shares_the_ingest_pass_and_a_rebuild_equals_a_clean_build(tm
     assert lake.read("silver/records").equals(clean.read("silver/records"))
     assert lake.read("ledger", LEDGER).equals(clean.read("ledger", LEDGER))
     assert rebuilt["stages"]["near_dedup"]["dropped"] == {"near_duplicate_of": 60}
+
+
+def test_explain_shows_a_record_s_near_duplicate_cluster(tmp_path):
+    real = _rows(GSM8K)[:20]
+    copies = [{**r, "question": _reformatted(r["question"])} for r in real[:1]]
+    copies += [{**r, "question": r["question"] + " Show your work."} for r in real[:1]]
+    sources = [
+        _source("gsm8k", _write(tmp_path / "real.jsonl", real), format="gsm8k"),
+        _source("copies", _write(tmp_path / "copies.jsonl", copies), format="gsm8k"),
+    ]
+    _, lake = run_build(write_recipe(tmp_path, sources, silver={"near_dedup": {}}))
+    kept = lake.query("select id from l where source = 'gsm8k' and row = 1 and stage = 'split'", l="ledger")[0][0]
+    dropped = lake.query("select id from l where source = 'copies' and row = 2", l="ledger")[0][0]
+    for record in (kept, dropped, "copies:2"):
+        output = CliRunner().invoke(app, ["explain", "--lake", str(lake.root), record]).output
+        assert f"near-duplicate cluster {kept}: kept {kept}, dropped 2" in output, output
+        assert "copies row 1  jaccard 1 with the kept gsm8k:" in output and "copies row 2  jaccard 0.9" in output
+    alone = lake.query("select id from l where source = 'gsm8k' and row = 2 and stage = 'split'", l="ledger")[0][0]
+    assert "cluster" not in CliRunner().invoke(app, ["explain", "--lake", str(lake.root), alone]).output
