@@ -95,14 +95,24 @@ class NearDedup(GlobalStage):
         texts = compared_texts(batch)
         prompts = opening_text(batch)
         scope = batch["regime"] if self.config.scope == "regime" else pa.nulls(batch.num_rows, pa.string())
+        n = self.config.ngram
+        grams = [ngram_hashes(texts[p], n) for p in PARTS]
+        # A prompt that is its record's whole text (an RL prompt, a preference prompt of one turn) is not shingled
+        # twice: its grams are the text's.
+        same = pc.fill_null(pc.equal(texts["text"], prompts), False)
+        if pc.all(same).as_py() is not False:
+            prompt_grams = grams[0]
+        else:
+            others = ngram_hashes(pc.if_else(same, pa.scalar(None, pa.string()), prompts), n)
+            prompt_grams = _rows_from(grams[0], others, same.to_numpy(zero_copy_only=False))
         return {
             "scope": scope,
             "score": batch["score_chosen"],
             "prompt_id": batch["prompt_id"],
             **texts,
-            "bands": self._bands(salted_grams([texts[p] for p in PARTS], self.config.ngram)),
+            "bands": self._bands(salted_grams(grams)),
             "prompt_text": prompts,
-            "prompt_bands": self._bands(ngram_hashes(prompts, self.config.ngram)),
+            "prompt_bands": self._bands(prompt_grams),
         }
 
     def _bands(self, grams: Grams) -> pa.ListArray:
@@ -162,17 +172,29 @@ def _opening(column: pa.Array) -> pa.Array:
     return turns.text(chosen)
 
 
-def salted_grams(parts: list[pa.Array], n: int) -> Grams:
-    """Per record, the shingles of all its parts together, each part's salted apart."""
-    grams = [ngram_hashes(part, n) for part in parts]
+def salted_grams(grams: list[Grams]) -> Grams:
+    """Per record, the shingles of all its parts together (ngram_hashes of each part, in PARTS order), each
+    part's salted apart."""
     with np.errstate(over="ignore"):
-        hashes = np.concatenate([mix(g.hashes ^ salt) for g, salt in zip(grams, _SALT, strict=False)])
+        hashes = [mix(g.hashes ^ salt) for g, salt in zip(grams, _SALT, strict=False)]
+    return _concatenated(grams, hashes)
+
+
+def _rows_from(first: Grams, second: Grams, take_first: np.ndarray) -> Grams:
+    """Per row, first's grams where take_first holds, else second's (second has none where take_first holds)."""
+    keep = np.repeat(take_first, first.counts)
+    kept = Grams(np.r_[0, np.cumsum(np.where(take_first, first.counts, 0))], first.hashes[keep])
+    return _concatenated([kept, second], [kept.hashes, second.hashes])
+
+
+def _concatenated(grams: list[Grams], hashes: list[np.ndarray]) -> Grams:
+    """Per row, the hashes of every one of `grams` (given by `hashes`, in their order) one after another."""
     owner = np.concatenate([np.repeat(np.arange(len(g)), g.counts) for g in grams])
     order = np.argsort(owner, kind="stable")
     counts = sum(g.counts for g in grams)
     offsets = np.zeros(len(grams[0]) + 1, np.int64)
     np.cumsum(counts, out=offsets[1:])
-    return Grams(offsets, hashes[order])
+    return Grams(offsets, np.concatenate(hashes)[order])
 
 
 def _candidate_pairs(con: duckdb.DuckDBPyConnection, source: str, bands: str, scope: str) -> np.ndarray:
