@@ -36,7 +36,12 @@ A side whose package is missing (`pip install -e .[bench]`) is skipped, with a l
     PYTHONPATH=src python bench/dedup.py                # 200k records, median of 3 runs
     PYTHONPATH=src python bench/dedup.py --scale        # also tunelake at 100k, 200k and 400k
     PYTHONPATH=src python bench/dedup.py --no-peers     # tunelake only
-    PYTHONPATH=src python bench/dedup.py --profile      # also tunelake's time per step, workers=1, cProfile
+    PYTHONPATH=src python bench/dedup.py --profile      # also tunelake with workers=1 under cProfile
+    PYTHONPATH=src python bench/dedup.py --compare-src /tmp/src-before   # also tunelake from a copy of src/
+
+tunelake's time per step (shingling, signatures, band keys, staging; DuckDB bucketing, candidate pairs,
+verification, components) is timed inside the stage by wrapping its functions (the code measured is unchanged)
+and printed with the table.
 
 Wall times are of the whole child process (interpreter start and imports included, the same for every side);
 `CPU s` is its user + system time and that of every process it reaped (tunelake's workers); `tree MiB` is the
@@ -382,8 +387,15 @@ def _instrument() -> None:
             _EDGES.append(np.c_[nodes[edges], similarity] if len(edges) else np.empty((0, 3)))
         return nodes, edges, similarity
 
+    candidate_pairs = near_dedup._candidate_pairs
+
+    def count_pairs(con, source, *args):
+        pairs = candidate_pairs(con, source, *args)
+        _TIMES[f"candidate pairs[{source}] (count)"] = len(pairs)
+        return pairs
+
     near_dedup._verified = _timer("verify", keep_edges, keyed_by_source=True)
-    near_dedup._candidate_pairs = _timer("candidates", near_dedup._candidate_pairs, keyed_by_source=True)
+    near_dedup._candidate_pairs = _timer("candidates", count_pairs, keyed_by_source=True)
     for name in ("compared_texts", "opening_text", "ngram_hashes", "_near_duplicates", "_prompt_groups"):
         setattr(near_dedup, name, _timer(name, getattr(near_dedup, name)))
     near_dedup._annotations = _timer("_annotations", near_dedup._annotations)
@@ -746,7 +758,11 @@ def report(meta: dict, sides: dict[str, list[Measured]], truth: Truth, brute: di
             + ", ".join(f"{k} {steps(e['columns_steps_worker_s'][k] for e in ex):.2f}" for k in keys)
         )
         keys = ex[0]["run_steps_s"]
-        print("  run: " + ", ".join(f"{k} {steps(e['run_steps_s'][k] for e in ex):.2f}" for k in keys))
+        print(
+            "  run: "
+            + ", ".join(f"{k} {steps(e['run_steps_s'][k] for e in ex):.2f}" for k in keys if "count" not in k)
+        )
+        print("  " + ", ".join(f"{k} {ex[0]['run_steps_s'][k]:,.0f}" for k in keys if "count" in k))
     print("\naccuracy (first run of each side; J is exact, from Python sets):")
     acc = {}
     for side, ms in sides.items():
@@ -792,11 +808,12 @@ def scale(args, workdir: Path) -> dict:
         ex = [m.extra for m in ms]
         s["columns_s"] = statistics.median(e["columns_s"] for e in ex)
         s["run_s"] = statistics.median(e["run_s"] for e in ex)
+        s["candidate_pairs"] = ex[0]["run_steps_s"]["candidate pairs[staged] (count)"]
         rows[n] = s
         print(
             f"scale {n:>9,}: wall {s['wall_s']:7.2f} s, {s['records_per_s']:9,.0f} records/s, columns "
             f"{s['columns_s']:.2f} s ({n / s['columns_s']:,.0f}/s), run {s['run_s']:.2f} s ({n / s['run_s']:,.0f}/s), "
-            f"tree {s['tree_mb']:,.0f} MiB  (walls {s['all_walls']})",
+            f"tree {s['tree_mb']:,.0f} MiB, {s['candidate_pairs']:,} candidate pairs  (walls {s['all_walls']})",
             flush=True,
         )
     return rows
@@ -849,7 +866,12 @@ def main() -> None:
     folder = generate(records, workdir, args.seed, args.chunk)
     meta = json.loads((folder / "params.json").read_text())
     print(f"corpus: {folder} (generated in {meta['seconds']} s, maybe earlier)", flush=True)
-    brute = None if args.no_brute else brute_force(folder, args.seed)
+    brute = None
+    if not args.no_brute:
+        # In a child: the parent stays small, as every side is forked from it (and inherits its peak RSS).
+        m = run_measured([sys.executable, __file__, "_brute", str(folder), str(args.seed)], workdir / "brute.log")
+        _check(m, "brute force")
+        brute = json.loads((folder / "brute.json").read_text())
     if brute:
         print(f"brute-force sample: {len(brute['sample'])} records, {len(brute['pairs'])} pairs with J >= 0.8")
     env = environment()
@@ -882,6 +904,8 @@ def main() -> None:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_tunelake":
         _tunelake_child(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "_brute":
+        brute_force(Path(sys.argv[2]), int(sys.argv[3]))
     elif len(sys.argv) > 1 and sys.argv[1] == "_peer":
         _peer_child(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
     else:
