@@ -46,7 +46,7 @@ def signatures(grams: Grams, num_perm: int) -> np.ndarray:
         hi = int(np.searchsorted(starts, starts[lo] + BLOCK, side="left"))
         hi = max(hi, lo + 1)
         first, last = int(starts[lo]), int(ends[hi - 1])
-        block_min = np.full((num_perm, hi - lo), EMPTY, np.uint32)
+        block_min = np.full((num_perm, hi - lo), np.iinfo(np.uint64).max, np.uint64)
         for piece in range(first, last, BLOCK):
             piece_end = min(piece + BLOCK, last)
             hashed = _hash(grams.hashes[piece:piece_end], a, b)
@@ -55,18 +55,19 @@ def signatures(grams: Grams, num_perm: int) -> np.ndarray:
             t_hi = int(np.searchsorted(starts[lo:hi], piece_end, side="left"))
             at = np.maximum(starts[lo + t_lo : lo + t_hi], piece) - piece
             np.minimum(block_min[:, t_lo:t_hi], np.minimum.reduceat(hashed, at, axis=1), out=block_min[:, t_lo:t_hi])
-        out[has[lo:hi]] = block_min.T
+        out[has[lo:hi]] = (block_min >> np.uint64(32)).astype(np.uint32).T
         lo = hi
     return out
 
 
 def _hash(hashes: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Every permutation of every gram hash: (num_perm, grams) uint32."""
+    """Every permutation of every gram hash, before the shift: (num_perm, grams) uint64 (a * h + b modulo 2^64).
+    The shift to the high 32 bits is monotone, so it is applied after the minimum, to num_perm values per text
+    rather than to every gram."""
     with np.errstate(over="ignore"):
         values = np.multiply.outer(a, hashes)
         values += b[:, None]
-    values >>= np.uint64(32)
-    return values.astype(np.uint32)
+    return values
 
 
 def band_parameters(threshold: float, num_perm: int, recall: float = 0.995) -> tuple[int, int]:
@@ -134,12 +135,25 @@ def sorted_sets(grams: Grams) -> Grams:
     if not len(grams.hashes):
         return grams
     text = np.repeat(np.arange(len(grams)), grams.counts)
-    order = np.lexsort((grams.hashes, text))
-    hashes, text = grams.hashes[order], text[order]
+    hashes = grams.hashes[_by_group_then_value(text, grams.hashes)]
     first = np.r_[True, (hashes[1:] != hashes[:-1]) | (text[1:] != text[:-1])]
     offsets = np.zeros(len(grams) + 1, np.int64)
     np.cumsum(np.bincount(text[first], minlength=len(grams)), out=offsets[1:])
     return Grams(offsets, hashes[first])
+
+
+def _by_group_then_value(group: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """An order that sorts by group, then value (as np.lexsort((values, group)) does, but for the order among
+    equal values), for groups in 0..n: two single-key sorts (each value's rank, then group * n + rank), several
+    times faster than lexsort's two stable argsorts. Equal values have neighbouring ranks, so within a group they
+    stay next to each other."""
+    n = len(values)
+    by_value = np.argsort(values)
+    rank = np.empty(n, np.int64)
+    rank[by_value] = np.arange(n, dtype=np.int64)
+    key = group.astype(np.int64) * n + rank
+    key.sort()
+    return by_value[key % n]
 
 
 def jaccard(sets: Grams, left: np.ndarray, right: np.ndarray, block: int = 1 << 22) -> np.ndarray:
@@ -166,7 +180,7 @@ def _jaccard_block(sets: Grams, left: np.ndarray, right: np.ndarray) -> np.ndarr
     gather = _ranges(sets.offsets[sides], lengths)
     hashes = sets.hashes[gather]
     by = np.repeat(owner, lengths)
-    order = np.lexsort((hashes, by))
+    order = _by_group_then_value(by, hashes)
     hashes, by = hashes[order], by[order]
     # Within a pair each side is a set, so an equal neighbour is a gram both sides hold.
     both = (hashes[1:] == hashes[:-1]) & (by[1:] == by[:-1])
