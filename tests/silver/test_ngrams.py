@@ -42,9 +42,20 @@ def _alpaca_texts() -> list[str]:
 
 def test_normalizing_ignores_case_punctuation_and_spacing():
     texts = pa.array(["Hello,  World!\n", "hello world", "HELLO -- world...", "Ünïcode ÄB, 12.5", None])
-    assert normalize(texts).to_pylist() == ["hello world", "hello world", "hello world", "ünïcode äb 12 5", None]
+    assert words(texts).to_pylist() == [["hello", "world"]] * 3 + [["ünïcode", "äb", "12", "5"], []]
+    assert normalize(texts)[3].as_py() == "ünïcode äb 12 5"
     grams = ngram_hashes(texts, 2)
     assert np.array_equal(grams.of(0), grams.of(1)) and np.array_equal(grams.of(0), grams.of(2))
+
+
+def test_words_are_the_letter_and_digit_runs_of_the_lowercased_text():
+    """ASCII texts take a byte table, the others Unicode lowercasing and a regex: both give what a plain reading of
+    the rule gives, character by character."""
+    unicode = ["naïve café—déjà vu, 3½ €", "日本語のテキスト、です。", "Ünïcode ÄB, 12.5", "tab\there\r\nnew—line", "x_y"]
+    texts = [*_alpaca_texts(), *unicode, "", "   ", "!!!", None]
+    for text, found in zip(texts, words(pa.array(texts)).to_pylist(), strict=True):
+        expected = "".join(c if c.isalnum() else " " for c in (text or "").lower()).split()
+        assert found == expected, text
 
 
 @pytest.mark.parametrize("n", [1, 3, 5, 8])

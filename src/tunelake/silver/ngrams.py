@@ -23,17 +23,38 @@ _BYTE_BASE = np.uint64(0x100000001B3)  # FNV-1a's 64-bit prime, as the polynomia
 MAX_N = 16  # the longest n-gram
 
 
+# ASCII bytes as normalising maps them: letters lowercased, digits kept, every other ASCII byte a space. Bytes of
+# multi-byte characters (>= 0x80) are left for the Unicode path.
+_ASCII = np.arange(256, dtype=np.uint8)
+_ASCII[:128] = ord(" ")
+for _first, _last in ((b"a", b"z"), (b"0", b"9")):
+    _ASCII[_first[0] : _last[0] + 1] = np.arange(_first[0], _last[0] + 1)
+_ASCII[ord("A") : ord("Z") + 1] = np.arange(ord("a"), ord("z") + 1)
+
+
 def normalize(texts: pa.Array) -> pa.StringArray:
-    """Each text lowercased, with punctuation and symbols as spaces and runs of whitespace as one space, stripped
-    (null stays null)."""
-    lowered = pc.utf8_lower(texts.cast(pa.string()) if pa.types.is_null(texts.type) else texts)
-    # One pass: every run of characters that are neither letters nor digits (whitespace included) is one space.
-    return pc.utf8_trim_whitespace(pc.replace_substring_regex(lowered, r"[^\p{L}\p{N}]+", " "))
+    """Each text lowercased, with every character that is neither a letter nor a digit a space (null stays null).
+    Runs of spaces are left: words() splits on them."""
+    texts = texts.cast(pa.string()) if not pa.types.is_string(texts.type) else texts  # null or large_string
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks()
+    # ASCII bytes through a table (the same as the Unicode rule for them, and much faster than a regex); only the
+    # texts that hold other characters go through Unicode lowercasing and the regex as well.
+    validity, offsets, data = texts.buffers()
+    if data is None:
+        return texts
+    mapped = pa.py_buffer(_ASCII[np.frombuffer(data, np.uint8)])
+    texts = pa.StringArray.from_buffers(len(texts), offsets, mapped, validity, texts.null_count, texts.offset)
+    other = pc.invert(pc.fill_null(pc.string_is_ascii(texts), True))
+    if not pc.any(other).as_py():
+        return texts
+    unicode = pc.replace_substring_regex(pc.utf8_lower(texts.filter(other)), r"[^\p{L}\p{N}]+", " ")
+    return pc.replace_with_mask(texts, other, unicode)
 
 
 def words(texts: pa.Array) -> pa.ListArray:
     """Each text's normalised words, in order (a null text has none)."""
-    normal = normalize(texts)
+    normal = pc.utf8_trim_whitespace(normalize(texts))
     # Splitting "" gives [""]: a text with no words is made null first, so that it has none.
     split = pc.utf8_split_whitespace(pc.if_else(pc.equal(normal, ""), pa.scalar(None, pa.string()), normal))
     return pc.fill_null(split, pa.scalar([], split.type))
@@ -70,7 +91,9 @@ def word_ngram_hashes(split: pa.ListArray, n: int) -> Grams:
     several sizes of the same texts, or of words it has rewritten, without splitting the texts again."""
     if not 1 <= n <= MAX_N:
         raise ValueError(f"n-gram size must be in 1..{MAX_N}, got {n}")
-    word_hashes = _word_hashes(split.flatten())
+    # Each distinct word is hashed once: a corpus repeats its vocabulary many times over.
+    vocabulary = pc.dictionary_encode(split.flatten())
+    word_hashes = _word_hashes(vocabulary.dictionary)[vocabulary.indices.to_numpy()]
     bounds = _list_offsets(split)
     starts, per_text = bounds[:-1], np.diff(bounds)
     grams = np.where(per_text >= n, per_text - n + 1, np.minimum(per_text, 1))
