@@ -51,8 +51,8 @@ def test_normalizing_ignores_case_punctuation_and_spacing():
 def test_words_are_the_letter_and_digit_runs_of_the_lowercased_text():
     """ASCII texts take a byte table, the others Unicode lowercasing and a regex: both give what a plain reading of
     the rule gives, character by character."""
-    unicode = ["naïve café—déjà vu, 3½ €", "日本語のテキスト、です。", "Ünïcode ÄB, 12.5", "tab\there\r\nnew—line", "x_y"]
-    texts = [*_alpaca_texts(), *unicode, "", "   ", "!!!", None]
+    unicode = ["naïve café—déjà vu, 3½ €", "日本語のテキスト、です。", "Ünïcode ÄB, 12.5", "tab\there\r\nnew—line"]
+    texts = [*_alpaca_texts(), *unicode, "x_y", "", "   ", "!!!", None]
     for text, found in zip(texts, words(pa.array(texts)).to_pylist(), strict=True):
         expected = "".join(c if c.isalnum() else " " for c in (text or "").lower()).split()
         assert found == expected, text
