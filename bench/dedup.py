@@ -379,23 +379,24 @@ def _instrument() -> None:
     if getattr(near_dedup, "_bench_instrumented", False):
         return
     near_dedup._bench_instrumented = True
-    verified = lsh.verified_pairs
+    verified_edges = lsh.verified_edges
 
-    def keep_edges(con, source, *args):
-        nodes, edges, similarity = verified(con, source, *args)
+    def keep_edges(con, source, nodes, *args):
+        edges, similarity = verified_edges(con, source, nodes, *args)
         if source == "staged":
             _EDGES.append(np.c_[nodes[edges], similarity] if len(edges) else np.empty((0, 3)))
-        return nodes, edges, similarity
+        return edges, similarity
 
-    candidate_pairs = lsh.candidate_pairs
+    band_pairs = lsh.band_pairs
 
     def count_pairs(con, source, *args):
-        pairs = candidate_pairs(con, source, *args)
-        _TIMES[f"candidate pairs[{source}] (count)"] = len(pairs)
-        return pairs
+        for pairs in band_pairs(con, source, *args):
+            _TIMES[f"candidate pairs[{source}] (count)"] += len(pairs)
+            yield pairs
 
-    lsh.verified_pairs = _timer("verify", keep_edges, keyed_by_source=True)
-    lsh.candidate_pairs = _timer("candidates", count_pairs, keyed_by_source=True)
+    lsh.verified_edges = _timer("verified_edges", keep_edges, keyed_by_source=True)
+    lsh.band_pairs = count_pairs
+    lsh.verified = _timer("verify", lsh.verified, keyed_by_source=True)
     for name in ("compared_texts", "ngram_hashes", "salted_grams", "_near_duplicates"):
         setattr(near_dedup, name, _timer(name, getattr(near_dedup, name)))
     for name in ("signatures", "band_keys", "bucket_pairs", "unique_pairs", "sorted_sets", "jaccard"):
@@ -457,7 +458,9 @@ def _tunelake_child(folder: str, out: str, workers: int) -> None:
         columns_done = time.perf_counter()
         from tunelake.stage import StagedRows
 
-        rows = StagedRows([s[0] for s in staged], addresses, step.name, np.empty(0, np.int64), {})
+        rows = StagedRows(
+            [s[0] for s in staged], addresses, step.name, np.empty(0, np.int64), {}, str(root / "scratch")
+        )
         decided, edges, run_times = engine.run(_run_task, step, rows)
         run_done = time.perf_counter()
     finished = time.perf_counter()

@@ -466,7 +466,8 @@ def _global(
     files = [str(run.lake.root / s.columns.table / s.columns.name) for s in staged]
     read = {t: run.lake.files(t) for t in step.reads_tables if run.lake.exists(t)}
     run.read_tables.update({t: run.lake.version(t) for t in read})
-    rows = StagedRows(files, run.addresses, step.name, removed, read)
+    scratch = str(run.lake.root / tables.staged(run.run_id, f"scratch-{step.name}"))
+    rows = StagedRows(files, run.addresses, step.name, removed, read, scratch)
     count = count_of(step)
     count.records_in = sum(s.part.rows for s in staged) - len(removed)
     # On the pool, when there is one: the step's working memory (DuckDB's) then never joins the parent's.

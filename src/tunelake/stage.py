@@ -129,6 +129,7 @@ class StagedRows:
     step: str  # whose columns these are
     removed: np.ndarray  # sorted ordinals that global steps before this one removed: left out
     tables: dict[str, list[str]]  # the published tables it reads (Stage.reads_tables) -> their Parquet files
+    scratch: str  # a folder in the build's staging where the step's DuckDB may spill
 
     def relation(self, con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyRelation:
         """`_ord`, `id` and this step's columns, under their own names, for the candidates still in the build."""
@@ -139,6 +140,14 @@ class StagedRows:
         if len(self.removed):
             rows = rows.join(con.from_arrow(pa.table({"_ord": self.removed})), "_ord", how="anti")
         return rows
+
+    def connect(self, memory_limit: str) -> duckdb.DuckDBPyConnection:
+        """A DuckDB connection for the step, within its memory (spilling into the build's staging) and with these
+        rows registered as `staged`."""
+        con = duckdb.connect(config={"memory_limit": memory_limit, "temp_directory": self.scratch})
+        con.execute("set enable_progress_bar = false")  # the build draws its own
+        con.register("staged", self.relation(con))
+        return con
 
     def read_table(self, name: str, schema: pa.Schema) -> pa.Table:
         """A published table the step reads, whole (empty while the lake has none)."""

@@ -91,7 +91,7 @@ def test_small_buckets_give_all_their_pairs_and_large_ones_stay_connected():
         for b in np.unique(bucket)
         for x, y in itertools.combinations(member[bucket == b].tolist(), 2)
     }
-    every = minhash.unique_pairs(minhash.bucket_pairs(bucket, member, all_pairs_up_to=1000))
+    every = minhash.unique_pairs(minhash.bucket_pairs(bucket, member, all_pairs_up_to=1000), 500)
     assert set(map(tuple, every.tolist())) == expected
     linear = minhash.bucket_pairs(bucket, member, all_pairs_up_to=4)
     assert len(linear) < 2 * len(bucket)

@@ -12,6 +12,7 @@ import tempfile
 from dataclasses import dataclass
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -21,16 +22,6 @@ from tunelake.lake import Lake
 from tunelake.silver import lsh
 from tunelake.silver.lsh import MinHashConfig
 from tunelake.silver.prompt_groups import gold_prompt_texts, prompt_column
-
-PLACES = pa.schema(
-    [
-        ("prompt_id", pa.string()),
-        ("place", pa.string()),  # a gold table, or `frozen:<name>`
-        ("split", pa.string()),
-        ("text", pa.string()),
-        ("bands", pa.list_(pa.uint64())),
-    ]
-)
 
 
 @dataclass
@@ -46,15 +37,17 @@ def find_leaks(lake: Lake, config: MinHashConfig, memory_limit: str = "512MB") -
     """Every leak in the published gold and frozen sets, and how many distinct prompts were checked."""
     with tempfile.TemporaryDirectory() as spill:
         con = duckdb.connect(config={"memory_limit": memory_limit, "temp_directory": spill})
-        con.execute(f"create table places ({_columns()})")
+        bands = lsh.band_names(config)
+        columns = ", ".join(["prompt_id varchar", "place varchar", "split varchar", "text varchar"])
+        con.execute(f"create table places ({columns}, {', '.join(f'{b} ubigint' for b in bands)})")
         for batch in _places(lake, config):
             con.register("batch", batch)
             con.execute("insert into places select * from batch")
             con.unregister("batch")
         con.execute(
-            """
+            f"""
             create table prompts as
-            select prompt_id, any_value(text) as text, any_value(bands) as bands,
+            select prompt_id, any_value(text) as text, {", ".join(f"any_value({b}) as {b}" for b in bands)},
                    list_sort(list(distinct place || ' (' || split || ')')) as places,
                    count(distinct split) as splits, row_number() over (order by prompt_id) - 1 as _ord
             from places group by prompt_id
@@ -63,8 +56,8 @@ def find_leaks(lake: Lake, config: MinHashConfig, memory_limit: str = "512MB") -
         prompts = con.sql("select count(*) from prompts").fetchall()[0][0]
         exact = con.sql("select prompt_id, places, text from prompts where splits > 1 order by prompt_id").fetchall()
         leaks = [Leak("exact", 1.0, (p, p), places, _short(text)) for p, places, text in exact]
-        pairs = lsh.candidate_pairs(con, "prompts", "bands")
-        nodes, edges, similarity = lsh.verified_pairs(con, "prompts", pairs, ("text",), config)
+        nodes = np.arange(prompts)
+        edges, similarity = lsh.verified_edges(con, "prompts", nodes, ("text",), config)
         con.register("edges", pa.table({"a": nodes[edges[:, 0]], "b": nodes[edges[:, 1]], "jaccard": similarity}))
         near = con.sql(
             """
@@ -77,11 +70,6 @@ def find_leaks(lake: Lake, config: MinHashConfig, memory_limit: str = "512MB") -
         leaks += [Leak("near", j, (a, b), sorted(places), _short(text)) for a, b, j, places, text in near]
         con.close()
     return leaks, prompts
-
-
-def _columns() -> str:
-    types = {pa.string(): "varchar", pa.list_(pa.uint64()): "ubigint[]"}
-    return ", ".join(f"{f.name} {types[f.type]}" for f in PLACES)
 
 
 def _places(lake: Lake, config: MinHashConfig):
@@ -99,13 +87,15 @@ def _places(lake: Lake, config: MinHashConfig):
 
 
 def _batch(prompt_ids, place, split, texts, config: MinHashConfig) -> pa.Table:
-    """PLACES rows; `place` and `split` are arrays or one value for all."""
+    """Rows of `places`: prompt_id, place (a gold table, or `frozen:<name>`), split, text and band keys; `place`
+    and `split` are arrays or one value for all."""
     texts = texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts
     n = len(texts)
     place, split = (
         v if isinstance(v, pa.Array | pa.ChunkedArray) else pa.array([v] * n, pa.string()) for v in (place, split)
     )
-    return pa.table([prompt_ids, place, split, texts, lsh.text_band_keys(texts, config)], schema=PLACES)
+    columns = {"prompt_id": prompt_ids, "place": place, "split": split, "text": texts}
+    return pa.table({**columns, **lsh.text_band_columns(texts, config)})
 
 
 def _short(text: str, limit: int = 80) -> str:

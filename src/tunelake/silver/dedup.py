@@ -7,7 +7,6 @@ occurrence in input order (recipe source order, then file, then row) is kept.
 
 from __future__ import annotations
 
-import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -34,22 +33,16 @@ class ExactDedup(GlobalStage):
 
     def run(self, rows: StagedRows, memory_limit: str) -> Decisions:
         """Drop every candidate whose key an earlier one has, naming the kept record and its input row."""
-        con = duckdb.connect(config={"memory_limit": memory_limit})
-        con.execute("set enable_progress_bar = false")  # the build draws its own
-        dups = (
-            rows.relation(con)
-            .query(
-                "keys",
-                """
-                select _ord, id, first_value(_ord) over w as kept_ord, first_value(id) over w as kept_id
-                from keys
-                window w as (partition by key order by _ord)
-                qualify row_number() over w > 1
-                order by _ord
-                """,
-            )
-            .to_arrow_table()
-        )
+        con = rows.connect(memory_limit)
+        dups = con.sql(
+            """
+            select _ord, id, first_value(_ord) over w as kept_ord, first_value(id) over w as kept_id
+            from staged
+            window w as (partition by key order by _ord)
+            qualify row_number() over w > 1
+            order by _ord
+            """
+        ).to_arrow_table()
         reason = pc.binary_join_element_wise(f"{Reason.duplicate.value}:", dups["kept_id"], "")
         detail = pc.binary_join_element_wise("kept ", rows.addresses.name(dups["kept_ord"]), "")
         action = pa.array(["drop"] * dups.num_rows, pa.string())

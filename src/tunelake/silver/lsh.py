@@ -1,11 +1,16 @@
 """MinHash LSH over staged columns: what near-duplicate records, prompt groups and the leakage check share.
 
-Per chunk, where the data is: a text's shingles -> its MinHash signature -> one 64-bit key per band (`band_keys`).
-Over everything, in DuckDB: rows sharing a key in some band are candidates (`candidate_pairs`); only the
-candidates' texts are read back, to verify each pair by exact Jaccard (`verified_pairs`).
+Per chunk, where the data is: a text's shingles -> its MinHash signature -> one 64-bit key per band, staged as
+one column per band (`band_columns`). Over everything, a band at a time: rows sharing a key are candidates
+(bucketed in NumPy over that one column), and candidates are verified by exact Jaccard, a block at a time, reading
+back only the block's texts. Memory is what one band's keys and one block's texts take, however many rows.
+
+Rows are numbered 0..n-1 as `nodes` (the relation's `_ord`s, sorted); pairs and edges are pairs of node numbers.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import duckdb
 import numpy as np
@@ -13,8 +18,10 @@ import pyarrow as pa
 from pydantic import Field, model_validator
 
 from tunelake.silver import minhash
-from tunelake.silver.ngrams import MAX_N, Grams, ngram_hashes
+from tunelake.silver.ngrams import MAX_N, Grams, mix, ngram_hashes
 from tunelake.stage import StageConfig
+
+BLOCK = 1 << 16  # candidate pairs verified at once: their texts are read back together
 
 
 class MinHashConfig(StageConfig):
@@ -52,51 +59,109 @@ class MinHashConfig(StageConfig):
         return minhash.band_parameters(self.threshold, self.num_perm)
 
 
-def band_keys(grams: Grams, config: MinHashConfig) -> pa.ListArray:
-    """Each text's band keys, a list per text; a text with no words is in no bucket (its keys are 0)."""
+def band_columns(grams: Grams, config: MinHashConfig, salt: np.ndarray | None = None) -> dict[str, pa.Array]:
+    """Each text's band keys as columns `band_0`, `band_1`, ... (uint64; 0 for a text with no words, which is in
+    no bucket). A salt per text (e.g. its regime's) keeps texts of different salts out of each other's buckets."""
     bands, rows = config.banding()
     keys = minhash.band_keys(minhash.signatures(grams, config.num_perm), bands, rows)
+    if salt is not None:
+        keys = mix(keys ^ salt[:, None])
     keys[grams.counts == 0] = 0
-    offsets = np.arange(0, keys.size + 1, bands, dtype=np.int32)
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(keys.ravel()))
+    return {f"band_{b}": pa.array(keys[:, b]) for b in range(bands)}
 
 
-def text_band_keys(texts: pa.Array, config: MinHashConfig) -> pa.ListArray:
-    return band_keys(ngram_hashes(texts, config.ngram), config)
+def text_band_columns(texts: pa.Array, config: MinHashConfig) -> dict[str, pa.Array]:
+    return band_columns(ngram_hashes(texts, config.ngram), config)
 
 
-def candidate_pairs(con: duckdb.DuckDBPyConnection, source: str, bands: str, scope: str = "null") -> np.ndarray:
-    """Pairs of `_ord` of the relation `source` whose `bands` share a key in some band (and whose `scope`
-    expression is equal), each pair once, (smaller, larger)."""
-    members = con.sql(
-        f"""
-        with banded as (
-            select _ord, {scope} as scope, unnest({bands}) as key from {source} where {bands} is not null
-        ),
-        shared as (select scope, key from banded where key != 0 group by all having count(*) > 1)
-        select dense_rank() over (order by b.scope, b.key) as bucket, b._ord
-        from banded b semi join shared s on b.key = s.key and b.scope is not distinct from s.scope
-        order by bucket, b._ord
-        """
-    ).fetchnumpy()
-    return minhash.unique_pairs(minhash.bucket_pairs(members["bucket"], members["_ord"]))
+def band_names(config: MinHashConfig) -> list[str]:
+    return [f"band_{b}" for b in range(config.banding()[0])]
 
 
-def verified_pairs(
-    con: duckdb.DuckDBPyConnection, source: str, pairs: np.ndarray, texts: tuple[str, ...], config: MinHashConfig
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The candidate pairs whose every text column has a Jaccard of at least the threshold, with the smallest of
-    their Jaccards. Returns (nodes: the sorted `_ord`s of the candidates, edges as indices into nodes, similarity
-    per edge); only the candidates' texts are read."""
-    nodes = np.unique(pairs)
-    con.register("_candidates", pa.table({"_ord": nodes}))
-    read = con.sql(f"select {', '.join(texts)} from {source} semi join _candidates using (_ord) order by _ord")
+def band_pairs(
+    con: duckdb.DuckDBPyConnection, source: str, nodes: np.ndarray, config: MinHashConfig
+) -> Iterator[np.ndarray]:
+    """Per band, the pairs of nodes of the relation `source` that share its key (each pair once within the band,
+    neighbours in a bucket first)."""
+    for band in band_names(config):
+        rows = con.sql(f"select _ord, {band} as key from {source} where {band} != 0").fetchnumpy()
+        node = np.searchsorted(nodes, rows["_ord"])
+        order = np.lexsort((node, rows["key"]))
+        yield minhash.unique_pairs(minhash.bucket_pairs(rows["key"][order], node[order]), len(nodes))
+
+
+def verified(
+    con: duckdb.DuckDBPyConnection,
+    source: str,
+    nodes: np.ndarray,
+    pairs: np.ndarray,
+    texts: tuple[str, ...],
+    config: MinHashConfig,
+) -> np.ndarray:
+    """The smallest Jaccard over the text columns of each pair (reading the texts of the pairs' nodes only)."""
+    involved = np.unique(pairs)
+    con.register("_involved", pa.table({"_ord": nodes[involved]}))
+    read = con.sql(f"select {', '.join(texts)} from {source} semi join _involved using (_ord) order by _ord")
     columns = read.to_arrow_table()
-    con.unregister("_candidates")
-    left, right = np.searchsorted(nodes, pairs[:, 0]), np.searchsorted(nodes, pairs[:, 1])
+    con.unregister("_involved")
+    left, right = np.searchsorted(involved, pairs[:, 0]), np.searchsorted(involved, pairs[:, 1])
     similarity = np.ones(len(pairs))
     for text in texts:
         sets = minhash.sorted_sets(ngram_hashes(columns[text], config.ngram))
         similarity = np.minimum(similarity, minhash.jaccard(sets, left, right))
-    keep = similarity >= config.threshold
-    return nodes, np.stack([left[keep], right[keep]], axis=1), similarity[keep]
+    return similarity
+
+
+def verified_edges(
+    con: duckdb.DuckDBPyConnection, source: str, nodes: np.ndarray, texts: tuple[str, ...], config: MinHashConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every candidate pair whose every text column has a Jaccard of at least the threshold (edges, sorted), and
+    the smallest of its Jaccards. A pair a later band finds again is not verified again."""
+    edges, similarity, seen = [np.empty((0, 2), np.int64)], [np.empty(0)], np.empty(0, np.int64)
+    for block in _blocks(band_pairs(con, source, nodes, config), lambda pairs: pairs):
+        keys = block[:, 0] * len(nodes) + block[:, 1]
+        block, seen = block[~np.isin(keys, seen)], np.union1d(seen, keys)
+        found = verified(con, source, nodes, block, texts, config)
+        edges.append(block[found >= config.threshold])
+        similarity.append(found[found >= config.threshold])
+    edges, similarity = np.concatenate(edges), np.concatenate(similarity)
+    order = np.lexsort((edges[:, 1], edges[:, 0]))
+    return edges[order], similarity[order]
+
+
+def linked(
+    con: duckdb.DuckDBPyConnection, source: str, nodes: np.ndarray, texts: tuple[str, ...], config: MinHashConfig
+) -> np.ndarray:
+    """The connected component of each node (labelled by its smallest node) over the candidate pairs that verify.
+
+    Only connectivity is asked, so a pair whose nodes are already joined is never verified: a group of many
+    near-identical texts is joined by its first pairs, whatever the number of its candidate pairs."""
+    label = np.arange(len(nodes))
+    edges = np.empty((0, 2), np.int64)
+
+    def apart(pairs: np.ndarray) -> np.ndarray:
+        return pairs[label[pairs[:, 0]] != label[pairs[:, 1]]]
+
+    for block in _blocks(band_pairs(con, source, nodes, config), apart):
+        block = apart(block)  # what the blocks before joined since it was gathered
+        if len(block):
+            found = verified(con, source, nodes, block, texts, config)
+            edges = np.concatenate([edges, block[found >= config.threshold]])
+            label = minhash.components(len(nodes), edges)
+    return label
+
+
+def _blocks(bands: Iterator[np.ndarray], keep) -> Iterator[np.ndarray]:
+    """The bands' pairs that `keep` keeps, gathered into blocks of about BLOCK pairs (each band's cut to fit), so
+    that the texts of a block are read back together."""
+    pending, size = [], 0
+    for pairs in bands:
+        for start in range(0, len(pairs), BLOCK):
+            part = keep(pairs[start : start + BLOCK])
+            pending.append(part)
+            size += len(part)
+            if size >= BLOCK:
+                yield np.concatenate(pending)
+                pending, size = [], 0
+    if size:
+        yield np.concatenate(pending)

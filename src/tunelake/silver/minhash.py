@@ -122,12 +122,14 @@ def bucket_pairs(bucket: np.ndarray, member: np.ndarray, all_pairs_up_to: int = 
     return np.concatenate(pairs).astype(np.int64, copy=False)
 
 
-def unique_pairs(pairs: np.ndarray) -> np.ndarray:
-    """Each unordered pair once, as (smaller, larger), sorted."""
+def unique_pairs(pairs: np.ndarray, nodes: int) -> np.ndarray:
+    """Each unordered pair of nodes 0..nodes-1 once, as (smaller, larger), in the order of its first occurrence."""
     if not len(pairs):
         return pairs.reshape(0, 2)
-    ordered = np.sort(pairs, axis=1)
-    return np.unique(ordered, axis=0)
+    low, high = pairs.min(axis=1), pairs.max(axis=1)
+    _, first = np.unique(low * nodes + high, return_index=True)
+    first.sort()
+    return np.stack([low[first], high[first]], axis=1)
 
 
 def sorted_sets(grams: Grams) -> Grams:
@@ -156,7 +158,7 @@ def _by_group_then_value(group: np.ndarray, values: np.ndarray) -> np.ndarray:
     return by_value[key % n]
 
 
-def jaccard(sets: Grams, left: np.ndarray, right: np.ndarray, block: int = 1 << 22) -> np.ndarray:
+def jaccard(sets: Grams, left: np.ndarray, right: np.ndarray, block: int = 1 << 20) -> np.ndarray:
     """Exact Jaccard of the sets of texts left[k] and right[k] (from sorted_sets), float64 per pair. Two empty
     sets are identical (1.0)."""
     counts = sets.counts

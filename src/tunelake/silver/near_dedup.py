@@ -38,6 +38,8 @@ CLUSTER_ID = pa.field("cluster_id", pa.string())
 PARTS = ("text", "text_chosen", "text_rejected")
 # Each part's shingles are salted apart, so a prompt's words never count as a response's.
 _SALT = mix(np.arange(1, len(PARTS) + 1, dtype=np.uint64) * np.uint64(0x632BE59BD9B4E019))
+_REGIMES = pa.array([r.value for r in Regime])
+_REGIME_SALT = mix(np.arange(1, len(Regime) + 1, dtype=np.uint64) * np.uint64(0xA0761D6478BD642F))
 
 
 class NearDedupConfig(MinHashConfig):
@@ -57,14 +59,14 @@ class NearDedup(GlobalStage):
     def columns(self, batch: pa.RecordBatch) -> dict[str, pa.Array]:
         """The compared texts and the band keys of their shingles (each part's salted apart)."""
         texts = compared_texts(batch)
-        scope = batch["regime"] if self.config.scope == "regime" else pa.nulls(batch.num_rows, pa.string())
         grams = salted_grams([texts[p] for p in PARTS], self.config.ngram)
-        return {"scope": scope, "score": batch["score_chosen"], **texts, "bands": lsh.band_keys(grams, self.config)}
+        salt = None
+        if self.config.scope == "regime":  # each regime's keys salted apart: two regimes never share a bucket
+            salt = _REGIME_SALT[pc.index_in(batch["regime"], _REGIMES).to_numpy()]
+        return {"score": batch["score_chosen"], **texts, **lsh.band_columns(grams, self.config, salt)}
 
     def run(self, rows: StagedRows, memory_limit: str) -> Decisions:
-        con = duckdb.connect(config={"memory_limit": memory_limit})
-        con.execute("set enable_progress_bar = false")  # the build draws its own
-        con.register("staged", rows.relation(con))
+        con = rows.connect(memory_limit)
         drops, clusters = _near_duplicates(con, self.config)
         detail = pc.binary_join_element_wise(drops["detail"], rows.addresses.name(drops["kept_ord"]), "")
         action = pa.array(["drop"] * drops.num_rows, pa.string())
@@ -112,8 +114,10 @@ def salted_grams(parts: list[pa.Array], n: int) -> Grams:
 def _near_duplicates(con: duckdb.DuckDBPyConnection, config: NearDedupConfig) -> tuple[pa.Table, pa.Table]:
     """The records dropped (`_ord`, id, reason, detail, kept_ord) and each clustered record's cluster
     (`_ord`, cluster_id: the id of its cluster's kept record)."""
-    pairs = lsh.candidate_pairs(con, "staged", "bands", "scope")
-    nodes, edges, similarity = lsh.verified_pairs(con, "staged", pairs, PARTS, config)
+    records = con.sql("select _ord from staged order by _ord").fetchnumpy()["_ord"]
+    edges, similarity = lsh.verified_edges(con, "staged", records, PARTS, config)
+    involved = np.unique(edges)  # from here on, nodes are the records on some edge
+    nodes, edges = records[involved], np.searchsorted(involved, edges)
     con.register("nodes", pa.table({"_ord": nodes}))
     facts = con.sql("select _ord, id, score from staged semi join nodes using (_ord) order by _ord").to_arrow_table()
     con.unregister("nodes")

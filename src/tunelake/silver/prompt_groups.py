@@ -25,7 +25,7 @@ from pydantic import Field
 from tunelake import tables
 from tunelake.address import SOURCE_SHIFT
 from tunelake.schema import FROZEN, Reason, Regime
-from tunelake.silver import lsh, minhash
+from tunelake.silver import lsh
 from tunelake.silver.lsh import MinHashConfig
 from tunelake.silver.turns import Turns
 from tunelake.stage import DECISIONS, GROUP_ID, PINNED_SPLIT, BuildRefused, Decisions, GlobalStage, StagedRows
@@ -54,15 +54,13 @@ class PromptGroups(GlobalStage):
         return {
             "prompt_id": batch["prompt_id"],
             "prompt_text": texts,
-            "bands": lsh.text_band_keys(texts, self.config),
             "preference": pc.equal(batch["regime"], Regime.preference.value),
             "score": batch["score_chosen"],
+            **lsh.text_band_columns(texts, self.config),
         }
 
     def run(self, rows: StagedRows, memory_limit: str) -> Decisions:
-        con = duckdb.connect(config={"memory_limit": memory_limit})
-        con.execute("set enable_progress_bar = false")  # the build draws its own
-        con.register("staged", rows.relation(con))
+        con = rows.connect(memory_limit)
         frozen = rows.read_table(tables.FROZEN_NAME, FROZEN)
         _prompts(con, frozen, self.config)
         groups = _groups(con, self.config)
@@ -118,17 +116,19 @@ def _prompts(con: duckdb.DuckDBPyConnection, frozen: pa.Table, config: PromptGro
     """The table `prompts`: one row per distinct prompt of the build or of a frozen set, numbered (`_ord`) in
     prompt_id order, with its text and band keys."""
     outside = frozen.group_by("prompt_id", use_threads=False).aggregate([("prompt_text", "first")])
-    outside = outside.rename_columns(["prompt_id", "text"])
-    con.register("frozen_prompts", outside.append_column("bands", lsh.text_band_keys(outside["text"], config)))
+    outside = outside.rename_columns(["prompt_id", "prompt_text"])
+    for name, keys in lsh.text_band_columns(outside["prompt_text"], config).items():
+        outside = outside.append_column(name, keys)
+    con.register("frozen_prompts", outside)
+    columns = ", ".join(["prompt_text", *lsh.band_names(config)])
+    firsts = ", ".join(f"any_value({c}) as {c}" for c in columns.split(", "))
     con.execute(
-        """
+        f"""
         create temp table prompts as
         with every as (
-            select prompt_id, any_value(prompt_text) as prompt_text, any_value(bands) as bands
-            from staged group by prompt_id
+            select prompt_id, {firsts} from staged group by prompt_id
             union all
-            select prompt_id, text, bands from frozen_prompts
-            where prompt_id not in (select prompt_id from staged)
+            select prompt_id, {columns} from frozen_prompts where prompt_id not in (select prompt_id from staged)
         )
         select *, row_number() over (order by prompt_id) - 1 as _ord from every
         """
@@ -138,10 +138,9 @@ def _prompts(con: duckdb.DuckDBPyConnection, frozen: pa.Table, config: PromptGro
 def _groups(con: duckdb.DuckDBPyConnection, config: PromptGroupsConfig) -> pa.Table:
     """(prompt_id, group_id) for every prompt that has near-identical others: the group is the smallest prompt_id
     among them, so it does not depend on which records carry them."""
-    pairs = lsh.candidate_pairs(con, "prompts", "bands")
-    nodes, edges, _ = lsh.verified_pairs(con, "prompts", pairs, ("prompt_text",), config)
-    label = minhash.components(len(nodes), edges)  # the smallest node: prompts are numbered in prompt_id order
-    grouped = np.flatnonzero(np.bincount(edges.ravel(), minlength=len(nodes)))
+    nodes = np.arange(con.sql("select count(*) from prompts").fetchall()[0][0])
+    label = lsh.linked(con, "prompts", nodes, ("prompt_text",), config)  # prompts are in prompt_id order
+    grouped = np.flatnonzero(np.bincount(label, minlength=len(nodes))[label] > 1)
     con.register("members", pa.table({"_ord": nodes[grouped], "head": nodes[label[grouped]]}))
     groups = con.sql(
         """
