@@ -321,7 +321,11 @@ def leakage(
 ) -> None:
     """Prompts held in two splits of the published gold, or in train beside a frozen eval set, exactly or as
     near-duplicates (MinHash LSH, verified by exact Jaccard). Exits 1 if there is any."""
-    leaks, prompts = find_leaks(Lake(lake), MinHashConfig(threshold=threshold))
+    lk = Lake(lake)
+    if not lk.manifests():  # a mistyped path is not a lake without leaks
+        console.print(f"[red]No build in {lake}: nothing to check.[/red]")
+        raise typer.Exit(2)
+    leaks, prompts = find_leaks(lk, MinHashConfig(threshold=threshold))
     if not leaks:
         out.print(f"No leak: {prompts} distinct prompts, none in two splits (exact or at Jaccard >= {threshold}).")
         return

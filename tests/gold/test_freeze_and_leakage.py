@@ -141,3 +141,9 @@ def test_freeze_refuses_what_it_cannot_pin(tmp_path, table, name, message):
         freeze(lake, table, name)
     result = CliRunner().invoke(app, ["freeze", "--lake", str(lake.root), "--table", table, "--name", name])
     assert result.exit_code == 2 and message in result.output
+
+
+def test_the_leakage_check_fails_on_a_folder_that_holds_no_build(tmp_path):
+    """A mistyped lake path must not pass the check as "no leak"."""
+    result = CliRunner().invoke(app, ["leakage", "--lake", str(tmp_path / "no-lake")])
+    assert result.exit_code == 2 and "No build" in result.output
