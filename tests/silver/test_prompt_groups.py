@@ -4,8 +4,13 @@ tests/gold/test_freeze_and_leakage.py."""
 
 from __future__ import annotations
 
+import duckdb
+import numpy as np
+import pyarrow as pa
+
 from tests.conftest import run_build, write_recipe
 from tests.silver.test_near_dedup import GSM8K, HH, _pair, _reformatted, _rows, _source, _write
+from tunelake.silver.prompt_groups import _capped
 
 
 def test_near_identical_prompts_share_a_split(tmp_path):
@@ -45,3 +50,17 @@ def test_a_preference_prompt_group_can_be_capped(tmp_path):
         group = fate[4 * i : 4 * i + 4]
         assert [row for row, _, _ in group] == [4 * i + 1, 4 * i + 2, 4 * i + 3, 4 * i + 4]
         assert {id_ for _, id_, stage in group if stage == "split"} == set(sorted(id_ for _, id_, _ in group)[:2])
+
+
+def test_the_prompt_cap_breaks_ties_by_input_order():
+    """Pairs alike in score, source and id (exact dedup off): the cap keeps the earliest input row, whatever
+    DuckDB's threads do (many rows, so that its window sort runs in parallel)."""
+    rows = 300_000
+    con = duckdb.connect()
+    staged = {"_ord": np.arange(rows), "id": ["a" * 32] * rows, "prompt_id": ["p" * 32] * rows}
+    con.register("staged", pa.table({**staged, "preference": [True] * rows, "score": pa.nulls(rows, pa.float64())}))
+    groups = pa.table({"prompt_id": pa.array([], pa.string()), "group_id": pa.array([], pa.string())})
+    for _ in range(8):
+        capped = _capped(con, groups, 1)
+        assert capped.num_rows == rows - 1 and capped["_ord"][0].as_py() == 1
+        assert set(capped["kept_ord"].to_pylist()) == {0}

@@ -182,7 +182,7 @@ def _capped(con: duckdb.DuckDBPyConnection, groups: pa.Table, cap: int) -> pa.Ta
     """Preference pairs beyond the first `cap` of their prompt group, by the keep policy: (`_ord`, id, reason,
     detail, kept_ord: the group's first pair)."""
     con.register("groups", groups)
-    policy = f"order by s.score desc nulls last, s._ord >> {SOURCE_SHIFT}, s.id"
+    policy = f"order by s.score desc nulls last, s._ord >> {SOURCE_SHIFT}, s.id, s._ord"  # _ord: ties, one way
     capped = con.sql(
         f"""
         with grouped as (
