@@ -188,3 +188,23 @@ def test_explain_shows_a_record_s_near_duplicate_cluster(tmp_path):
         assert "copies row 1  jaccard 1 with the kept gsm8k:" in output and "copies row 2  jaccard 0.9" in output
     alone = lake.query("select id from l where source = 'gsm8k' and row = 2 and stage = 'split'", l="ledger")[0][0]
     assert "cluster" not in CliRunner().invoke(app, ["explain", "--lake", str(lake.root), alone]).output
+
+
+def test_a_group_of_more_near_identical_records_than_a_small_bucket_keeps_one(tmp_path):
+    """Two hundred copies of one question, each in its own mix of upper and lower case (distinct records, Jaccard 1
+    with one another): one bucket per band larger than the all-pairs limit, and still one record is kept."""
+    question = _rows(GSM8K)[0]["question"]
+    letters = [i for i, c in enumerate(question) if c.isalpha()][:12]
+    copies = []
+    for k in range(200):
+        chars = list(question)
+        for bit, at in enumerate(letters):
+            if k >> bit & 1:
+                chars[at] = chars[at].swapcase()
+        copies.append({"question": "".join(chars), "answer": f"#### {k}"})
+    sources = [_source("copies", _write(tmp_path / "copies.jsonl", copies), format="gsm8k")]
+    manifest, lake = run_build(write_recipe(tmp_path, sources, silver={"near_dedup": {}}))
+    assert manifest["stages"]["exact_dedup"]["kept"] == 200
+    assert manifest["stages"]["near_dedup"]["dropped"] == {"near_duplicate_of": 199}
+    ids = [id_ for (id_,) in lake.query("select id from l where stage = 'canonicalize'", l="ledger")]
+    assert lake.read("silver/records", ["id"])["id"].to_pylist() == [min(ids)]  # the policy: the smallest id

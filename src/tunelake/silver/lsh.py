@@ -5,7 +5,9 @@ one column per band (`band_columns`). Over everything, a band at a time: rows sh
 (bucketed in NumPy over that one column), and candidates are verified by exact Jaccard, a block at a time, reading
 back only the block's texts. Memory is what one band's keys and one block's texts take, however many rows.
 
-Rows are numbered 0..n-1 as `nodes` (the relation's `_ord`s, sorted); pairs and edges are pairs of node numbers.
+Rows are numbered 0..n-1 as nodes (`nodes[i]` is node i's `_ord`); pairs and edges are pairs of node numbers,
+smaller first. In a bucket the smallest node comes first: a caller that numbers nodes by preference gets each
+bucket's preferred member first, which a bucket too large for all its pairs pairs with every other member.
 """
 
 from __future__ import annotations
@@ -83,9 +85,11 @@ def band_pairs(
 ) -> Iterator[np.ndarray]:
     """Per band, the pairs of nodes of the relation `source` that share its key (each pair once within the band,
     neighbours in a bucket first)."""
+    by_ord = np.argsort(nodes)
+    ords = nodes[by_ord]
     for band in band_names(config):
         rows = con.sql(f"select _ord, {band} as key from {source} where {band} != 0").fetchnumpy()
-        node = np.searchsorted(nodes, rows["_ord"])
+        node = by_ord[np.searchsorted(ords, rows["_ord"])]
         order = np.lexsort((node, rows["key"]))
         yield minhash.unique_pairs(minhash.bucket_pairs(rows["key"][order], node[order]), len(nodes))
 
@@ -100,11 +104,14 @@ def verified(
 ) -> np.ndarray:
     """The smallest Jaccard over the text columns of each pair (reading the texts of the pairs' nodes only)."""
     involved = np.unique(pairs)
-    con.register("_involved", pa.table({"_ord": nodes[involved]}))
+    by_ord = np.argsort(nodes[involved])
+    con.register("_involved", pa.table({"_ord": nodes[involved][by_ord]}))
     read = con.sql(f"select {', '.join(texts)} from {source} semi join _involved using (_ord) order by _ord")
     columns = read.to_arrow_table()
     con.unregister("_involved")
-    left, right = np.searchsorted(involved, pairs[:, 0]), np.searchsorted(involved, pairs[:, 1])
+    row_of = np.empty(len(involved), np.int64)  # where each involved node's texts are in `columns`
+    row_of[by_ord] = np.arange(len(involved))
+    left, right = (row_of[np.searchsorted(involved, side)] for side in (pairs[:, 0], pairs[:, 1]))
     similarity = np.ones(len(pairs))
     for text in texts:
         sets = minhash.sorted_sets(ngram_hashes(columns[text], config.ngram))

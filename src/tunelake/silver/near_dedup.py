@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from tunelake.address import ordinal_parts
+from tunelake.address import SOURCE_SHIFT
 from tunelake.schema import Reason, Regime
 from tunelake.silver import lsh, minhash
 from tunelake.silver.lsh import MinHashConfig
@@ -39,6 +39,9 @@ PARTS = ("text", "text_chosen", "text_rejected")
 # Each part's shingles are salted apart, so a prompt's words never count as a response's.
 _SALT = mix(np.arange(1, len(PARTS) + 1, dtype=np.uint64) * np.uint64(0x632BE59BD9B4E019))
 _REGIMES = pa.array([r.value for r in Regime])
+# The keep policy over the staged columns: the highest score (no score, or NaN, ranks last), the earliest source,
+# the smallest id; the input order last, for records alike in all three.
+KEEP_ORDER = f"case when isnan(score) then null else score end desc nulls last, _ord >> {SOURCE_SHIFT}, id, _ord"
 _REGIME_SALT = mix(np.arange(1, len(Regime) + 1, dtype=np.uint64) * np.uint64(0xA0761D6478BD642F))
 
 
@@ -114,29 +117,23 @@ def salted_grams(parts: list[pa.Array], n: int) -> Grams:
 def _near_duplicates(con: duckdb.DuckDBPyConnection, config: NearDedupConfig) -> tuple[pa.Table, pa.Table]:
     """The records dropped (`_ord`, id, reason, detail, kept_ord) and each clustered record's cluster
     (`_ord`, cluster_id: the id of its cluster's kept record)."""
-    records = con.sql("select _ord from staged order by _ord").fetchnumpy()["_ord"]
+    # Nodes numbered by the keep policy, so a bucket's first member and greedy_keep's preferred node agree.
+    records = con.sql(f"select _ord from staged order by {KEEP_ORDER}").fetchnumpy()["_ord"]
     edges, similarity = lsh.verified_edges(con, "staged", records, PARTS, config)
-    involved = np.unique(edges)  # from here on, nodes are the records on some edge
-    nodes, edges = records[involved], np.searchsorted(involved, edges)
-    con.register("nodes", pa.table({"_ord": nodes}))
-    facts = con.sql("select _ord, id, score from staged semi join nodes using (_ord) order by _ord").to_arrow_table()
+    involved = np.unique(edges)  # from here on, ranks among the records on some edge (still in policy order)
+    nodes, ranked = records[involved], np.searchsorted(involved, edges)
+    by_ord = np.argsort(nodes)
+    con.register("nodes", pa.table({"_ord": nodes[by_ord]}))
+    in_ord = con.sql("select id from staged semi join nodes using (_ord) order by _ord").to_arrow_table()["id"]
     con.unregister("nodes")
-    # Rank the nodes by the keep policy (greedy_keep prefers lower ranks): highest score, earliest source, id.
-    facts = facts.append_column("source", ordinal_parts(facts["_ord"])[0])
-    facts = facts.set_column(2, "score", pc.fill_null(facts["score"], -np.inf))  # no score ranks last
-    policy = [("score", "descending"), ("source", "ascending"), ("id", "ascending")]
-    by_rank = pc.sort_indices(facts, sort_keys=policy).to_numpy()
-    rank_of = np.empty(len(nodes), np.int64)
-    rank_of[by_rank] = np.arange(len(nodes))
-    ranked = np.sort(rank_of[edges], axis=1)
+    row_of = np.empty(len(nodes), np.int64)
+    row_of[by_ord] = np.arange(len(nodes))
+    ids = in_ord.take(pa.array(row_of))  # by rank
     kept, dropped_for = minhash.greedy_keep(len(nodes), ranked)
     label = minhash.components(len(nodes), ranked)  # a component's label is its best rank: a kept record
-    ids = facts["id"]
-    clustered = np.flatnonzero(np.bincount(ranked.ravel(), minlength=len(nodes)))  # ranks on some edge
-    clusters = pa.table(
-        {"_ord": nodes[by_rank[clustered]], CLUSTER_ID.name: ids.take(pa.array(by_rank[label[clustered]]))}
-    )
-    dropped = np.flatnonzero(~kept)  # ranks
+    clustered = np.flatnonzero(np.bincount(ranked.ravel(), minlength=len(nodes)))
+    clusters = pa.table({"_ord": nodes[clustered], CLUSTER_ID.name: ids.take(pa.array(label[clustered]))})
+    dropped = np.flatnonzero(~kept)
     kept_rank = dropped_for[dropped]
     # The Jaccard of each dropped record with the kept one it names: their edge's.
     edge_keys = ranked[:, 0] * len(nodes) + ranked[:, 1]
@@ -147,13 +144,13 @@ def _near_duplicates(con: duckdb.DuckDBPyConnection, config: NearDedupConfig) ->
     )
     drops = pa.table(
         {
-            "_ord": nodes[by_rank[dropped]],
-            "id": ids.take(pa.array(by_rank[dropped])),
+            "_ord": nodes[dropped],
+            "id": ids.take(pa.array(dropped)),
             "reason": pc.binary_join_element_wise(
-                f"{Reason.near_duplicate.value}:", ids.take(pa.array(by_rank[kept_rank])), ""
+                f"{Reason.near_duplicate.value}:", ids.take(pa.array(kept_rank)), ""
             ),
             "detail": detail,
-            "kept_ord": nodes[by_rank[kept_rank]],
+            "kept_ord": nodes[kept_rank],
         }
     )
     return drops, clusters
