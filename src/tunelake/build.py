@@ -60,7 +60,7 @@ from tunelake.schema import (
     table_of,
 )
 from tunelake.silver.canonicalize import FilePlan, SourcePlan
-from tunelake.stage import DECISIONS, Decisions, GlobalStage, Stage, StagedRows
+from tunelake.stage import DECISIONS, BuildRefused, Decisions, GlobalStage, Stage, StagedRows
 from tunelake.tables import SPLITS
 from tunelake.tasks import (
     STEP_CANONICALIZE,
@@ -218,6 +218,7 @@ def build(recipe: Recipe, recipe_sha256: str, progress: Progress | None = None) 
         _cache_keys(run, segs[0])
         if _unchanged(run, recipe_sha256, chain):
             return {**run.previous, "unchanged": True}
+        _check_frozen_sets_are_kept(lake, chain)
         try:
             with LocalEngine(recipe.engine.resolved_workers()) as engine:
                 lake.finish_publishing()  # a build killed after its manifest, before its exports were in place
@@ -251,6 +252,17 @@ def build(recipe: Recipe, recipe_sha256: str, progress: Progress | None = None) 
             _discard(run)
             raise
     return manifest
+
+
+def _check_frozen_sets_are_kept(lake: Lake, chain: list[Stage]) -> None:
+    """A lake with frozen eval sets is never built by a chain that does not read them (prompt_groups keeps them
+    out of train): without it, their prompts would move silently."""
+    if lake.exists(tables.FROZEN_NAME) and not any(tables.FROZEN_NAME in s.reads_tables for s in chain):
+        names = sorted(set(lake.read(tables.FROZEN_NAME, ["name"])["name"].to_pylist()))
+        raise BuildRefused(
+            f"the lake holds frozen eval sets ({', '.join(names)}), which the prompt_groups stage keeps out of "
+            "train; this recipe turns it off: turn it back on (silver.prompt_groups), or build into another lake"
+        )
 
 
 def _cache_fresh_files(run: _Run) -> None:
