@@ -8,6 +8,8 @@ import gzip
 import json
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from typer.testing import CliRunner
@@ -208,3 +210,19 @@ def test_a_group_of_more_near_identical_records_than_a_small_bucket_keeps_one(tm
     assert manifest["stages"]["near_dedup"]["dropped"] == {"near_duplicate_of": 199}
     ids = [id_ for (id_,) in lake.query("select id from l where stage = 'canonicalize'", l="ledger")]
     assert lake.read("silver/records", ["id"])["id"].to_pylist() == [min(ids)]  # the policy: the smallest id
+
+
+def test_salted_grams_put_each_record_s_parts_together_in_order():
+    from tunelake.silver.near_dedup import _SALT, salted_grams
+    from tunelake.silver.ngrams import mix, ngram_hashes
+
+    prompts = pa.array(["one two three four", None, "five six seven", "eight"])
+    chosen = pa.array(["alpha beta gamma", None, None, "delta epsilon"])
+    rejected = pa.array(["zeta eta", None, None, None])
+    got = salted_grams([prompts, chosen, rejected], 2)
+    parts = [ngram_hashes(p, 2) for p in (prompts, chosen, rejected)]
+    for i in range(4):
+        expected = [parts[0].of(i), *(mix(parts[k].of(i) ^ _SALT[k - 1]) for k in (1, 2))]
+        assert got.of(i).tolist() == np.concatenate(expected).tolist()
+    alone = salted_grams([prompts, pa.nulls(4, pa.string()), pa.nulls(4, pa.string())], 2)
+    assert np.array_equal(alone.hashes, parts[0].hashes) and np.array_equal(alone.offsets, parts[0].offsets)

@@ -36,8 +36,8 @@ from tunelake.stage import DECISIONS, Decisions, GlobalStage, StagedRows
 CLUSTER_ID = pa.field("cluster_id", pa.string())
 # The texts a record is compared on, in order: a preference pair's three parts, else one.
 PARTS = ("text", "text_chosen", "text_rejected")
-# Each part's shingles are salted apart, so a prompt's words never count as a response's.
-_SALT = mix(np.arange(1, len(PARTS) + 1, dtype=np.uint64) * np.uint64(0x632BE59BD9B4E019))
+# The salts of a preference pair's chosen and rejected shingles (the first part's are used as they are).
+_SALT = mix(np.arange(1, len(PARTS), dtype=np.uint64) * np.uint64(0x632BE59BD9B4E019))
 _REGIMES = pa.array([r.value for r in Regime])
 # The keep policy over the staged columns: the highest score (no score, or NaN, ranks last), the earliest source,
 # the smallest id; the input order last, for records alike in all three.
@@ -102,16 +102,23 @@ def compared_texts(batch: pa.RecordBatch) -> dict[str, pa.Array]:
 
 
 def salted_grams(parts: list[pa.Array], n: int) -> Grams:
-    """Per record, the shingles of all its parts together, each part's salted apart."""
+    """Per record, the shingles of all its parts together: a conversation's or prompt's as they are, a preference
+    pair's responses salted apart (so a prompt's words never count as a response's)."""
     grams = [ngram_hashes(part, n) for part in parts]
+    if not any(len(g.hashes) for g in grams[1:]):  # no preference pair in the batch
+        return grams[0]
     with np.errstate(over="ignore"):
-        hashes = np.concatenate([mix(g.hashes ^ salt) for g, salt in zip(grams, _SALT, strict=False)])
-    owner = np.concatenate([np.repeat(np.arange(len(g)), g.counts) for g in grams])
-    order = np.argsort(owner, kind="stable")
-    counts = sum(g.counts for g in grams)
+        hashes = [grams[0].hashes, *(mix(g.hashes ^ salt) for g, salt in zip(grams[1:], _SALT, strict=True))]
+    counts = [g.counts for g in grams]
     offsets = np.zeros(len(grams[0]) + 1, np.int64)
-    np.cumsum(counts, out=offsets[1:])
-    return Grams(offsets, hashes[order])
+    np.cumsum(sum(counts), out=offsets[1:])
+    # Each part's grams go after those of the parts before it, within their record's run: no sort needed.
+    out = np.empty(offsets[-1], np.uint64)
+    before = offsets[:-1].copy()
+    for g, part_hashes, count in zip(grams, hashes, counts, strict=True):
+        out[np.repeat(before - g.offsets[:-1], count) + np.arange(len(part_hashes))] = part_hashes
+        before += count
+    return Grams(offsets, out)
 
 
 def _near_duplicates(con: duckdb.DuckDBPyConnection, config: NearDedupConfig) -> tuple[pa.Table, pa.Table]:
