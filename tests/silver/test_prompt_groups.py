@@ -59,7 +59,7 @@ def test_the_prompt_cap_breaks_ties_by_input_order():
     con = duckdb.connect()
     staged = {"_ord": np.arange(rows), "id": ["a" * 32] * rows, "prompt_id": ["p" * 32] * rows}
     con.register("staged", pa.table({**staged, "preference": [True] * rows, "score": pa.nulls(rows, pa.float64())}))
-    groups = pa.table({"prompt_id": pa.array([], pa.string()), "group_id": pa.array([], pa.string())})
+    groups = pa.table({"_ord": pa.array([], pa.int64()), "group_id": pa.array([], pa.string())})
     for _ in range(8):
         capped = _capped(con, groups, 1)
         assert capped.num_rows == rows - 1 and capped["_ord"][0].as_py() == 1

@@ -23,7 +23,7 @@ from tunelake.silver import minhash
 from tunelake.silver.ngrams import MAX_N, Grams, mix, ngram_hashes
 from tunelake.stage import StageConfig
 
-BLOCK = 1 << 16  # candidate pairs verified at once: their texts are read back together
+BLOCK = 1 << 17  # candidate pairs verified at once: their texts are read back together
 
 
 class MinHashConfig(StageConfig):
@@ -144,7 +144,6 @@ def linked(
     Only connectivity is asked, so a pair whose nodes are already joined is never verified: a group of many
     near-identical texts is joined by its first pairs, whatever the number of its candidate pairs."""
     label = np.arange(len(nodes))
-    edges = np.empty((0, 2), np.int64)
 
     def apart(pairs: np.ndarray) -> np.ndarray:
         return pairs[label[pairs[:, 0]] != label[pairs[:, 1]]]
@@ -152,9 +151,23 @@ def linked(
     for block in _blocks(band_pairs(con, source, nodes, config), apart):
         block = apart(block)  # what the blocks before joined since it was gathered
         if len(block):
-            found = verified(con, source, nodes, block, texts, config)
-            edges = np.concatenate([edges, block[found >= config.threshold]])
-            label = minhash.components(len(nodes), edges)
+            joined = block[verified(con, source, nodes, block, texts, config) >= config.threshold]
+            label = _merged(label, joined)
+    return label
+
+
+def _merged(label: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Component labels (each the smallest node of its component) after adding edges: the components the edges
+    touch are merged as nodes of a small graph of their labels, whatever the size of the whole."""
+    if not len(edges):
+        return label
+    ends = label[edges]
+    roots = np.unique(ends)
+    merged = roots[minhash.components(len(roots), np.searchsorted(roots, ends))]  # the smallest root of each merge
+    at = np.minimum(np.searchsorted(roots, label), len(roots) - 1)
+    touched = roots[at] == label
+    label = label.copy()
+    label[touched] = merged[at[touched]]
     return label
 
 

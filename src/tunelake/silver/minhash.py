@@ -104,21 +104,21 @@ def bucket_pairs(bucket: np.ndarray, member: np.ndarray, all_pairs_up_to: int = 
     """Candidate pairs from (bucket, member) rows sorted by bucket.
 
     A bucket of up to `all_pairs_up_to` members gives all its pairs; a larger one (many near-identical texts, or
-    a value shared by chance) gives each member paired with the next and with the bucket's first, so candidates
-    stay linear in its size while its true duplicates still join one component."""
+    a value shared by chance) gives each member paired with the bucket's first, then with the next, so candidates
+    stay linear in its size while its true duplicates still join one component. The pairs with a large bucket's
+    first come first: a caller that skips the pairs already joined has most of the bucket joined by them."""
     n = len(bucket)
     index = np.arange(n)
     first = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]]) if n else np.empty(0, np.int64)
     sizes = np.diff(np.r_[first, n])
     first_of = np.repeat(first, sizes)
     small = np.repeat(sizes <= all_pairs_up_to, sizes)
-    pairs = []
+    later_in_big = ~small & (index != first_of)
+    pairs = [np.stack([member[first_of[later_in_big]], member[later_in_big]], axis=1)]
     for d in range(1, min(all_pairs_up_to, int(sizes.max(initial=1)))):
         i = index[: n - d]
         ok = (bucket[i] == bucket[i + d]) & (small[i] | (d == 1))
         pairs.append(np.stack([member[i[ok]], member[i[ok] + d]], axis=1))
-    later_in_big = ~small & (index != first_of)
-    pairs.append(np.stack([member[first_of[later_in_big]], member[later_in_big]], axis=1))
     return np.concatenate(pairs).astype(np.int64, copy=False)
 
 

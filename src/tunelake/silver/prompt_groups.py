@@ -77,7 +77,7 @@ class PromptGroups(GlobalStage):
         notes = con.sql(
             f"""
             select s._ord, g.group_id as {GROUP_ID.name}, p.split as {PINNED_SPLIT.name}
-            from staged s left join groups g using (prompt_id)
+            from staged s left join groups g using (_ord)
             left join pins p on p.grp = coalesce(g.group_id, s.prompt_id)
             order by s._ord
             """
@@ -113,44 +113,32 @@ def _opening(column: pa.Array) -> pa.Array:
 
 
 def _prompts(con: duckdb.DuckDBPyConnection, frozen: pa.Table, config: PromptGroupsConfig) -> None:
-    """The table `prompts`: one row per distinct prompt of the build or of a frozen set, numbered (`_ord`) in
-    prompt_id order, with its text and band keys."""
+    """The view `prompts`: every record's prompt (its `_ord`, prompt_id, text and band keys), and each frozen
+    prompt's, numbered below zero."""
     outside = frozen.group_by("prompt_id", use_threads=False).aggregate([("prompt_text", "first")])
     outside = outside.rename_columns(["prompt_id", "prompt_text"])
+    outside = outside.add_column(0, "_ord", pa.array(-1 - np.arange(outside.num_rows), pa.int64()))
     for name, keys in lsh.text_band_columns(outside["prompt_text"], config).items():
         outside = outside.append_column(name, keys)
     con.register("frozen_prompts", outside)
-    columns = ", ".join(["prompt_text", *lsh.band_names(config)])
-    firsts = ", ".join(f"any_value({c}) as {c}" for c in columns.split(", "))
+    columns = ", ".join(["_ord", "prompt_id", "prompt_text", *lsh.band_names(config)])
     con.execute(
-        f"""
-        create temp table prompts as
-        with every as (
-            select prompt_id, {firsts} from staged group by prompt_id
-            union all
-            select prompt_id, {columns} from frozen_prompts where prompt_id not in (select prompt_id from staged)
-        )
-        select *, row_number() over (order by prompt_id) - 1 as _ord from every
-        """
+        f"create temp view prompts as select {columns} from staged union all select {columns} from frozen_prompts"
     )
 
 
 def _groups(con: duckdb.DuckDBPyConnection, config: PromptGroupsConfig) -> pa.Table:
-    """(prompt_id, group_id) for every prompt that has near-identical others: the group is the smallest prompt_id
-    among them, so it does not depend on which records carry them."""
-    nodes = np.arange(con.sql("select count(*) from prompts").fetchall()[0][0])
-    label = lsh.linked(con, "prompts", nodes, ("prompt_text",), config)  # prompts are in prompt_id order
+    """(`_ord`, group_id) for every record (and frozen prompt) whose prompt has near-identical others: the group is
+    the smallest prompt_id among them, so it does not depend on which records carry them."""
+    nodes = con.sql("select _ord from prompts order by prompt_id, _ord").fetchnumpy()["_ord"]
+    label = lsh.linked(con, "prompts", nodes, ("prompt_text",), config)  # the smallest node: the smallest prompt
     grouped = np.flatnonzero(np.bincount(label, minlength=len(nodes))[label] > 1)
     con.register("members", pa.table({"_ord": nodes[grouped], "head": nodes[label[grouped]]}))
     groups = con.sql(
-        """
-        select p.prompt_id, h.prompt_id as group_id
-        from members m join prompts p on p._ord = m._ord join prompts h on h._ord = m.head
-        order by p.prompt_id
-        """
+        "select m._ord, h.prompt_id as group_id from members m join prompts h on h._ord = m.head order by m._ord"
     ).to_arrow_table()
     con.unregister("members")
-    return groups.cast(pa.schema([pa.field("prompt_id", pa.string()), pa.field("group_id", pa.string())]))
+    return groups.cast(pa.schema([pa.field("_ord", pa.int64()), pa.field("group_id", pa.string())]))
 
 
 def _pins(con: duckdb.DuckDBPyConnection, frozen: pa.Table, groups: pa.Table) -> pa.Table:
@@ -162,7 +150,7 @@ def _pins(con: duckdb.DuckDBPyConnection, frozen: pa.Table, groups: pa.Table) ->
         """
         select coalesce(g.group_id, f.prompt_id) as grp, list_sort(list(distinct f.split)) as splits,
                list(distinct f.name || ' (' || f.split || ', prompt ' || f.prompt_id || ')') as held_by
-        from frozen f left join groups g using (prompt_id)
+        from frozen f join frozen_prompts p using (prompt_id) left join groups g on g._ord = p._ord
         group by grp order by grp
         """
     ).to_arrow_table()
@@ -187,7 +175,7 @@ def _capped(con: duckdb.DuckDBPyConnection, groups: pa.Table, cap: int) -> pa.Ta
         f"""
         with grouped as (
             select s.*, coalesce(g.group_id, s.prompt_id) as grp
-            from staged s left join groups g using (prompt_id) where s.preference
+            from staged s left join groups g using (_ord) where s.preference
         ),
         pairs as (
             select _ord, id, grp,
