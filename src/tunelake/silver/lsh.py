@@ -141,18 +141,22 @@ def linked(
 ) -> np.ndarray:
     """The connected component of each node (labelled by its smallest node) over the candidate pairs that verify.
 
-    Only connectivity is asked, so a pair whose nodes are already joined is never verified: a group of many
-    near-identical texts is joined by its first pairs, whatever the number of its candidate pairs."""
+    Only connectivity is asked, so a pair whose nodes are already joined is never verified (a group of many
+    near-identical texts is joined by its first pairs, whatever the number of its candidate pairs), nor is a pair
+    that failed in an earlier band."""
     label = np.arange(len(nodes))
+    failed = np.empty(0, np.int64)  # keys (smaller * nodes + larger) of the pairs below the threshold
 
     def apart(pairs: np.ndarray) -> np.ndarray:
-        return pairs[label[pairs[:, 0]] != label[pairs[:, 1]]]
+        pairs = pairs[label[pairs[:, 0]] != label[pairs[:, 1]]]
+        return pairs[~np.isin(pairs[:, 0] * len(nodes) + pairs[:, 1], failed)]
 
     for block in _blocks(band_pairs(con, source, nodes, config), apart):
         block = apart(block)  # what the blocks before joined since it was gathered
         if len(block):
-            joined = block[verified(con, source, nodes, block, texts, config) >= config.threshold]
-            label = _merged(label, joined)
+            close = verified(con, source, nodes, block, texts, config) >= config.threshold
+            label = _merged(label, block[close])
+            failed = np.union1d(failed, block[~close, 0] * len(nodes) + block[~close, 1])
     return label
 
 
