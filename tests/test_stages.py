@@ -45,7 +45,7 @@ def test_a_user_stage_drops_records_with_its_reason_in_the_ledger(tmp_path, exam
 
     stages = [{"use": "examples.stages.refusals.DropRefusals"}]
     manifest, lake = run_build(write_recipe(tmp_path, example_sources, stages=stages, engine={"workers": 2}))
-    assert _reconciled_chain(manifest) == ["canonicalize", "drop_refusals", "exact_dedup", "prompt_groups"]
+    assert _reconciled_chain(manifest) == ["canonicalize", "drop_refusals", "exact_dedup"]
     drops = lake.query("select id, reason, detail from l where stage = 'drop_refusals'", l="ledger")
     # Refusals that are also exact duplicates are counted once, at the first stage that removed them.
     assert {i for i, _, _ in drops} == refusing
@@ -69,7 +69,7 @@ def test_row_local_stages_add_columns_rewrite_fields_and_quarantine(tmp_path, ex
         {"use": f"{EXAMPLE_STAGES}.QuarantineShortAnswers", "min_chars": 2},
     ]
     manifest, lake = run_build(write_recipe(tmp_path, example_sources, stages=stages, engine={"workers": workers}))
-    chain = ["canonicalize", "count_chars", "quarantine_short_answers", "exact_dedup", "prompt_groups"]
+    chain = ["canonicalize", "count_chars", "quarantine_short_answers", "exact_dedup"]
     assert _reconciled_chain(manifest) == chain
 
     silver = lake.read("silver/records").to_pylist()
@@ -109,11 +109,7 @@ def test_a_global_stage_annotates_groups_that_the_splits_follow(tmp_path, exampl
         {"use": f"{EXAMPLE_STAGES}.OneGroupPerSource"},
         {"use": f"{EXAMPLE_STAGES}.QuarantineShortAnswers", "min_chars": 2},
     ]
-    # The stage is the author of group_id here, so prompt_groups (which also adds it) is off.
-    recipe = write_recipe(
-        tmp_path, example_sources, stages=stages, engine={"workers": 2}, silver={"prompt_groups": None}
-    )
-    manifest, lake = run_build(recipe)
+    manifest, lake = run_build(write_recipe(tmp_path, example_sources, stages=stages, engine={"workers": 2}))
     chain = _reconciled_chain(manifest)
     assert chain == ["canonicalize", "one_group_per_source", "quarantine_short_answers", "exact_dedup"]
     split_of_source: dict[str, set[str]] = {}
@@ -156,7 +152,7 @@ def test_exact_dedup_can_be_turned_off(tmp_path, example_sources):
     glaive = [s for s in example_sources if s["name"] == "glaive_toolcall"]
     manifest, _ = run_build(write_recipe(tmp_path, glaive, silver={"exact_dedup": None}))
     assert manifest["counts"]["glaive_toolcall"]["dropped"] == 0
-    assert list(manifest["stages"]) == ["canonicalize", "prompt_groups"]
+    assert list(manifest["stages"]) == ["canonicalize"]
 
 
 @pytest.mark.parametrize(
@@ -170,10 +166,6 @@ def test_exact_dedup_can_be_turned_off(tmp_path, example_sources):
         ([{"use": f"{EXAMPLE_STAGES}.LosesARow"}] * 2, "stage names must be unique"),
         ([{"min_chars": 1}], "`use` must name a stage class"),
         ([{"use": f"{EXAMPLE_STAGES}.ForgetsToProcess"}], "does not implement process"),
-        (
-            [{"use": f"{EXAMPLE_STAGES}.OneGroupPerSource"}],
-            "'group_id' is added by the stages one_group_per_source and prompt_groups",
-        ),
     ],
 )
 def test_a_stage_that_cannot_be_used_is_a_recipe_error(tmp_path, stages, message):
@@ -183,6 +175,15 @@ def test_a_stage_that_cannot_be_used_is_a_recipe_error(tmp_path, stages, message
     with pytest.raises(RecipeError) as e:
         load_recipe(write_recipe(tmp_path, [source], stages=stages))
     assert message in str(e.value)
+
+
+def test_two_stages_adding_one_column_is_a_recipe_error(tmp_path):
+    data = tmp_path / "a.jsonl"
+    data.write_text('{"instruction": "Say hi", "output": "Hi!"}\n')
+    source = {"name": "a", "path": str(data), "license": "mit", "origin": "human"}
+    stages = [{"use": f"{EXAMPLE_STAGES}.OneGroupPerSource"}]
+    with pytest.raises(RecipeError, match="'group_id' is added by the stages one_group_per_source and prompt_groups"):
+        load_recipe(write_recipe(tmp_path, [source], stages=stages, silver={"prompt_groups": {}}))
 
 
 def test_a_source_mostly_quarantined_fails_the_build_naming_its_top_reasons(tmp_path):

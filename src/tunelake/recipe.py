@@ -312,7 +312,7 @@ sources:
 silver:
   max_chars: 1000000               # longer records are quarantined as too_long
   near_dedup: {{threshold: 0.8}}     # drop near-duplicates (MinHash LSH, each pair verified); off unless given
-  # prompt_groups (on by default): near-identical prompts share a split; `tunelake freeze` pins eval sets
+  prompt_groups: {{}}                # near-identical prompts share a split; `tunelake freeze` pins eval sets
   # decontaminate: {{against: [{{name: gsm8k-test, path: evals/gsm8k_test.jsonl, field: question}}]}}
 
 gold:

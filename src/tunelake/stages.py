@@ -31,7 +31,7 @@ BUILTIN: dict[str, type[Stage]] = {
     "prompt_groups": PromptGroups,
 }
 # Built-in stages a recipe runs unless its section is null.
-ON_BY_DEFAULT = frozenset({"exact_dedup", "prompt_groups"})
+ON_BY_DEFAULT = frozenset({"exact_dedup"})
 
 
 class StageError(ValueError):

@@ -31,9 +31,12 @@ def _write(path: Path, rows: list[dict]) -> str:
     return str(path)
 
 
-def _recipe(folder: Path, sources: list[dict], seed: int, **silver) -> Path:
+def _recipe(folder: Path, sources: list[dict], seed: int, groups: dict | None = None, no_groups: bool = False) -> Path:
+    """A recipe with prompt groups (the stage that keeps frozen sets), with `groups` as their config, or without."""
     split = {"validation": 0.1, "test": 0.2, "seed": seed}
-    return write_recipe(folder, sources, gold={"split": split}, **({"silver": silver} if silver else {}))
+    return write_recipe(
+        folder, sources, gold={"split": split}, silver={"prompt_groups": None if no_groups else groups or {}}
+    )
 
 
 def _source(name: str, path: str) -> dict:
@@ -87,7 +90,7 @@ def test_without_prompt_groups_the_leakage_check_finds_what_leaks(tmp_path):
     real = _rows()
     sources = [_source("gsm8k", _write(tmp_path / "gsm8k.jsonl", real))]
     sources.append(_source("copies", _write(tmp_path / "copies.jsonl", [_reworded(r) for r in real])))
-    _, lake = run_build(_recipe(tmp_path, sources, seed=1, prompt_groups=None))
+    _, lake = run_build(_recipe(tmp_path, sources, seed=1, no_groups=True))
 
     code, output = _leakage(lake)
     assert code == 1 and "gold/rl/train (train)" in output and "gold/rl/test (test)" in output
@@ -101,7 +104,7 @@ def test_a_lake_with_frozen_sets_refuses_a_build_without_prompt_groups(tmp_path)
     sources = [_source("gsm8k", str(GSM8K))]
     _, lake = run_build(_recipe(tmp_path, sources, seed=0))
     freeze(lake, "gold/rl/test", "rl-eval-v1")
-    recipe, sha = load_recipe(_recipe(tmp_path, sources, seed=1, prompt_groups=None))
+    recipe, sha = load_recipe(_recipe(tmp_path, sources, seed=1, no_groups=True))
     with pytest.raises(BuildRefused, match=r"frozen eval sets \(rl-eval-v1\).*silver.prompt_groups"):
         build(recipe, sha)
 
@@ -115,7 +118,7 @@ def test_a_build_that_would_move_a_frozen_prompt_between_two_frozen_splits_fails
         _source("gsm8k", _write(tmp_path / "gsm8k.jsonl", real)),
         _source("longer", _write(tmp_path / "longer.jsonl", longer)),
     ]
-    _, lake = run_build(_recipe(tmp_path, sources, seed=0, prompt_groups={"threshold": 0.98}))
+    _, lake = run_build(_recipe(tmp_path, sources, seed=0, groups={"threshold": 0.98}))
     freeze(lake, "gold/rl/test", "rl-test-v1")
     freeze(lake, "gold/rl/validation", "rl-validation-v1")
     recipe, sha = load_recipe(_recipe(tmp_path, sources, seed=0))

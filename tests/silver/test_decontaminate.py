@@ -191,7 +191,7 @@ def test_a_build_drops_contaminated_records_and_reports_eval_by_source(tmp_path)
     silver = {"decontaminate": {"against": _relative(EVALS, tmp_path)}}
     manifest, lake = run_build(write_recipe(tmp_path, sources, silver=silver, engine={"workers": 2}))
 
-    assert list(manifest["stages"]) == ["canonicalize", "decontaminate", "exact_dedup", "prompt_groups"]
+    assert list(manifest["stages"]) == ["canonicalize", "decontaminate", "exact_dedup"]
     assert manifest["stages"]["decontaminate"]["dropped"] == {"contaminated": 5}
     assert manifest["reports"]["decontaminate"] == {
         "gsm8k-test": {

@@ -23,7 +23,7 @@ def test_near_identical_prompts_share_a_split(tmp_path):
         rows.append({"instruction": _reformatted(r["question"]), "output": f"Another answer, number {i}."})
     sources = [_source("alpaca", _write(tmp_path / "a.jsonl", rows), format="alpaca")]
     split = {"validation": 0.0, "test": 0.5, "seed": 3}
-    _, lake = run_build(write_recipe(tmp_path, sources, gold={"split": split}))  # prompt_groups is on by default
+    _, lake = run_build(write_recipe(tmp_path, sources, gold={"split": split}, silver={"prompt_groups": {}}))
     placed = lake.query("select row, detail from l where stage = 'split'", l="ledger")
     by_row = dict(placed)
     assert len(by_row) == 80
