@@ -40,3 +40,15 @@ def test_linked_components_equal_those_of_every_verified_pair(monkeypatch):
     assert (similarity >= 0.7).all() and len(edges) > 60
     monkeypatch.setattr(lsh, "BLOCK", 64)
     assert np.array_equal(lsh.linked(con, "rows", nodes, ("text",), config), minhash.components(len(nodes), edges))
+
+
+def test_a_pair_set_holds_what_was_added_however_it_grows():
+    rng = np.random.default_rng(1)
+    held = lsh.PairSet(1000)
+    added: set[tuple[int, int]] = set()
+    for _ in range(40):
+        pairs = np.sort(rng.integers(0, 1000, size=(rng.integers(1, 300), 2)), axis=1)
+        asked = np.sort(rng.integers(0, 1000, size=(500, 2)), axis=1)
+        assert held.holds(asked).tolist() == [tuple(p) in added for p in asked.tolist()]
+        held.add(pairs)
+        added.update(map(tuple, pairs.tolist()))

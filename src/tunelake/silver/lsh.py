@@ -124,10 +124,15 @@ def verified_edges(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Every candidate pair whose every text column has a Jaccard of at least the threshold (edges, sorted), and
     the smallest of its Jaccards. A pair a later band finds again is not verified again."""
-    edges, similarity, seen = [np.empty((0, 2), np.int64)], [np.empty(0)], np.empty(0, np.int64)
-    for block in _blocks(band_pairs(con, source, nodes, config), lambda pairs: pairs):
-        keys = block[:, 0] * len(nodes) + block[:, 1]
-        block, seen = block[~np.isin(keys, seen)], np.union1d(seen, keys)
+    edges, similarity, seen = [np.empty((0, 2), np.int64)], [np.empty(0)], PairSet(len(nodes))
+
+    def unseen(pairs: np.ndarray) -> np.ndarray:
+        return pairs[~seen.holds(pairs)]
+
+    for block in _blocks(band_pairs(con, source, nodes, config), unseen):
+        block = unseen(block)  # a pair may come twice in one block, from two bands
+        block = minhash.unique_pairs(block, len(nodes))
+        seen.add(block)
         found = verified(con, source, nodes, block, texts, config)
         edges.append(block[found >= config.threshold])
         similarity.append(found[found >= config.threshold])
@@ -145,18 +150,18 @@ def linked(
     near-identical texts is joined by its first pairs, whatever the number of its candidate pairs), nor is a pair
     that failed in an earlier band."""
     label = np.arange(len(nodes))
-    failed = np.empty(0, np.int64)  # keys (smaller * nodes + larger) of the pairs below the threshold
+    failed = PairSet(len(nodes))  # the pairs below the threshold
 
     def apart(pairs: np.ndarray) -> np.ndarray:
         pairs = pairs[label[pairs[:, 0]] != label[pairs[:, 1]]]
-        return pairs[~np.isin(pairs[:, 0] * len(nodes) + pairs[:, 1], failed)]
+        return pairs[~failed.holds(pairs)]
 
     for block in _blocks(band_pairs(con, source, nodes, config), apart):
-        block = apart(block)  # what the blocks before joined since it was gathered
+        block = minhash.unique_pairs(apart(block), len(nodes))  # what joined since it was gathered, once
         if len(block):
             close = verified(con, source, nodes, block, texts, config) >= config.threshold
             label = _merged(label, block[close])
-            failed = np.union1d(failed, block[~close, 0] * len(nodes) + block[~close, 1])
+            failed.add(block[~close])
     return label
 
 
@@ -173,6 +178,35 @@ def _merged(label: np.ndarray, edges: np.ndarray) -> np.ndarray:
     label = label.copy()
     label[touched] = merged[at[touched]]
     return label
+
+
+class PairSet:
+    """A growing set of node pairs, asked about many pairs at once: sorted keys, with recent additions kept apart
+    until they are a quarter of the rest, so that adding stays cheap however large the set grows."""
+
+    def __init__(self, nodes: int):
+        self.nodes = nodes
+        self.sorted = np.empty(0, np.int64)
+        self.recent: list[np.ndarray] = []
+        self.pending = 0
+
+    def _keys(self, pairs: np.ndarray) -> np.ndarray:
+        return pairs[:, 0] * self.nodes + pairs[:, 1]
+
+    def holds(self, pairs: np.ndarray) -> np.ndarray:
+        keys = self._keys(pairs)
+        at = np.minimum(np.searchsorted(self.sorted, keys), max(len(self.sorted) - 1, 0))
+        found = self.sorted[at] == keys if len(self.sorted) else np.zeros(len(keys), bool)
+        if self.recent:
+            found |= np.isin(keys, np.concatenate(self.recent))
+        return found
+
+    def add(self, pairs: np.ndarray) -> None:
+        self.recent.append(self._keys(pairs))
+        self.pending += len(pairs)
+        if self.pending * 4 > len(self.sorted):
+            self.sorted = np.unique(np.concatenate([self.sorted, *self.recent]))
+            self.recent, self.pending = [], 0
 
 
 def _blocks(bands: Iterator[np.ndarray], keep) -> Iterator[np.ndarray]:
