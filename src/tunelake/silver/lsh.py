@@ -23,7 +23,7 @@ from tunelake.silver import minhash
 from tunelake.silver.ngrams import MAX_N, Grams, mix, ngram_hashes
 from tunelake.stage import StageConfig
 
-BLOCK = 1 << 17  # candidate pairs verified at once: their texts are read back together
+BLOCK = 1 << 16  # candidate pairs verified at once: their texts are read back together
 
 
 class MinHashConfig(StageConfig):
@@ -181,32 +181,30 @@ def _merged(label: np.ndarray, edges: np.ndarray) -> np.ndarray:
 
 
 class PairSet:
-    """A growing set of node pairs, asked about many pairs at once: sorted keys, with recent additions kept apart
-    until they are a quarter of the rest, so that adding stays cheap however large the set grows."""
+    """A growing set of node pairs, asked about many pairs at once: runs of sorted keys searched by bisection, the
+    recent runs merged into the main one once they are a quarter of its size, so that adding stays cheap however
+    large the set grows."""
 
     def __init__(self, nodes: int):
         self.nodes = nodes
-        self.sorted = np.empty(0, np.int64)
-        self.recent: list[np.ndarray] = []
-        self.pending = 0
+        self.runs: list[np.ndarray] = [np.empty(0, np.int64)]  # the main run first, then the recent ones
 
     def _keys(self, pairs: np.ndarray) -> np.ndarray:
         return pairs[:, 0] * self.nodes + pairs[:, 1]
 
     def holds(self, pairs: np.ndarray) -> np.ndarray:
         keys = self._keys(pairs)
-        at = np.minimum(np.searchsorted(self.sorted, keys), max(len(self.sorted) - 1, 0))
-        found = self.sorted[at] == keys if len(self.sorted) else np.zeros(len(keys), bool)
-        if self.recent:
-            found |= np.isin(keys, np.concatenate(self.recent))
+        found = np.zeros(len(keys), bool)
+        for run in self.runs:
+            if len(run):
+                at = np.minimum(np.searchsorted(run, keys), len(run) - 1)
+                found |= run[at] == keys
         return found
 
     def add(self, pairs: np.ndarray) -> None:
-        self.recent.append(self._keys(pairs))
-        self.pending += len(pairs)
-        if self.pending * 4 > len(self.sorted):
-            self.sorted = np.unique(np.concatenate([self.sorted, *self.recent]))
-            self.recent, self.pending = [], 0
+        self.runs.append(np.sort(self._keys(pairs)))
+        if 4 * sum(len(r) for r in self.runs[1:]) > len(self.runs[0]):
+            self.runs = [np.unique(np.concatenate(self.runs))]
 
 
 def _blocks(bands: Iterator[np.ndarray], keep) -> Iterator[np.ndarray]:
