@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -325,7 +326,12 @@ def leakage(
     if not lk.manifests():  # a mistyped path is not a lake without leaks
         console.print(f"[red]No build in {lake}: nothing to check.[/red]")
         raise typer.Exit(2)
-    leaks, prompts = find_leaks(lk, MinHashConfig(threshold=threshold))
+    try:
+        config = MinHashConfig(threshold=threshold)
+    except ValidationError:
+        console.print(f"[red]--threshold {threshold}: a Jaccard similarity strictly between 0 and 1.[/red]")
+        raise typer.Exit(2) from None
+    leaks, prompts = find_leaks(lk, config)
     if not leaks:
         out.print(f"No leak: {prompts} distinct prompts, none in two splits (exact or at Jaccard >= {threshold}).")
         return

@@ -15,6 +15,7 @@ from tests.conftest import EXAMPLES, run_build, write_recipe
 from tunelake.build import build
 from tunelake.cli import app
 from tunelake.gold.freeze import FreezeError, freeze
+from tunelake.lake import Lake
 from tunelake.recipe import load_recipe
 from tunelake.stage import BuildRefused
 
@@ -162,3 +163,12 @@ def test_the_leakage_check_fails_on_a_folder_that_holds_no_build(tmp_path):
     """A mistyped lake path must not pass the check as "no leak"."""
     result = CliRunner().invoke(app, ["leakage", "--lake", str(tmp_path / "no-lake")])
     assert result.exit_code == 2 and "No build" in result.output
+
+
+def test_freeze_and_leakage_name_a_folder_without_a_build_and_a_bad_threshold(tmp_path):
+    with pytest.raises(FreezeError, match="no build in"):
+        freeze(Lake(tmp_path / "nowhere"), "gold/rl/test", "x")
+    assert not (tmp_path / "nowhere").exists()
+    _, lake = run_build(_recipe(tmp_path, [_source("gsm8k", str(GSM8K))], seed=0))
+    result = CliRunner().invoke(app, ["leakage", "--lake", str(lake.root), "--threshold", "1.5"])
+    assert result.exit_code == 2 and "strictly between 0 and 1" in result.output

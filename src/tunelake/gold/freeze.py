@@ -35,6 +35,8 @@ def freeze(lake: Lake, table: str, name: str) -> int:
         raise FreezeError(f"{table} is a train split: freeze an eval split (validation or test)")
     if not NAME.fullmatch(name):
         raise FreezeError(f"frozen set name {name!r}: use a letter or digit, then letters, digits, '_', '.', '-'")
+    if not lake.manifests():  # checked before the lock, which would make the folder
+        raise FreezeError(f"no build in {lake.root}: nothing to freeze")
     with lake.lock():
         if not lake.exists(table):
             raise FreezeError(f"no build of {lake.root} has published {table}")
