@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import resource
 import time
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -39,13 +38,14 @@ from tunelake.engine.local import LocalEngine
 from tunelake.engine.parts import Part, part_name, write_part
 from tunelake.engine.protocol import Engine
 from tunelake.gold.export import ExportTask, run_export
+from tunelake.gold.freeze import refuse_unkept_frozen_sets
 from tunelake.gold.project import gold_schema
 from tunelake.gold.tokenize.pack import PackStats, pack_windows, part_size
 from tunelake.gold.tokenize.stage import PACKED, TOKENIZED, TokenizePlan, plan_tokenize
 from tunelake.gold.tokenize.template import TemplateError
 from tunelake.ingest.adapters import FormatError, detect_format
 from tunelake.ingest.readers import FileReport, RawChunk, expand, read_chunks
-from tunelake.lake import Lake
+from tunelake.lake import Lake, new_run_id
 from tunelake.recipe import Recipe, RecipeError, Source
 from tunelake.runner import Segment, StageCount, count_of, global_verdicts, segments
 from tunelake.schema import (
@@ -60,7 +60,7 @@ from tunelake.schema import (
     table_of,
 )
 from tunelake.silver.canonicalize import FilePlan, SourcePlan
-from tunelake.stage import DECISIONS, BuildRefused, Decisions, GlobalStage, Stage, StagedRows
+from tunelake.stage import DECISIONS, Decisions, GlobalStage, Stage, StagedRows
 from tunelake.tables import SPLITS
 from tunelake.tasks import (
     STEP_CANONICALIZE,
@@ -132,7 +132,7 @@ class _Run:
     schemas: dict[str, pa.Schema] = field(default_factory=dict)  # tables to commit, in order
     previous: dict = field(default_factory=dict)  # the manifest of the last complete build ({} if none)
     cache: IngestCache | None = None
-    read_tables: dict[str, int] = field(default_factory=dict)  # published tables global steps read -> version
+    read_tables: dict[str, int] = field(default_factory=dict)  # published tables the chain reads -> version
     shas: dict[str, str] = field(default_factory=dict)  # input file -> its sha256
     keys: dict[str, str] = field(default_factory=dict)  # input file -> its ingest cache key
     reused: set[str] = field(default_factory=set)  # input files whose ingest outputs came from the cache
@@ -189,10 +189,6 @@ def peak_rss_mb() -> int:
     return round(max(own, workers) / 1024)
 
 
-def new_run_id() -> str:
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
-
-
 def plan_files(recipe: Recipe) -> list[list[str]]:
     files = []
     for source in recipe.sources:
@@ -215,10 +211,12 @@ def build(recipe: Recipe, recipe_sha256: str, progress: Progress | None = None) 
     segs = segments(chain)
     with lake.lock():
         run.cache, run.previous = IngestCache(lake.root), (lake.manifests() or [{}])[-1]
+        wanted = sorted({t for stage in chain for t in stage.reads_tables if lake.exists(t)})
+        run.read_tables = {t: lake.version(t) for t in wanted}
         _cache_keys(run, segs[0])
         if _unchanged(run, recipe_sha256, chain):
             return {**run.previous, "unchanged": True}
-        _check_frozen_sets_are_kept(lake, chain)
+        refuse_unkept_frozen_sets(lake, chain)
         try:
             with LocalEngine(recipe.engine.resolved_workers()) as engine:
                 lake.finish_publishing()  # a build killed after its manifest, before its exports were in place
@@ -252,17 +250,6 @@ def build(recipe: Recipe, recipe_sha256: str, progress: Progress | None = None) 
             _discard(run)
             raise
     return manifest
-
-
-def _check_frozen_sets_are_kept(lake: Lake, chain: list[Stage]) -> None:
-    """A lake with frozen eval sets is never built by a chain that does not read them (prompt_groups keeps them
-    out of train): without it, their prompts would move silently."""
-    if lake.exists(tables.FROZEN_NAME) and not any(tables.FROZEN_NAME in s.reads_tables for s in chain):
-        names = sorted(set(lake.read(tables.FROZEN_NAME, ["name"])["name"].to_pylist()))
-        raise BuildRefused(
-            f"the lake holds frozen eval sets ({', '.join(names)}), which the prompt_groups stage keeps out of "
-            "train; this recipe turns it off: turn it back on (silver.prompt_groups), or build into another lake"
-        )
 
 
 def _cache_fresh_files(run: _Run) -> None:
@@ -368,10 +355,9 @@ def _unchanged(run: _Run, recipe_sha256: str, chain: list) -> bool:
     same versions of the lake tables its stages read (so a build now would publish the same lake): then there is
     nothing to do."""
     last = run.previous
-    read = {t for stage in chain for t in stage.reads_tables if run.lake.exists(t)}
     return (
         bool(last)
-        and last.get("read_tables", {}) == {t: run.lake.version(t) for t in sorted(read)}
+        and last.get("read_tables", {}) == run.read_tables
         and last.get("recipe_sha256") == recipe_sha256
         and last.get("tunelake_version") == __version__
         and last.get("chain") == [stage.describe() for stage in chain]
@@ -476,8 +462,7 @@ def _global(
     sorted ordinals it removed and the file of its annotations (if any)."""
     started = time.perf_counter()
     files = [str(run.lake.root / s.columns.table / s.columns.name) for s in staged]
-    read = {t: run.lake.files(t) for t in step.reads_tables if run.lake.exists(t)}
-    run.read_tables.update({t: run.lake.version(t) for t in read})
+    read = {t: run.lake.files(t, run.read_tables[t]) for t in step.reads_tables if t in run.read_tables}
     scratch = str(run.lake.root / tables.staged(run.run_id, f"scratch-{step.name}"))
     rows = StagedRows(files, run.addresses, step.name, removed, read, scratch)
     count = count_of(step)
@@ -812,7 +797,7 @@ def _manifest(run: _Run, recipe_sha256: str, started_at: str, chain: list) -> di
         "counts": counts,
         "gold": dict(sorted(run.gold.items())),
         "chain": [stage.describe() for stage in chain],
-        "read_tables": dict(sorted(run.read_tables.items())),
+        "read_tables": run.read_tables,
         "stages": {name: count.report() for name, count in run.stage_counts.items()},
         "reports": run.stage_reports,
         "passes": run.passes,

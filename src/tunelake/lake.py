@@ -6,8 +6,10 @@ import fcntl
 import json
 import os
 import shutil
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -20,6 +22,11 @@ from deltalake.transaction import AddAction, CommitProperties, create_table_with
 
 from tunelake import tables
 from tunelake.engine.parts import Part
+
+
+def new_run_id() -> str:
+    """The id of a build or any other write to the lake: its time, then a random suffix."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
 
 class LakeBusy(RuntimeError):
@@ -65,9 +72,11 @@ class Lake:
         versions: dict[str, int] = {}
         for manifest in self.manifests():
             versions.update(manifest["tables"])
-        frozen = str(self.path(tables.FROZEN_NAME))
-        if DeltaTable.is_deltatable(frozen):  # committed whole by `tunelake freeze`, outside any build
-            versions[tables.FROZEN_NAME] = DeltaTable(frozen).version()
+        # Committed whole by `tunelake freeze`, outside any build: its newest commit is published. Read from the
+        # log's file names, as every read of the lake asks this.
+        commits = [int(p.stem) for p in (self.path(tables.FROZEN_NAME) / "_delta_log").glob("*.json")]
+        if commits:
+            versions[tables.FROZEN_NAME] = max(commits)
         return versions
 
     def exists(self, table: str) -> bool:

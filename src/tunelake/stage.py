@@ -44,6 +44,13 @@ DECISIONS = pa.schema(
 )
 ACTIONS = ("drop", "quarantine")
 
+
+def drops(ords: pa.Array, ids: pa.Array, reasons: pa.Array, details: pa.Array) -> pa.Table:
+    """DECISIONS rows dropping these candidates, each with its reason and detail."""
+    action = pa.array(["drop"] * len(ords), pa.string())
+    return pa.Table.from_arrays([ords, ids, action, reasons, details], schema=DECISIONS)
+
+
 # The annotation that decides splits: records sharing a group_id always share a split (default: the prompt id).
 GROUP_ID = pa.field("group_id", pa.string())
 # The annotation that pins a record to a split whatever its group's would be (a frozen eval set's split).

@@ -12,11 +12,11 @@ import re
 from datetime import UTC, datetime
 
 from tunelake import tables
-from tunelake.build import new_run_id
 from tunelake.engine.parts import part_name, write_part
-from tunelake.lake import Lake
+from tunelake.lake import Lake, new_run_id
 from tunelake.schema import FROZEN, table_of
 from tunelake.silver.prompt_groups import gold_prompt_texts, prompt_column
+from tunelake.stage import BuildRefused, Stage
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
@@ -64,3 +64,14 @@ def freeze(lake: Lake, table: str, name: str) -> int:
         part = write_part(lake.root, tables.FROZEN_NAME, part_name(run_id, 0, 0), frozen)
         lake.commit(tables.FROZEN_NAME, FROZEN, [part], run_id, append=True)
     return rows.num_rows
+
+
+def refuse_unkept_frozen_sets(lake: Lake, chain: list[Stage]) -> None:
+    """Raise BuildRefused when the lake holds frozen sets and no stage of the chain reads them (prompt_groups
+    keeps them out of train): without it, their prompts would move silently."""
+    if lake.exists(tables.FROZEN_NAME) and not any(tables.FROZEN_NAME in s.reads_tables for s in chain):
+        names = sorted(set(lake.read(tables.FROZEN_NAME, ["name"])["name"].to_pylist()))
+        raise BuildRefused(
+            f"the lake holds frozen eval sets ({', '.join(names)}), which the prompt_groups stage keeps out of "
+            "train; this recipe turns it off: turn it back on (silver.prompt_groups), or build into another lake"
+        )

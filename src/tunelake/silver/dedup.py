@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 
 from tunelake.schema import Reason, Regime
 from tunelake.silver.identify import content_hashes, encode_messages
-from tunelake.stage import DECISIONS, Decisions, GlobalStage, StageConfig, StagedRows
+from tunelake.stage import Decisions, GlobalStage, StageConfig, StagedRows, drops
 
 
 class ExactDedupConfig(StageConfig):
@@ -45,5 +45,4 @@ class ExactDedup(GlobalStage):
         ).to_arrow_table()
         reason = pc.binary_join_element_wise(f"{Reason.duplicate.value}:", dups["kept_id"], "")
         detail = pc.binary_join_element_wise("kept ", rows.addresses.name(dups["kept_ord"]), "")
-        action = pa.array(["drop"] * dups.num_rows, pa.string())
-        return Decisions(pa.Table.from_arrays([dups["_ord"], dups["id"], action, reason, detail], schema=DECISIONS))
+        return Decisions(drops(dups["_ord"], dups["id"], reason, detail))

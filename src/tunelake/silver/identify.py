@@ -64,8 +64,7 @@ def _opening(column: pa.Array) -> pa.Array:
     turns = Turns.of(column)
     role, content = turns.fields["role"], turns.fields["content"]
     per_turn = pc.binary_join_element_wise(_text(role), _text(content), "")
-    system = turns.first((turns.position == 0) & pc.equal(role, "system").fill_null(False).to_numpy(False))
-    user = turns.first(pc.equal(role, "user").fill_null(False).to_numpy(zero_copy_only=False))
+    system, user = turns.opening()
 
     def pick(index: np.ndarray) -> pa.Array:
         return pc.fill_null(per_turn.take(pa.array(index, mask=index < 0)), "")

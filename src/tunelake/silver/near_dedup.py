@@ -31,7 +31,7 @@ from tunelake.silver import lsh, minhash
 from tunelake.silver.lsh import MinHashConfig
 from tunelake.silver.ngrams import Grams, mix, ngram_hashes
 from tunelake.silver.turns import Turns
-from tunelake.stage import DECISIONS, Decisions, GlobalStage, StagedRows
+from tunelake.stage import Decisions, GlobalStage, StagedRows, drops
 
 CLUSTER_ID = pa.field("cluster_id", pa.string())
 # The texts a record is compared on, in order: a preference pair's three parts, else one.
@@ -39,10 +39,10 @@ PARTS = ("text", "text_chosen", "text_rejected")
 # The salts of a preference pair's chosen and rejected shingles (the first part's are used as they are).
 _SALT = mix(np.arange(1, len(PARTS), dtype=np.uint64) * np.uint64(0x632BE59BD9B4E019))
 _REGIMES = pa.array([r.value for r in Regime])
+_REGIME_SALT = mix(np.arange(1, len(Regime) + 1, dtype=np.uint64) * np.uint64(0xA0761D6478BD642F))
 # The keep policy over the staged columns: the highest score (no score, or NaN, ranks last), the earliest source,
 # the smallest id; the input order last, for records alike in all three.
 KEEP_ORDER = f"case when isnan(score) then null else score end desc nulls last, _ord >> {SOURCE_SHIFT}, id, _ord"
-_REGIME_SALT = mix(np.arange(1, len(Regime) + 1, dtype=np.uint64) * np.uint64(0xA0761D6478BD642F))
 
 
 class NearDedupConfig(MinHashConfig):
@@ -70,12 +70,9 @@ class NearDedup(GlobalStage):
 
     def run(self, rows: StagedRows, memory_limit: str) -> Decisions:
         con = rows.connect(memory_limit)
-        drops, clusters = _near_duplicates(con, self.config)
-        detail = pc.binary_join_element_wise(drops["detail"], rows.addresses.name(drops["kept_ord"]), "")
-        action = pa.array(["drop"] * drops.num_rows, pa.string())
-        decisions = pa.Table.from_arrays(
-            [drops["_ord"], drops["id"], action, drops["reason"], detail], schema=DECISIONS
-        )
+        dropped, clusters = _near_duplicates(con, self.config)
+        detail = pc.binary_join_element_wise(dropped["detail"], rows.addresses.name(dropped["kept_ord"]), "")
+        decisions = drops(dropped["_ord"], dropped["id"], dropped["reason"], detail)
         con.register("clusters", clusters)
         # Every record's cluster: its own id when it has no near-duplicate.
         notes = con.sql(
@@ -149,7 +146,7 @@ def _near_duplicates(con: duckdb.DuckDBPyConnection, config: NearDedupConfig) ->
     detail = pc.binary_join_element_wise(
         "jaccard ", pc.cast(pc.round(pa.array(jaccards), 3), pa.string()), " with the kept ", ""
     )
-    drops = pa.table(
+    dropped_rows = pa.table(
         {
             "_ord": nodes[dropped],
             "id": ids.take(pa.array(dropped)),
@@ -160,4 +157,4 @@ def _near_duplicates(con: duckdb.DuckDBPyConnection, config: NearDedupConfig) ->
             "kept_ord": nodes[kept_rank],
         }
     )
-    return drops, clusters
+    return dropped_rows, clusters

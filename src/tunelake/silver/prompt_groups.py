@@ -28,7 +28,7 @@ from tunelake.schema import FROZEN, Reason, Regime
 from tunelake.silver import lsh
 from tunelake.silver.lsh import MinHashConfig
 from tunelake.silver.turns import Turns
-from tunelake.stage import DECISIONS, GROUP_ID, PINNED_SPLIT, BuildRefused, Decisions, GlobalStage, StagedRows
+from tunelake.stage import DECISIONS, GROUP_ID, PINNED_SPLIT, BuildRefused, Decisions, GlobalStage, StagedRows, drops
 
 
 class PromptGroupsConfig(MinHashConfig):
@@ -69,9 +69,7 @@ class PromptGroups(GlobalStage):
         if self.config.max_pairs_per_prompt is not None:
             capped = _capped(con, groups, self.config.max_pairs_per_prompt)
             detail = pc.binary_join_element_wise(capped["detail"], rows.addresses.name(capped["kept_ord"]), "")
-            action = pa.array(["drop"] * capped.num_rows, pa.string())
-            columns = [capped["_ord"], capped["id"], action, capped["reason"], detail]
-            decisions = pa.Table.from_arrays(columns, schema=DECISIONS)
+            decisions = drops(capped["_ord"], capped["id"], capped["reason"], detail)
         con.register("groups", groups)
         con.register("pins", pins)
         notes = con.sql(
@@ -105,10 +103,9 @@ def _opening(column: pa.Array) -> pa.Array:
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     turns = Turns.of(column)
-    role = turns.fields["role"]
-    chosen = (turns.position == 0) & pc.equal(role, "system").fill_null(False).to_numpy(zero_copy_only=False)
-    user = turns.first(pc.equal(role, "user").fill_null(False).to_numpy(zero_copy_only=False))
-    chosen[user[user >= 0]] = True
+    chosen = np.zeros(len(turns.record), bool)
+    for first in turns.opening():
+        chosen[first[first >= 0]] = True
     return turns.text(chosen)
 
 

@@ -50,6 +50,14 @@ class Turns:
         out[records] = hits[first]
         return out
 
+    def opening(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per record, the index of its system turn (only if it comes first) and of its first user turn, -1 where
+        none: the prompt as prompt ids and splits see it."""
+        role = self.fields["role"]
+        system = self.first((self.position == 0) & pc.equal(role, "system").fill_null(False).to_numpy(False))
+        user = self.first(pc.equal(role, "user").fill_null(False).to_numpy(zero_copy_only=False))
+        return system, user
+
     def any(self, turns: np.ndarray) -> np.ndarray:
         return self.first(turns) >= 0
 
