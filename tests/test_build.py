@@ -130,14 +130,14 @@ def test_a_build_that_cannot_write_removes_its_files_and_names_the_table(tmp_pat
 
     def fills_up(data, where, **kwargs):
         calls.append(where)
-        if "gold/sft/train" in str(where):  # publish has written bronze, silver and ledger parts by now
+        if "gold/sft/train" in str(where):  # publish has written silver and ledger parts by now
             raise OSError(errno.ENOSPC, "No space left on device")
         return write_table(data, where, **kwargs)
 
     monkeypatch.setattr(parts.pq, "write_table", fills_up)
     with pytest.raises(PartWriteError, match="cannot write a part of table gold/sft/train to .*: No space left"):
         run_build(recipe)
-    assert len(calls) > 10
+    assert any("silver/records" in str(c) for c in calls) and any("ledger" in str(c) for c in calls)
     assert not (lake.root / "_staging").exists()
     assert sorted(p for p in lake.root.rglob("*") if p.is_file() and "manifests" not in p.parts) == files
     assert gold_digest(lake) == before

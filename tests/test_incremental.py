@@ -94,3 +94,44 @@ def test_a_rebuild_reads_only_new_and_changed_files_and_equals_a_clean_build(tmp
 
     # Entries of files or settings no longer in use are removed.
     assert len(list((lake.root / "_cache" / "ingest").iterdir())) == 4
+
+
+def test_a_file_that_moved_in_the_recipe_is_reused_at_its_new_place(tmp_path):
+    """A new file that sorts first shifts every later file's ordinals: their cached candidates are staged again
+    at the new place (not linked as they are), and the lake equals a clean build."""
+    sources = _inputs(tmp_path)
+    (tmp_path / "lake").mkdir()
+    recipe = write_recipe(tmp_path / "lake", sources, stages=_stages(2), engine={"workers": 2})
+    _, lake = run_build(recipe)
+    shutil.copy(tmp_path / "alpaca_rest.json", tmp_path / "data" / "alpaca" / "0.json")
+    moved, _ = run_build(recipe)
+    assert {Path(i["path"]).name: i["reused"] for i in moved["inputs"]}["a.json"]
+    _assert_same_lake(lake, _clean_build(tmp_path / "clean", sources, 2))
+
+
+def test_a_rebuild_hashes_only_the_inputs_that_changed(tmp_path, monkeypatch):
+    """Input sha256s are remembered by each file's stat: a fresh lake hashes nothing before reading (the reader
+    hashes as it reads), a rebuild hashes only what changed, and a file rewritten with its old size and mtime
+    put back is still seen as changed (its ctime moved)."""
+    import os
+
+    from tunelake import build
+
+    hashed = []
+    real = build.FileHashes.sha256.__globals__["file_sha256"]
+    monkeypatch.setitem(build.FileHashes.sha256.__globals__, "file_sha256", lambda p: hashed.append(p) or real(p))
+    sources = _inputs(tmp_path)
+    (tmp_path / "lake").mkdir()
+    first, lake = run_build(write_recipe(tmp_path / "lake", sources, engine={"workers": 1}))
+    assert hashed == [] and all(len(i["sha256"]) == 64 for i in first["inputs"])
+    again, _ = run_build(write_recipe(tmp_path / "lake", sources, engine={"workers": 2}))
+    assert hashed == [] and all(i["reused"] for i in again["inputs"])
+
+    gsm8k = Path(sources[1]["path"])
+    before = gsm8k.stat()
+    rows = gzip.decompress(gsm8k.read_bytes()).splitlines(keepends=True)
+    body = gzip.compress(b"".join(rows[:-1]), mtime=0)
+    gsm8k.write_bytes(body + b"\0" * (before.st_size - len(body)))  # gzip ignores the trailing zeros
+    os.utime(gsm8k, ns=(before.st_atime_ns, before.st_mtime_ns))
+    changed, _ = run_build(write_recipe(tmp_path / "lake", sources, engine={"workers": 1}))
+    assert hashed == [str(gsm8k)] and changed["counts"]["gsm8k"]["bronze"] == len(rows) - 1

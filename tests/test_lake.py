@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from tunelake.engine.parts import part_name, write_part
-from tunelake.lake import Lake, LakeBusy
+from tunelake.lake import Lake, LakeBusy, new_run_id
 
 SCHEMA = pa.schema([("n", pa.int64())])
 
@@ -72,3 +72,18 @@ def test_a_commit_no_manifest_publishes_is_invisible_to_readers(tmp_path):
     other = write_part(lake.root, "u", part_name("r2", 1, 0), pa.table({"n": [3]}, schema=SCHEMA))
     lake.commit("u", SCHEMA, [other], "r2")  # a table only the killed build wrote
     assert lake.tables() == ["t"] and lake.stored_tables() == ["t", "u"]
+
+
+def test_run_ids_sort_in_the_order_they_were_made():
+    """Manifests are read in run-id order and the newest is the published build. Ids used to have whole seconds
+    and a random suffix, so two builds within a second could publish the older one (seen as a flaky test)."""
+    ids = [new_run_id() for _ in range(2_000)]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+
+
+def test_of_two_builds_within_a_second_the_later_one_is_published(tmp_path):
+    lake = Lake(tmp_path)
+    first, second = new_run_id(), new_run_id()
+    _write(lake, [1], first)
+    _write(lake, [2], second)
+    assert lake.read("t")["n"].to_pylist() == [2]

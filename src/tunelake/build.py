@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from tunelake import __version__, tables
 from tunelake.address import MAX_FILES, Addresses
-from tunelake.cache import IngestCache, ReuseTask, entry_key, file_sha256, run_reuse
+from tunelake.cache import FileHashes, IngestCache, ReuseTask, entry_key, ingest_settings, run_reuse
 from tunelake.engine.local import LocalEngine
 from tunelake.engine.parts import Part, part_name, write_part
 from tunelake.engine.protocol import Engine
@@ -132,9 +132,10 @@ class _Run:
     schemas: dict[str, pa.Schema] = field(default_factory=dict)  # tables to commit, in order
     previous: dict = field(default_factory=dict)  # the manifest of the last complete build ({} if none)
     cache: IngestCache | None = None
+    hashes: FileHashes | None = None
     read_tables: dict[str, int] = field(default_factory=dict)  # published tables the chain reads -> version
-    shas: dict[str, str] = field(default_factory=dict)  # input file -> its sha256
-    keys: dict[str, str] = field(default_factory=dict)  # input file -> its ingest cache key
+    shas: dict[str, str | None] = field(default_factory=dict)  # input file -> its sha256 (None: not known yet)
+    keys: dict[str, str] = field(default_factory=dict)  # input file -> its ingest cache key (where the sha is known)
     reused: set[str] = field(default_factory=set)  # input files whose ingest outputs came from the cache
     fresh: dict[str, list[CanonicalizeDone]] = field(default_factory=lambda: defaultdict(list))  # read this build
 
@@ -210,7 +211,8 @@ def build(recipe: Recipe, recipe_sha256: str, progress: Progress | None = None) 
     chain = recipe.stage_chain()
     segs = segments(chain)
     with lake.lock():
-        run.cache, run.previous = IngestCache(lake.root), (lake.manifests() or [{}])[-1]
+        run.cache, run.hashes = IngestCache(lake.root), FileHashes(lake.root)
+        run.previous = (lake.manifests() or [{}])[-1]
         wanted = sorted({t for stage in chain for t in stage.reads_tables if lake.exists(t)})
         run.read_tables = {t: lake.version(t) for t in wanted}
         _cache_keys(run, segs[0])
@@ -244,7 +246,7 @@ def build(recipe: Recipe, recipe_sha256: str, progress: Progress | None = None) 
             manifest = _manifest(run, recipe_sha256, started_at, chain)
             lake.write_manifest(manifest)  # publishes every commit above at once (see Lake.published)
             lake.replace_exports(exports)
-            _cache_fresh_files(run)
+            _cache_fresh_files(run, segs[0])
             lake.clear_staging()
         except BaseException:
             _discard(run)
@@ -252,11 +254,14 @@ def build(recipe: Recipe, recipe_sha256: str, progress: Progress | None = None) 
     return manifest
 
 
-def _cache_fresh_files(run: _Run) -> None:
-    """Keep what the ingest pass made of each file read this build, for the next; drop unused entries."""
-    for path, chunks in run.fresh.items():
+def _cache_fresh_files(run: _Run, segment: Segment) -> None:
+    """Keep what the ingest pass made of each file read this build, and every input's sha256, for the next."""
+    shas = {path: run.shas[path] or run.reports[path].sha256 for path in run.shas}
+    _keys(run, segment, shas)
+    reports = {}
+    for path in run.fresh:
         report = run.reports[path]
-        facts = {
+        reports[path] = {
             "path": path,
             "sha256": report.sha256,
             "bytes": report.bytes,
@@ -265,8 +270,8 @@ def _cache_fresh_files(run: _Run) -> None:
             "notes": report.notes,
             "format": run.formats.get(path),
         }
-        run.cache.put(run.keys[path], facts, chunks, run.lake.root)
-    run.cache.keep_only(set(run.keys.values()))
+    run.cache.put_fresh(run.keys, run.fresh, reports)
+    run.hashes.save(shas)
 
 
 def _discard(run: _Run) -> None:
@@ -336,18 +341,20 @@ def _ingest(run: _Run, engine: Engine, segment: Segment) -> list[Staged]:
 
 
 def _cache_keys(run: _Run, segment: Segment) -> None:
-    """Each input file's sha256 and ingest cache key (see cache.py), before anything is read."""
-    settings = {
-        "max_chars": run.recipe.silver.max_chars,
-        "chunk_bytes": run.recipe.engine.chunk_bytes,
-        "stages": [s.describe() for s in segment.rows],
-        "columns_for": [step.describe() for step in segment.steps],
-    }
-    for i, source in enumerate(run.recipe.sources):
-        config = source.model_dump(mode="json", exclude={"path"})
-        for path in run.files[i]:
-            run.shas[path] = file_sha256(path)
-            run.keys[path] = entry_key(run.shas[path], path, {**settings, "source": config})
+    """Each input file's sha256 and ingest cache key (see cache.py), before anything is read. A lake with no
+    build before has nothing to match: its files are hashed only as they are read."""
+    known = bool(run.previous) or run.cache.root.exists()
+    shas = {path: run.hashes.sha256(path, hash_now=known) for files in run.files for path in files}
+    run.shas = shas
+    _keys(run, segment, shas)
+
+
+def _keys(run: _Run, segment: Segment, shas: dict[str, str | None]) -> None:
+    settings = ingest_settings(run.recipe, segment)
+    for source, files in zip(run.recipe.sources, run.files, strict=True):
+        for path in files:
+            if shas[path]:
+                run.keys[path] = entry_key(shas[path], path, settings[source.name])
 
 
 def _unchanged(run: _Run, recipe_sha256: str, chain: list) -> bool:
@@ -362,7 +369,7 @@ def _unchanged(run: _Run, recipe_sha256: str, chain: list) -> bool:
         and last.get("tunelake_version") == __version__
         and last.get("chain") == [stage.describe() for stage in chain]
         and [(i["path"], i["sha256"]) for i in last["inputs"]] == [(p, run.shas[p]) for f in run.files for p in f]
-        and all(run.cache.has(run.keys[p]) for f in run.files for p in f)
+        and all(p in run.keys and run.cache.has(run.keys[p]) for f in run.files for p in f)
     )
 
 
@@ -372,8 +379,8 @@ def _ingest_tasks(run: _Run, pass_: Pass, segment: Segment) -> Iterator[Canonica
     seq = 0
     for i, source in enumerate(run.recipe.sources):
         for file_index, path in enumerate(run.files[i]):
-            sha, key = run.shas[path], run.keys[path]
-            entry = run.cache.get(key)
+            sha, key = run.shas[path], run.keys.get(path)
+            entry = run.cache.get(key) if key else None
             if entry is not None:
                 run.reused.add(path)
                 run.reports[path] = FileReport(**{k: v for k, v in entry.report.items() if k != "format"})

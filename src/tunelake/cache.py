@@ -3,9 +3,13 @@
 An entry is keyed by everything that decides that output: the file's sha256 and path, its source's settings,
 the validation limits, the chunk size, the stages fused into the pass (names, versions, configs), the global
 steps whose columns it stages, and the tunelake version. A rebuild reuses an entry instead of reading and
-canonicalizing the file again: its ledger and quarantine parts are linked back into their tables, its staged
-candidates re-staged with the file's current place in the recipe (the ordinals). Entries live in `_cache/` in
-the lake, which no cleanup of a build touches; those the last build did not use are removed after it.
+canonicalizing the file again: its ledger and quarantine parts are linked back into their tables, and so are its
+staged candidates, unless the file moved in the recipe (then they are staged again with its new ordinals). Entries
+live in `_cache/` in the lake, which no cleanup of a build touches; those the last build did not use are removed
+after it.
+
+Each input file's sha256 is remembered beside them by the file's stat (device, inode, size, mtime and ctime, as
+git's index does; any write to a file changes its ctime), so a rebuild does not read unchanged inputs to hash them.
 """
 
 from __future__ import annotations
@@ -25,11 +29,13 @@ import pyarrow.parquet as pq
 from tunelake import __version__
 from tunelake.address import ROW_BITS, SUB_BITS, ordinal
 from tunelake.engine.parts import Part, read_arrow, write_arrow, write_part
-from tunelake.runner import StageCount
+from tunelake.recipe import Recipe
+from tunelake.runner import Segment, StageCount
 from tunelake.silver.canonicalize import STAGE_VERSION
 from tunelake.tasks import CanonicalizeDone, Staged
 
 CACHE = "_cache/ingest"
+HASHES = "_cache/hashes.json"
 _WITHIN_FILE = (1 << (ROW_BITS + SUB_BITS)) - 1  # the row and sub bits of an ordinal
 
 
@@ -42,6 +48,45 @@ def entry_key(sha256: str, path: str, settings: dict) -> str:
     """The key of a file's entry; settings holds everything else that decides the pass's output."""
     what = {"sha256": sha256, "path": path, "tunelake": __version__, "ingest": STAGE_VERSION, **settings}
     return hashlib.sha256(orjson.dumps(what, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+
+
+def ingest_settings(recipe: Recipe, segment: Segment) -> dict[str, dict]:
+    """Per source, everything but a file's contents and path that decides what the ingest pass makes of it."""
+    common = {
+        "max_chars": recipe.silver.max_chars,
+        "chunk_bytes": recipe.engine.chunk_bytes,
+        "stages": [s.describe() for s in segment.rows],
+        "columns_for": [step.describe() for step in segment.steps],
+    }
+    return {s.name: {**common, "source": s.model_dump(mode="json", exclude={"path"})} for s in recipe.sources}
+
+
+class FileHashes:
+    """Input files' sha256 by their stat, as of the last build that saw them."""
+
+    def __init__(self, lake_root: Path):
+        self.path = lake_root / HASHES
+        self.known = orjson.loads(self.path.read_bytes()) if self.path.exists() else {}
+        self.stats: dict[str, list[int]] = {}  # this build's inputs, stat'ed before anything reads them
+
+    def sha256(self, path: str, hash_now: bool) -> str | None:
+        """The file's sha256: remembered if the file has not changed since, else hashed now (or None where
+        hash_now is false: the reader hashes what it reads anyway)."""
+        st = os.stat(path)
+        self.stats[path] = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+        known = self.known.get(path)
+        if known is not None and known[:-1] == self.stats[path]:
+            return known[-1]
+        return file_sha256(path) if hash_now else None
+
+    def save(self, shas: dict[str, str]) -> None:
+        """Remember this build's inputs (with their stat from before they were read: a file written during the
+        build does not match it next time, and is hashed again)."""
+        known = {path: [*self.stats[path], sha] for path, sha in shas.items() if sha}
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(orjson.dumps(known))
+        os.replace(tmp, self.path)
 
 
 @dataclass
@@ -64,7 +109,7 @@ class Entry:
 
 class IngestCache:
     def __init__(self, lake_root: Path):
-        self.root = lake_root / CACHE
+        self.lake_root, self.root = lake_root, lake_root / CACHE
 
     def has(self, key: str) -> bool:
         return (self.root / key / "entry.json").exists()
@@ -76,8 +121,9 @@ class IngestCache:
         data = orjson.loads(path.read_bytes())
         return Entry(data["report"], [CachedChunk(**c) for c in data["chunks"]])
 
-    def put(self, key: str, report: dict, chunks: list[CanonicalizeDone], root: Path) -> None:
+    def put(self, key: str, report: dict, chunks: list[CanonicalizeDone]) -> None:
         """Link a freshly read file's parts into a new entry (written whole, then renamed into place)."""
+        root = self.lake_root
         folder = self.root / key
         tmp = self.root / f".{key}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -104,6 +150,13 @@ class IngestCache:
         (tmp / "entry.json").write_bytes(orjson.dumps(entry))
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
+
+    def put_fresh(self, keys: dict[str, str], fresh: dict[str, list[CanonicalizeDone]], reports: dict) -> None:
+        """Keep what the ingest pass made of each file read this build (reports: path -> its FileReport fields
+        and format), for the next build; drop the entries this build did not use."""
+        for path, chunks in fresh.items():
+            self.put(keys[path], reports[path], chunks)
+        self.keep_only(set(keys.values()))
 
     def keep_only(self, keys: set[str]) -> None:
         """Remove the entries the last build did not use."""
@@ -133,29 +186,41 @@ class ReuseTask:
 
 def run_reuse(task: ReuseTask) -> CanonicalizeDone:
     """A cached chunk back into this build: its ledger and quarantine parts linked in under this build's part
-    name, its candidates and staged columns with ordinals for the file's place in this recipe."""
-    parts = []
-    for table, name, rows in task.chunk.parts:
-        folder = task.root / table
-        folder.mkdir(parents=True, exist_ok=True)
-        os.link(task.entry / name, folder / task.name)
-        parts.append(Part(table, task.name, rows))
+    name, its candidates and staged columns too where the file has the same place in this recipe (else they are
+    rewritten with the ordinals of its new place)."""
+    parts = [_linked(task.entry / name, task.root, table, task.name, rows) for table, name, rows in task.chunk.parts]
     base = ordinal(task.source_index, task.file_index)
     staged = None
     if task.chunk.candidates is not None:
         name, _rows, first, last = task.chunk.candidates
-        candidates = write_arrow(
-            task.root, task.candidates_table, task.name, _placed(read_arrow(task.entry / name), base)
-        )
+        cached = read_arrow(task.entry / name)
+        # Staged with the file at this place in the recipe (the usual case): linked in, not written again.
+        here = cached.num_rows == 0 or cached["_ord"][0].as_py() & ~_WITHIN_FILE == base
+        if here:
+            candidates = _linked(task.entry / name, task.root, task.candidates_table, task.name, cached.num_rows)
+        else:
+            candidates = write_arrow(task.root, task.candidates_table, task.name, _placed(cached, base))
         columns = None
         if task.chunk.columns is not None and task.columns_table is not None:
-            data = _placed(pq.read_table(task.entry / task.chunk.columns), base)
-            columns = write_part(task.root, task.columns_table, task.name, data)
+            source, table = task.entry / task.chunk.columns, task.columns_table
+            if here:
+                columns = _linked(source, task.root, table, task.name, cached.num_rows)
+            else:
+                columns = write_part(task.root, table, task.name, _placed(pq.read_table(source), base))
         staged = Staged(candidates, columns, base | first, base | last)
     per_source = Counter({(s, a): n for s, a, n in task.chunk.per_source})
     done = CanonicalizeDone(parts, staged, stage_counts(task.chunk), per_source)
     done.source, done.file, done.counts, done.fresh = task.source, task.path, task.chunk.counts, False
     return done
+
+
+def _linked(source: Path, root: Path, table: str, name: str, rows: int) -> Part:
+    """A cached file as a part of a table, under this build's part name (a hard link: nothing is copied)."""
+    folder = root / table
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / Path(name).with_suffix(source.suffix).name
+    os.link(source, path)
+    return Part(table, path.name, rows)
 
 
 def chunk_facts(done: CanonicalizeDone) -> dict:

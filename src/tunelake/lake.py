@@ -6,6 +6,7 @@ import fcntl
 import json
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,10 +24,20 @@ from deltalake.transaction import AddAction, CommitProperties, create_table_with
 from tunelake import tables
 from tunelake.engine.parts import Part
 
+_last_stamp = 0  # microseconds since the epoch of the last id this process made
+
 
 def new_run_id() -> str:
-    """The id of a build or any other write to the lake: its time, then a random suffix."""
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    """The id of a build or any other write to the lake: its time to the microsecond, then a random suffix.
+
+    Ids sort in the order they were made (manifests are read in that order, and the newest one is the published
+    build): two builds within one second once sorted by their random suffixes. Within a process they are strictly
+    increasing even when the clock reads the same microsecond twice.
+    """
+    global _last_stamp
+    _last_stamp = max(_last_stamp + 1, time.time_ns() // 1000)
+    stamp = datetime.fromtimestamp(_last_stamp // 1_000_000, UTC)
+    return f"{stamp:%Y%m%dT%H%M%S}{_last_stamp % 1_000_000:06d}Z-{uuid.uuid4().hex[:6]}"
 
 
 class LakeBusy(RuntimeError):
