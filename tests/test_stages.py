@@ -93,8 +93,16 @@ def test_row_local_stages_add_columns_rewrite_fields_and_quarantine(tmp_path, ex
     ledger = lake.query(
         "select count(*) from l where stage = 'quarantine_short_answers' and action = 'quarantine'", l="ledger"
     )
+    # A quarantined record keeps its id in the quarantine and the ledger: `tunelake explain <id>` finds it.
+    ids = lake.query(
+        "select count(distinct q.id) from q join l using (id, source, file, row, sub) "
+        "where q.stage = 'quarantine_short_answers' and l.action = 'quarantine'",
+        q="silver/quarantine",
+        l="ledger",
+    )
     assert (
-        ledger[0][0]
+        ids[0][0]
+        == ledger[0][0]
         == len(quarantined)
         == manifest["stages"]["quarantine_short_answers"]["quarantined"]["short_answer"]
     )

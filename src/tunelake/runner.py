@@ -215,7 +215,7 @@ def quarantined(
     raw: pa.Table | None,
 ) -> pa.Table:
     """Quarantine rows for candidates a stage rejected (raw bytes from the chunk's bronze rows, when given)."""
-    source, file, row, _sub = addresses.of(ords)
+    source, file, row, sub = addresses.of(ords)
     raws = None
     if raw is not None:
         raws = raw["raw"].take(pc.index_in(row, raw["row"]))
@@ -225,13 +225,15 @@ def quarantined(
         source=source,
         file=file,
         row=row,
+        sub=sub,
+        id=ids,
         stage=stage,
         reason=reason,
         field=field_,
         detail=detail,
         raw=raws,
     )
-    return quarantine.append_column("id", ids)
+    return quarantine
 
 
 def _tally(by_reason: Counter, per_source: Counter, action: str, reasons: pa.Array, sources: pa.Array) -> None:

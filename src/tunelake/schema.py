@@ -93,6 +93,8 @@ QUARANTINE = pa.schema(
         ("source", pa.string()),
         ("file", pa.string()),
         ("row", pa.int64()),  # null for a problem with the whole file (empty, truncated, unreadable)
+        ("sub", pa.int32()),  # which of the row's records (as in the ledger); null for a row that gave none
+        ("id", pa.string()),  # the record's id, when a stage quarantined a record; null for a row or file
         ("stage", pa.string()),
         ("reason", pa.string()),
         ("field", pa.string()),
@@ -165,7 +167,7 @@ def quarantine_ledger(quarantine: pa.Table, stage: str, run_id: str) -> pa.Table
     "field: detail" (or the detail alone when the problem is not one field's)."""
     field, detail = quarantine["field"], quarantine["detail"]
     why = pc.if_else(pc.is_valid(field), pc.binary_join_element_wise(field, ": ", detail, ""), detail)
-    where = {k: quarantine[k] for k in ("id", "source", "file", "row") if k in quarantine.column_names}
+    where = {k: quarantine[k] for k in ("id", "source", "file", "row", "sub") if k in quarantine.column_names}
     return table_of(
         LEDGER,
         quarantine.num_rows,

@@ -70,13 +70,18 @@ def test_each_record_of_a_row_has_its_own_address_and_ledger_entries(tmp_path, m
     kept = lake.query(
         "select row, sub, action, reason from l where stage = 'canonicalize' order by row, sub", l="ledger"
     )
-    # Row 1's pairs: sub 0 is 7 against "" (quarantined: no sub, as it never became a record), sub 1 is 7 against 8.
+    # Row 1's pairs: sub 0 is 7 against "" (quarantined), sub 1 is 7 against 8: the ledger and the quarantine
+    # both say which sibling each entry is about.
     assert kept == [
+        (1, 0, "quarantine", "empty_response"),
         (1, 1, "keep", None),
-        (1, None, "quarantine", "empty_response"),
         (2, 0, "keep", None),
+        (3, 0, "quarantine", "empty_response"),
         (3, 1, "keep", None),
-        (3, None, "quarantine", "empty_response"),
+    ]
+    assert lake.query("select row, sub, reason from q order by row", q="silver/quarantine") == [
+        (1, 0, "empty_response"),
+        (3, 0, "empty_response"),
     ]
     drops = lake.query("select row, sub, reason, detail from l where stage = 'exact_dedup'", l="ledger")
     assert [(r, s) for r, s, *_ in drops] == [(3, 1)]

@@ -42,7 +42,7 @@ CANDIDATE = RECORD.append(pa.field("_ord", pa.int64(), nullable=False))
 # A record as the adapters make it: everything but the ids, which are hashes of the normalised content.
 ADAPTED = pa.schema([f for f in RECORD if f.name not in ("id", "prompt_id")])
 STAGE = "canonicalize"
-STAGE_VERSION = "1"  # bump when canonical records change for the same input
+STAGE_VERSION = "2"  # bump when canonical records change for the same input
 BOM = b"\xef\xbb\xbf"
 # Canonical fields a raw row may give directly, whatever its format.
 _PASSTHROUGH = ("license", "lang", "created_at")
@@ -195,7 +195,7 @@ def _canonicalize(chunk: RawChunk, plan: FilePlan, run_id: str) -> ChunkResult:
     # Adapt: a whole chunk at once where the format allows it; the rows it leaves, one by one.
     # A record's sub is its place among the records its row gave (0 but for adapters that make several).
     parts, at, subs = [], [], []  # adapted batches, and the bronze index and sub of each of their records
-    rejected: list[tuple[int, Rejected]] = []  # (bronze index, why)
+    rejected: list[tuple[int, int | None, Rejected]] = []  # (bronze index, sub (None: the whole row), why)
     whole = _columnar(chunk.data, plan, len(raws)) if len(raws) == len(lines) else None
     if whole is not None and whole[1].all():  # the common case: nothing left for the per-row path
         adapted, at, subs = whole[0], np.arange(len(raws)), np.zeros(len(raws), np.int64)
@@ -211,7 +211,7 @@ def _canonicalize(chunk: RawChunk, plan: FilePlan, run_id: str) -> ChunkResult:
             try:
                 made = adapt(_parse(raws[k].removesuffix(b"\r")), plan)
             except Rejected as r:
-                rejected.append((k, r))
+                rejected.append((k, None, r))
                 continue
             records += made
             record_at += [k] * len(made)
@@ -225,13 +225,13 @@ def _canonicalize(chunk: RawChunk, plan: FilePlan, run_id: str) -> ChunkResult:
         adapted = pa.concat_batches(parts).take(pa.array(in_order))
 
     batch, changes, problems = canonical_batch(adapted, source.max_chars)
-    rejected += [(at[i], r) for i, r in problems.items()]
+    rejected += [(at[i], subs[i], r) for i, r in problems.items()]
     valid = np.ones(len(at), bool)
     valid[list(problems)] = False
     rows = np.asarray(bronze["row"], np.int64)
     kept_rows, kept_subs = pa.array(rows[at[valid]]), pa.array(subs[valid])
-    rejected.sort(key=lambda item: item[0])  # input order
-    why = [r for _, r in rejected]
+    rejected.sort(key=lambda item: (item[0], -1 if item[1] is None else item[1]))  # input order
+    why = [r for _, _, r in rejected]
     candidates = batch.filter(pa.array(valid)).append_column(
         CANDIDATE.field("_ord"), ordinals(source.index, plan.index, kept_rows, kept_subs)
     )
@@ -242,12 +242,13 @@ def _canonicalize(chunk: RawChunk, plan: FilePlan, run_id: str) -> ChunkResult:
         len(rejected),
         source=source.name,
         file=chunk.file,
-        row=rows[[k for k, _ in rejected]].tolist(),
+        row=rows[[k for k, _, _ in rejected]].tolist(),
+        sub=pa.array([None if sub is None else int(sub) for _, sub, _ in rejected], pa.int32()),
         stage=STAGE,
         reason=[r.reason.value for r in why],
         field=[r.field for r in why],
         detail=[r.detail for r in why],
-        raw=[raws[k] for k, _ in rejected],
+        raw=[raws[k] for k, _, _ in rejected],
     )
     ledger = [
         quarantine_ledger(quarantine, STAGE, run_id),
