@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from tunelake.ingest.adapters import ADAPTERS
 from tunelake.schema import Regime
 from tunelake.stage import Stage
-from tunelake.stages import BUILTIN, ON_BY_DEFAULT, StageError, builtin_stages, user_stage
+from tunelake.stages import BUILTIN, ON_BY_DEFAULT, StageError, builtin_stages, section, user_stage
 
 SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 # A recipe is a few hundred values; this bounds what YAML aliases can make of it (see _expanded_size).
@@ -89,22 +89,39 @@ class _SilverLimits(_Strict):
     )
 
 
-# `silver:` holds the validation limits and one section per built-in stage (stages.BUILTIN), named as the stage;
-# null turns a stage off.
+def _stage_section(name: str, cls: type[Stage]) -> tuple[type, Any]:
+    on = name in ON_BY_DEFAULT
+    return (
+        cls.Config | None,
+        Field(
+            default_factory=cls.Config if on else lambda: None,
+            description=f"The {cls.name} stage ({'on' if on else 'off'} by default; null turns it off). "
+            f"{(cls.Config.__doc__ or '').strip()}",
+        ),
+    )
+
+
+# The sections of stages grouped under one heading (`silver.quality.heuristics`: group `quality`).
+_GROUPS = {
+    "quality": "Quality gates, each a row-local stage with its scores kept in silver (off by default).",
+}
+
+
+def _group(group: str) -> tuple[type, Any]:
+    members = {name.split(".", 1)[1]: cls for name, cls in BUILTIN.items() if name.startswith(f"{group}.")}
+    model = create_model(
+        group.title(), __base__=_Strict, **{name: _stage_section(name, cls) for name, cls in members.items()}
+    )
+    return model, Field(default_factory=model, description=_GROUPS[group])
+
+
+# `silver:` holds the validation limits and one section per built-in stage (stages.BUILTIN), named as the stage
+# (or, for a dotted name, under its group's heading); null turns a stage off.
 Silver = create_model(
     "Silver",
     __base__=_SilverLimits,
-    **{
-        name: (
-            cls.Config | None,
-            Field(
-                default_factory=cls.Config if name in ON_BY_DEFAULT else lambda: None,
-                description=f"The {name} stage ({'on' if name in ON_BY_DEFAULT else 'off'} by default; null "
-                f"turns it off). {(cls.Config.__doc__ or '').strip()}",
-            ),
-        )
-        for name, cls in BUILTIN.items()
-    },
+    **{name: _stage_section(name, cls) for name, cls in BUILTIN.items() if "." not in name},
+    **{group: _group(group) for group in sorted({name.split(".")[0] for name in BUILTIN if "." in name})},
 )
 
 
@@ -257,10 +274,10 @@ def load_recipe(path: str | Path) -> tuple[Recipe, str]:
     for source in recipe.sources:
         source.path = str(base / source.path)
     for name in BUILTIN:
-        section = getattr(recipe.silver, name)
+        config = section(recipe.silver, name)
         try:
-            if section is not None:
-                section.resolve(base)
+            if config is not None:
+                config.resolve(base)
         except ValueError as e:
             raise RecipeError(f"{path}: silver.{name}: {e}") from None
     return recipe, hashlib.sha256(raw).hexdigest()

@@ -221,6 +221,7 @@ class Reason(StrEnum):
     near_duplicate = "near_duplicate_of"  # written as near_duplicate_of:<id>
     prompt_cap = "prompt_cap"  # written as prompt_cap:<group id>
     contaminated = "contaminated"  # written as contaminated:<eval set>:<item>
+    low_quality = "low_quality"  # written as low_quality:<rule>
     # Tokenization (gold/tokenized): the record is never trained on.
     template_error = "template_error"
     template_dropped_content = "template_dropped_content"

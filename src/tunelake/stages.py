@@ -1,6 +1,7 @@
 """Which stages a build runs, in which order: the built-in ones (one line each below) and the recipe's own.
 
-A built-in stage is configured by its section under `silver:` (named as the stage; `null` turns it off). A user's
+A built-in stage is configured by its section under `silver:` (named as the stage, or, for a dotted name such as
+`quality.heuristics`, under its group's heading; `null` turns it off). A user's
 stage is a class named in the recipe's `stages:` list by its import path, with its config beside it:
 
     stages:
@@ -19,6 +20,7 @@ from pydantic import ValidationError
 
 from tunelake.silver.decontaminate import Decontaminate
 from tunelake.silver.dedup import ExactDedup
+from tunelake.silver.heuristics import Heuristics
 from tunelake.silver.near_dedup import NearDedup
 from tunelake.silver.prompt_groups import PromptGroups
 from tunelake.stage import GlobalStage, MissingDependency, RowLocalStage, Stage
@@ -26,6 +28,7 @@ from tunelake.stage import GlobalStage, MissingDependency, RowLocalStage, Stage
 # name -> class, in the order they run. A new built-in stage is one module and one line here.
 BUILTIN: dict[str, type[Stage]] = {
     "decontaminate": Decontaminate,
+    "quality.heuristics": Heuristics,
     "exact_dedup": ExactDedup,
     "near_dedup": NearDedup,
     "prompt_groups": PromptGroups,
@@ -59,11 +62,18 @@ def builtin_stages(silver: object) -> list[Stage]:
     order."""
     stages = []
     for name, cls in BUILTIN.items():
-        config = getattr(silver, name)
+        config = section(silver, name)
         if config is not None:
             _check_dependencies(cls, f"silver.{name}")
             stages.append(cls(config))
     return stages
+
+
+def section(silver: object, name: str) -> object:
+    """A built-in stage's section of `silver:` (None when the stage is off); a dotted name is a path."""
+    for part in name.split("."):
+        silver = getattr(silver, part)
+    return silver
 
 
 def _instance(cls: type[Stage], config: dict, where: str) -> Stage:
