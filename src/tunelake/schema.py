@@ -222,6 +222,7 @@ class Reason(StrEnum):
     prompt_cap = "prompt_cap"  # written as prompt_cap:<group id>
     contaminated = "contaminated"  # written as contaminated:<eval set>:<item>
     low_quality = "low_quality"  # written as low_quality:<rule>
+    pii = "pii"  # written as pii:<type>, where silver.quality.pii drops instead of redacting
     # Tokenization (gold/tokenized): the record is never trained on.
     template_error = "template_error"
     template_dropped_content = "template_dropped_content"

@@ -22,12 +22,14 @@ from tunelake.silver.decontaminate import Decontaminate
 from tunelake.silver.dedup import ExactDedup
 from tunelake.silver.heuristics import Heuristics
 from tunelake.silver.near_dedup import NearDedup
+from tunelake.silver.pii import Pii
 from tunelake.silver.prompt_groups import PromptGroups
 from tunelake.stage import GlobalStage, MissingDependency, RowLocalStage, Stage
 
 # name -> class, in the order they run. A new built-in stage is one module and one line here.
 BUILTIN: dict[str, type[Stage]] = {
     "decontaminate": Decontaminate,
+    "quality.pii": Pii,  # before the gates and dedup: they see redacted text, and the ids it gives
     "quality.heuristics": Heuristics,
     "exact_dedup": ExactDedup,
     "near_dedup": NearDedup,
