@@ -331,6 +331,9 @@ silver:
   near_dedup: {{threshold: 0.8}}     # drop near-duplicates (MinHash LSH, each pair verified); off unless given
   prompt_groups: {{}}                # near-identical prompts share a split; `tunelake freeze` pins eval sets
   # decontaminate: {{against: [{{name: gsm8k-test, path: evals/gsm8k_test.jsonl, field: question}}]}}
+  # quality:                       # gates, off unless given; each keeps its scores in silver
+  #   pii: {{action: redact}}         # secrets, e-mail, cards, IPs, phones -> <EMAIL> ...; ids computed again
+  #   heuristics: {{}}                # too short/long, repetitive, non-printing, cut in a code block
 
 gold:
   split: {{validation: 0.02, test: 0.02, seed: 0}}   # by prompt group, never by row
