@@ -73,6 +73,19 @@ class OneGroupPerSource(GlobalStage):
         return Decisions(decided.cast(DECISIONS), notes)
 
 
+class GroupsByCount(GlobalStage):
+    """Annotates every record with the number of candidates as its group: each record's annotation changes when
+    a record is added, and nothing else about it does."""
+
+    name = "groups_by_count"
+    adds = (GROUP_ID,)
+
+    def run(self, rows: StagedRows, memory_limit: str) -> Decisions:
+        con = duckdb.connect(config={"memory_limit": memory_limit})
+        notes = rows.relation(con).query("r", "select _ord, md5(count(*) over ()::varchar) as group_id from r")
+        return Decisions(DECISIONS.empty_table(), notes.to_arrow_table())
+
+
 class LosesARow(RowLocalStage):
     """A broken stage: returns one row fewer than it was given."""
 

@@ -6,6 +6,7 @@ import hashlib
 
 import tunelake.build as build_module
 from tests.conftest import EXAMPLES, run_build, write_recipe
+from tunelake.address import ordinal
 from tunelake.engine.parts import Part
 from tunelake.schema import Regime
 from tunelake.tables import SPLITS
@@ -79,6 +80,18 @@ def test_publish_windows_close_on_rows_or_on_staged_bytes():
     assert [[s.part.rows for s in w] for w in windows] == [[10, 10], [30], [5], [5]]
 
 
+def test_publish_windows_close_where_a_source_too_large_for_one_window_starts_or_ends():
+    """So adding a source (or a file to one) moves no window of a large source; small sources share windows."""
+    rows, sources = [3, 3, 2, 1, 1, 4, 4], [0, 0, 1, 2, 3, 4, 4]  # sources 0 and 4 hold more than 5 rows
+    first = [ordinal(source, 0, row) for row, source in enumerate(sources)]
+    staged = [
+        Staged(Part("c", f"{i}", n), Part("k", f"{i}", n), o, o)
+        for i, (n, o) in enumerate(zip(rows, first, strict=True))
+    ]
+    windows = build_module.group_parts(staged, [1] * len(staged), max_rows=5, max_bytes=100)
+    assert [[s.part.rows for s in w] for w in windows] == [[3], [3], [2, 1, 1], [4], [4]]
+
+
 def test_detected_format_that_cannot_give_the_recipe_regime_quarantines_the_file(tmp_path):
     from tests.conftest import EXAMPLES
 
@@ -123,7 +136,8 @@ def test_a_build_that_cannot_write_removes_its_files_and_names_the_table(tmp_pat
     from tunelake.engine.parts import PartWriteError
 
     _, lake = run_build(write_recipe(tmp_path, example_sources, engine={"workers": 2}))
-    recipe = write_recipe(tmp_path, example_sources, engine={"workers": 1})  # not the same recipe: work to do
+    # Another split: every window is published again (none comes from the publish cache).
+    recipe = write_recipe(tmp_path, example_sources, engine={"workers": 1}, gold={"split": {"seed": 1}})
     before = gold_digest(lake)
     files = sorted(p for p in lake.root.rglob("*") if p.is_file() and "manifests" not in p.parts)
     write_table, calls = parts.pq.write_table, []

@@ -1,5 +1,6 @@
-"""Incremental builds: a rebuild reads only new or changed files (the rest comes from the ingest cache), bronze
-only grows, and the lake it publishes is the one a clean build of the same inputs publishes."""
+"""Incremental builds: a rebuild reads only new or changed files (the rest comes from the ingest cache) and
+publishes again only the windows where something that decides them changed (the rest comes from the publish
+cache), bronze only grows, and the lake it publishes is the one a clean build of the same inputs publishes."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import shutil
 from pathlib import Path
 
+import tunelake.build as build_module
 from tests.conftest import EXAMPLES, run_build, write_recipe
 from tests.test_build import gold_digest
 from tunelake.lake import Lake
@@ -46,9 +48,10 @@ def _assert_same_lake(built: Lake, clean: Lake) -> None:
         )
 
 
-def _clean_build(folder: Path, sources: list[dict], min_chars: int) -> Lake:
+def _clean_build(folder: Path, sources: list[dict], min_chars: int, **extra) -> Lake:
     folder.mkdir()
-    return run_build(write_recipe(folder, sources, stages=_stages(min_chars), engine={"workers": 2}))[1]
+    settings = {"stages": _stages(min_chars), "engine": {"workers": 2}, **extra}
+    return run_build(write_recipe(folder, sources, **settings))[1]
 
 
 def test_a_rebuild_reads_only_new_and_changed_files_and_equals_a_clean_build(tmp_path):
@@ -135,3 +138,104 @@ def test_a_rebuild_hashes_only_the_inputs_that_changed(tmp_path, monkeypatch):
     os.utime(gsm8k, ns=(before.st_atime_ns, before.st_mtime_ns))
     changed, _ = run_build(write_recipe(tmp_path / "lake", sources, engine={"workers": 1}))
     assert hashed == [str(gsm8k)] and changed["counts"]["gsm8k"]["bronze"] == len(rows) - 1
+
+
+# Small chunks, so a source's candidates are staged in several parts and published in several windows.
+SMALL_CHUNKS = {"workers": 2, "chunk_bytes": 20_000}
+
+
+def _windows(manifest: dict) -> tuple[int, int]:
+    """(windows, of which reused from the publish cache) of a build's publish pass."""
+    publish = manifest["passes"]["publish"]
+    return publish["windows"], publish["reused_windows"]
+
+
+def test_a_rebuild_after_adding_a_source_links_every_earlier_window_and_equals_a_clean_build(tmp_path):
+    """Publish links each unchanged window's outputs from the publish cache. An entry a killed build left half
+    written (a `.tmp` folder, never renamed into place) is not read: its window is published again."""
+    sources = _inputs(tmp_path)
+    (tmp_path / "lake").mkdir()
+    first, lake = run_build(write_recipe(tmp_path / "lake", sources, stages=_stages(2), engine=SMALL_CHUNKS))
+    windows, reused = _windows(first)
+    assert windows > len(sources) and reused == 0
+    entries = lake.root / "_cache" / "publish"
+    assert len(list(entries.iterdir())) == windows
+    half = next(entries.iterdir())
+    (half / "entry.json").unlink()
+    half.rename(entries / f".{half.name}.tmp")
+
+    sources.append({**sources[0], "name": "alpaca_rest", "path": str(tmp_path / "alpaca_rest.json")})
+    grown, _ = run_build(write_recipe(tmp_path / "lake", sources, stages=_stages(2), engine=SMALL_CHUNKS))
+    assert _windows(grown)[0] > windows and _windows(grown)[1] == windows - 1
+    # A reused window's ledger rows keep the run_id of the build that published it.
+    splits = lake.query("select distinct run_id from l where stage = 'split'", l="ledger")
+    assert sorted(r[0] for r in splits) == [first["run_id"], grown["run_id"]]
+    _assert_same_lake(lake, _clean_build(tmp_path / "clean", sources, 2, engine=SMALL_CHUNKS))
+    # An entry per window of the last build: the half-written one made again, its leftover removed.
+    assert len(list(entries.iterdir())) == _windows(grown)[0] and (half / "entry.json").exists()
+
+
+def test_a_changed_dedup_decision_publishes_only_its_window_again(tmp_path, monkeypatch):
+    """A new file in an earlier source holds an exact duplicate of a record of a later one: exact dedup now keeps
+    the new record and drops the old one, and only the window holding the old one is published again."""
+    monkeypatch.setattr(build_module, "PUBLISH_ROWS", 1)  # a window per staged part
+    alpaca = json.loads(gzip.decompress((EXAMPLES / "data" / "alpaca_300.json.gz").read_bytes()))
+    (tmp_path / "early").mkdir()
+    (tmp_path / "early" / "a.json").write_text(json.dumps(alpaca[:100]))
+    (tmp_path / "late.json").write_text(json.dumps(alpaca[100:]))
+    common = {"license": "cc-by-nc-4.0", "origin": "distilled"}
+    sources = [
+        {"name": "early", "path": str(tmp_path / "early" / "*.json"), **common},
+        {"name": "late", "path": str(tmp_path / "late.json"), **common},
+    ]
+    (tmp_path / "lake").mkdir()
+    recipe = write_recipe(tmp_path / "lake", sources, engine=SMALL_CHUNKS)
+    first, lake = run_build(recipe)
+    windows, _ = _windows(first)
+    assert windows > 3
+
+    (tmp_path / "early" / "b.json").write_text(json.dumps([alpaca[150]]))  # the 51st record of `late`
+    changed, _ = run_build(recipe)
+    assert changed["counts"]["late"]["dropped"] == first["counts"]["late"]["dropped"] + 1
+    # b.json's window is new; of the earlier ones, all but the one that lost the record are reused.
+    assert _windows(changed) == (windows + 1, windows - 1)
+    _assert_same_lake(lake, _clean_build(tmp_path / "clean", sources, 2, stages=[], engine=SMALL_CHUNKS))
+
+
+def test_a_window_whose_annotations_changed_is_published_again(tmp_path):
+    """A global step that annotates every record anew when a source is added (and decides nothing else about
+    the earlier ones): none of their windows is reused, and the lake equals a clean build."""
+    stages = [{"use": "tests.stage_examples.GroupsByCount"}]
+    sources = _inputs(tmp_path)
+    (tmp_path / "lake").mkdir()
+    run_build(write_recipe(tmp_path / "lake", sources, stages=stages, engine=SMALL_CHUNKS))
+    sources.append({**sources[0], "name": "alpaca_rest", "path": str(tmp_path / "alpaca_rest.json")})
+    grown, lake = run_build(write_recipe(tmp_path / "lake", sources, stages=stages, engine=SMALL_CHUNKS))
+    assert _windows(grown)[1] == 0
+    _assert_same_lake(lake, _clean_build(tmp_path / "clean", sources, 2, stages=stages, engine=SMALL_CHUNKS))
+
+
+def test_a_new_split_reuses_no_published_window(tmp_path):
+    sources = _inputs(tmp_path)
+    (tmp_path / "lake").mkdir()
+    run_build(write_recipe(tmp_path / "lake", sources, stages=_stages(2), engine=SMALL_CHUNKS))
+    split = {"split": {"validation": 0.1, "test": 0.1, "seed": 1}}
+    resplit, lake = run_build(
+        write_recipe(tmp_path / "lake", sources, stages=_stages(2), engine=SMALL_CHUNKS, gold=split)
+    )
+    assert all(i["reused"] for i in resplit["inputs"]) and _windows(resplit)[1] == 0
+    _assert_same_lake(lake, _clean_build(tmp_path / "clean", sources, 2, engine=SMALL_CHUNKS, gold=split))
+
+
+def test_a_chain_with_a_restage_pass_publishes_every_window_afresh(tmp_path):
+    """A row-local stage between two global steps runs in a restage pass, whose staged parts have no identity for
+    the publish cache: such a build publishes every window and keeps no entry."""
+    restaged = [{"use": "tests.stage_examples.OneGroupPerSource"}, *_stages(2)]  # then exact_dedup
+    sources = _inputs(tmp_path)
+    (tmp_path / "lake").mkdir()
+    run_build(write_recipe(tmp_path / "lake", sources, stages=restaged, engine=SMALL_CHUNKS))
+    sources.append({**sources[0], "name": "alpaca_rest", "path": str(tmp_path / "alpaca_rest.json")})
+    grown, lake = run_build(write_recipe(tmp_path / "lake", sources, stages=restaged, engine=SMALL_CHUNKS))
+    assert "pass 1" in grown["passes"] and _windows(grown)[1] == 0
+    assert list((lake.root / "_cache").glob("publish/*")) == []
+    _assert_same_lake(lake, _clean_build(tmp_path / "clean", sources, 2, stages=restaged, engine=SMALL_CHUNKS))

@@ -8,8 +8,9 @@ The flow, in passes over the data run by the engine's workers (see tasks.py), ar
 2. each global step (e.g. exact dedup, DuckDB over the staged columns) decides which candidates leave; a later
    run of row-local stages is a pass over the staged candidates.
 3. publish (per window of staged parts): candidates minus decisions, through the last row-local stages ->
-   silver/records and, split by group, the gold tables (also staged as Arrow for the exports); then tokenization,
-   trainer exports and the manifest.
+   silver/records and, split by group, the gold tables (also staged as Arrow for the exports), or a window's
+   outputs linked from the publish cache where nothing that decides them changed (publish_cache.py); then
+   tokenization, trainer exports and the manifest.
 Each table's new version is published in one commit, so a killed build leaves every table readable at its
 previous version, and re-running it gives the same result.
 """
@@ -32,7 +33,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from tunelake import __version__, tables
-from tunelake.address import MAX_FILES, Addresses
+from tunelake.address import MAX_FILES, SOURCE_SHIFT, Addresses
 from tunelake.cache import FileHashes, IngestCache, ReuseTask, entry_key, ingest_settings, run_reuse
 from tunelake.engine.local import LocalEngine
 from tunelake.engine.parts import Part, part_name, write_part
@@ -46,6 +47,7 @@ from tunelake.gold.tokenize.template import TemplateError
 from tunelake.ingest.adapters import FormatError, detect_format
 from tunelake.ingest.readers import FileReport, RawChunk, expand, read_chunks
 from tunelake.lake import Lake, new_run_id
+from tunelake.publish_cache import CachedPublish, PublishCache, publish_settings, run_cached_publish, window_key
 from tunelake.recipe import Recipe, RecipeError, Source
 from tunelake.runner import Segment, StageCount, count_of, global_verdicts, segments
 from tunelake.schema import (
@@ -70,6 +72,7 @@ from tunelake.tasks import (
     PackTask,
     Pass,
     PassDone,
+    PublishDone,
     PublishTask,
     RestageTask,
     Staged,
@@ -84,7 +87,6 @@ from tunelake.tasks import (
     publish_step,
     run_canonicalize,
     run_pack,
-    run_publish,
     run_restage,
     run_tokenize,
 )
@@ -138,6 +140,8 @@ class _Run:
     keys: dict[str, str] = field(default_factory=dict)  # input file -> its ingest cache key (where the sha is known)
     reused: set[str] = field(default_factory=set)  # input files whose ingest outputs came from the cache
     fresh: dict[str, list[CanonicalizeDone]] = field(default_factory=lambda: defaultdict(list))  # read this build
+    identities: dict[str, str] = field(default_factory=dict)  # staged part name -> what decides its rows (ingest's)
+    windows: list[PublishDone] = field(default_factory=list)  # what publish did with each window
 
     @property
     def addresses(self) -> Addresses:
@@ -246,7 +250,8 @@ def build(recipe: Recipe, recipe_sha256: str, progress: Progress | None = None) 
             manifest = _manifest(run, recipe_sha256, started_at, chain)
             lake.write_manifest(manifest)  # publishes every commit above at once (see Lake.published)
             lake.replace_exports(exports)
-            _cache_fresh_files(run, segs[0])
+            _cache_fresh_files(run)
+            PublishCache(lake.root).put_fresh(run.run_id, run.windows)
             lake.clear_staging()
         except BaseException:
             _discard(run)
@@ -254,10 +259,8 @@ def build(recipe: Recipe, recipe_sha256: str, progress: Progress | None = None) 
     return manifest
 
 
-def _cache_fresh_files(run: _Run, segment: Segment) -> None:
+def _cache_fresh_files(run: _Run) -> None:
     """Keep what the ingest pass made of each file read this build, and every input's sha256, for the next."""
-    shas = {path: run.shas[path] or run.reports[path].sha256 for path in run.shas}
-    _keys(run, segment, shas)
     reports = {}
     for path in run.fresh:
         report = run.reports[path]
@@ -271,7 +274,7 @@ def _cache_fresh_files(run: _Run, segment: Segment) -> None:
             "format": run.formats.get(path),
         }
     run.cache.put_fresh(run.keys, run.fresh, reports)
-    run.hashes.save(shas)
+    run.hashes.save(run.shas)
 
 
 def _discard(run: _Run) -> None:
@@ -319,19 +322,29 @@ def _file_plan(plan: SourcePlan, file_index: int, fmt: str, first: RawChunk) -> 
 
 def _ingest(run: _Run, engine: Engine, segment: Segment) -> list[Staged]:
     """Raw chunks through canonicalize and the first segment's row-local stages, or a file's cached outputs where
-    nothing that decides them changed; returns the staged candidate parts, in input order."""
+    nothing that decides them changed; returns the staged candidate parts, in input order. Once every file is
+    read, each file's sha256 and ingest cache key are known, and so is each staged part's identity (see
+    publish_cache.py)."""
     started = time.perf_counter()
     pass_ = Pass(0, segment.rows, segment.steps, run.addresses)
-    staged = []
+    staged, origins, chunks = [], [], Counter()
     run.progress.start("canonicalize", None)  # rows are counted as they are read; the total is unknown up front
     for done in engine.map(_run_ingest, _ingest_tasks(run, pass_, segment)):
         run.tally(done)
-        staged += [done.staged] if done.staged else []
+        if done.staged:
+            staged.append(done.staged)
+            origins.append((done.file, chunks[done.file]))
+        chunks[done.file] += 1
         run.counts[done.source].update({k: done.counts[k] for k in ("bronze", "siblings", "quarantined")})
         run.progress.advance(done.counts["bronze"])
         if done.fresh:
             run.fresh[done.file].append(done)
     run.progress.finish()
+    run.shas = {path: run.shas[path] or run.reports[path].sha256 for path in run.shas}
+    _keys(run, segment, run.shas)
+    for part, (file, chunk) in zip(staged, origins, strict=True):
+        if file in run.keys:
+            run.identities[part.part.name] = f"{run.keys[file]}:{chunk}:{part.first}"
     _file_issues(run)
     for source in run.recipe.sources:
         run.will_commit(tables.bronze(source.name), BRONZE)
@@ -514,11 +527,20 @@ def _windows(run: _Run, staged: list[Staged], decided: np.ndarray, annotations: 
 
 def group_parts(staged: list[Staged], sizes: list[int], max_rows: int, max_bytes: int) -> list[tuple[Staged, ...]]:
     """Consecutive staged parts, grouped up to max_rows candidates and max_bytes of staged Arrow a group (a part
-    over either limit is a group alone)."""
+    over either limit is a group alone). A group spans two sources only where each fits in one group whole: a
+    source added or changed then leaves the groups of every source too large for that as they were (and their
+    publish cached), and small sources still share groups."""
+    sources = [part.first >> SOURCE_SHIFT for part in staged]
+    rows_in, bytes_in = Counter(), Counter()
+    for source, part, nbytes in zip(sources, staged, sizes, strict=True):
+        rows_in[source] += part.part.rows
+        bytes_in[source] += nbytes
+    small = {source for source in rows_in if rows_in[source] <= max_rows and bytes_in[source] <= max_bytes}
     groups: list[list[Staged]] = []
     rows, size = max_rows, max_bytes  # as if a full group were open, so the first part opens one
-    for part, nbytes in zip(staged, sizes, strict=True):
-        if rows + part.part.rows > max_rows or size + nbytes > max_bytes:
+    for i, (part, nbytes) in enumerate(zip(staged, sizes, strict=True)):
+        apart = i > 0 and sources[i] != sources[i - 1] and not {sources[i], sources[i - 1]} <= small
+        if apart or rows + part.part.rows > max_rows or size + nbytes > max_bytes:
             groups.append([])
             rows = size = 0
         groups[-1].append(part)
@@ -551,21 +573,26 @@ def _publish(run: _Run, engine: Engine, windows: list[Window], segs: list[Segmen
     pass_ = Pass(index, segs[-1].rows, (), run.addresses)
     silver = silver_schema(chain)
     stage_gold = bool(run.recipe.gold.export)
+    settings = publish_settings(silver, run.recipe.gold.split, segs[-1].rows, stage_gold)
     tasks = (
-        PublishTask(
-            run.lake.root,
-            run.run_id,
-            seq,
-            publish_step(len(segs)),
-            w,
-            pass_,
-            silver,
-            run.recipe.gold.split,
-            stage_gold,
+        CachedPublish(
+            PublishTask(
+                run.lake.root,
+                run.run_id,
+                seq,
+                publish_step(len(segs)),
+                w,
+                pass_,
+                silver,
+                run.recipe.gold.split,
+                stage_gold,
+            ),
+            window_key(settings, [run.identities.get(s.part.name) for s in w.staged], w.decided),
         )
         for seq, w in enumerate(windows)
     )
-    for done in engine.map(run_publish, tasks):
+    for done in engine.map(run_cached_publish, tasks):
+        run.windows.append(done)
         run.tally(done)
         for source, n in done.silver.items():
             run.counts[source]["silver"] += n
@@ -577,6 +604,7 @@ def _publish(run: _Run, engine: Engine, windows: list[Window], segs: list[Segmen
         run.gold[table] = sum(p.rows for p in run.parts.get(table, []))
         run.will_commit(table, gold_schema(regime))
     run.timed("publish", sum(run.counts[s.name]["silver"] for s in run.recipe.sources), started)
+    run.passes["publish"].update(windows=len(windows), reused_windows=sum(done.reused for done in run.windows))
 
 
 def silver_schema(chain: list) -> pa.Schema:

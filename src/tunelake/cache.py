@@ -18,6 +18,8 @@ import hashlib
 import os
 import shutil
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -124,46 +126,54 @@ class IngestCache:
     def put(self, key: str, report: dict, chunks: list[CanonicalizeDone]) -> None:
         """Link a freshly read file's parts into a new entry (written whole, then renamed into place)."""
         root = self.lake_root
-        folder = self.root / key
-        tmp = self.root / f".{key}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        cached = []
-        for seq, done in enumerate(chunks):
-            names = []
-            for part in done.cached_parts():
-                name = f"{seq:07d}-{part.table.replace('/', '_')}.parquet"
-                os.link(root / part.table / part.name, tmp / name)
-                names.append((part.table, name, part.rows))
-            facts = chunk_facts(done)
-            candidates = columns = None
-            if done.staged is not None:
-                candidates = (f"{seq:07d}-candidates.arrow", done.staged.part.rows, facts["first"], facts["last"])
-                os.link(root / done.staged.part.table / done.staged.part.name, tmp / candidates[0])
-                if done.staged.columns is not None:
-                    columns = f"{seq:07d}-columns.parquet"
-                    os.link(root / done.staged.columns.table / done.staged.columns.name, tmp / columns)
-            cached.append(
-                CachedChunk(names, candidates, columns, facts["counts"], facts["stage_counts"], facts["per_source"])
-            )
-        entry = {"report": report, "chunks": [asdict(c) for c in cached]}
-        (tmp / "entry.json").write_bytes(orjson.dumps(entry))
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
+        with new_entry(self.root, key) as tmp:
+            cached = []
+            for seq, done in enumerate(chunks):
+                names = []
+                for part in done.cached_parts():
+                    name = f"{seq:07d}-{part.table.replace('/', '_')}.parquet"
+                    os.link(root / part.table / part.name, tmp / name)
+                    names.append((part.table, name, part.rows))
+                facts = chunk_facts(done)
+                candidates = columns = None
+                if done.staged is not None:
+                    candidates = (f"{seq:07d}-candidates.arrow", done.staged.part.rows, facts["first"], facts["last"])
+                    os.link(root / done.staged.part.table / done.staged.part.name, tmp / candidates[0])
+                    if done.staged.columns is not None:
+                        columns = f"{seq:07d}-columns.parquet"
+                        os.link(root / done.staged.columns.table / done.staged.columns.name, tmp / columns)
+                counts, per_source = facts["counts"], facts["per_source"]
+                cached.append(CachedChunk(names, candidates, columns, counts, facts["stage_counts"], per_source))
+            entry = {"report": report, "chunks": [asdict(c) for c in cached]}
+            (tmp / "entry.json").write_bytes(orjson.dumps(entry))
 
     def put_fresh(self, keys: dict[str, str], fresh: dict[str, list[CanonicalizeDone]], reports: dict) -> None:
         """Keep what the ingest pass made of each file read this build (reports: path -> its FileReport fields
         and format), for the next build; drop the entries this build did not use."""
         for path, chunks in fresh.items():
             self.put(keys[path], reports[path], chunks)
-        self.keep_only(set(keys.values()))
+        keep_only(self.root, set(keys.values()))
 
-    def keep_only(self, keys: set[str]) -> None:
-        """Remove the entries the last build did not use."""
-        if self.root.exists():
-            for folder in self.root.iterdir():
-                if folder.name not in keys:
-                    shutil.rmtree(folder, ignore_errors=True)
+
+@contextmanager
+def new_entry(root: Path, key: str) -> Iterator[Path]:
+    """A folder to fill with a cache entry's files, renamed to root/key once complete: a build killed meanwhile
+    leaves a `.<key>.tmp` folder, which no build reads and the next cleanup removes."""
+    tmp = root / f".{key}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    yield tmp
+    folder = root / key
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+
+
+def keep_only(root: Path, keys: set[str]) -> None:
+    """Remove the entries in a cache's folder that the last build did not use (and any half-written one)."""
+    if root.exists():
+        for folder in root.iterdir():
+            if folder.name not in keys:
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def within_file(ords: int) -> int:
@@ -188,7 +198,7 @@ def run_reuse(task: ReuseTask) -> CanonicalizeDone:
     """A cached chunk back into this build: its ledger and quarantine parts linked in under this build's part
     name, its candidates and staged columns too where the file has the same place in this recipe (else they are
     rewritten with the ordinals of its new place)."""
-    parts = [_linked(task.entry / name, task.root, table, task.name, rows) for table, name, rows in task.chunk.parts]
+    parts = [linked(task.entry / name, task.root, table, task.name, rows) for table, name, rows in task.chunk.parts]
     base = ordinal(task.source_index, task.file_index)
     staged = None
     if task.chunk.candidates is not None:
@@ -197,24 +207,24 @@ def run_reuse(task: ReuseTask) -> CanonicalizeDone:
         # Staged with the file at this place in the recipe (the usual case): linked in, not written again.
         here = cached.num_rows == 0 or cached["_ord"][0].as_py() & ~_WITHIN_FILE == base
         if here:
-            candidates = _linked(task.entry / name, task.root, task.candidates_table, task.name, cached.num_rows)
+            candidates = linked(task.entry / name, task.root, task.candidates_table, task.name, cached.num_rows)
         else:
             candidates = write_arrow(task.root, task.candidates_table, task.name, _placed(cached, base))
         columns = None
         if task.chunk.columns is not None and task.columns_table is not None:
             source, table = task.entry / task.chunk.columns, task.columns_table
             if here:
-                columns = _linked(source, task.root, table, task.name, cached.num_rows)
+                columns = linked(source, task.root, table, task.name, cached.num_rows)
             else:
                 columns = write_part(task.root, table, task.name, _placed(pq.read_table(source), base))
         staged = Staged(candidates, columns, base | first, base | last)
     per_source = Counter({(s, a): n for s, a, n in task.chunk.per_source})
-    done = CanonicalizeDone(parts, staged, stage_counts(task.chunk), per_source)
+    done = CanonicalizeDone(parts, staged, reused_counts(task.chunk.stage_counts), per_source)
     done.source, done.file, done.counts, done.fresh = task.source, task.path, task.chunk.counts, False
     return done
 
 
-def _linked(source: Path, root: Path, table: str, name: str, rows: int) -> Part:
+def linked(source: Path, root: Path, table: str, name: str, rows: int) -> Part:
     """A cached file as a part of a table, under this build's part name (a hard link: nothing is copied)."""
     folder = root / table
     folder.mkdir(parents=True, exist_ok=True)
@@ -228,9 +238,7 @@ def chunk_facts(done: CanonicalizeDone) -> dict:
     staged = done.staged
     return {
         "counts": done.counts,
-        "stage_counts": [
-            {**vars(c), "dropped": dict(c.dropped), "quarantined": dict(c.quarantined)} for c in done.stage_counts
-        ],
+        "stage_counts": counts_facts(done.stage_counts),
         "per_source": [(s, a, n) for (s, a), n in done.per_source.items()],
         "first": within_file(staged.first) if staged else 0,
         "last": within_file(staged.last) if staged else 0,
@@ -243,9 +251,15 @@ def _placed(table: pa.Table, base: int) -> pa.Table:
     return table.set_column(table.schema.get_field_index("_ord"), table.schema.field("_ord"), ords)
 
 
-def stage_counts(chunk: CachedChunk) -> list[StageCount]:
+def counts_facts(counts: list[StageCount]) -> list[dict]:
+    """Stage counts as an entry records them."""
+    return [{**vars(c), "dropped": dict(c.dropped), "quarantined": dict(c.quarantined)} for c in counts]
+
+
+def reused_counts(facts: list[dict]) -> list[StageCount]:
+    """An entry's stage counts back, as counts of this build (which spent no time in the stages)."""
     counts = []
-    for c in chunk.stage_counts:
+    for c in facts:
         count = StageCount(**{k: v for k, v in c.items() if k not in ("dropped", "quarantined")})
         count.dropped, count.quarantined = Counter(c["dropped"]), Counter(c["quarantined"])
         count.seconds = 0.0  # reused: no time spent in the stage this build

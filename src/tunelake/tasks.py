@@ -186,17 +186,21 @@ class Window:
     decided: np.ndarray  # sorted ordinals of these candidates that a global step dropped or quarantined
     annotations: tuple[str, ...]
 
-    def read(self, root: Path) -> pa.Table:
-        """The window's candidates still in the build, with the annotations joined (null where none)."""
+    def notes(self) -> list[pa.Table]:
+        """Each annotation file's rows for this window's ordinals."""
+        lo, hi = self.staged[0].first, self.staged[-1].last
+        return [pq.read_table(file, filters=[("_ord", ">=", lo), ("_ord", "<=", hi)]) for file in self.annotations]
+
+    def read(self, root: Path, notes: list[pa.Table] | None = None) -> pa.Table:
+        """The window's candidates still in the build, with the annotations (`notes`, read here unless given)
+        joined (null where none)."""
         batch = pa.concat_tables(read_arrow(root / s.part.table / s.part.name) for s in self.staged)
         if len(self.decided):
             batch = batch.filter(pc.invert(pc.is_in(batch["_ord"], pa.array(self.decided))))
-        lo, hi = self.staged[0].first, self.staged[-1].last
-        for file in self.annotations:
-            notes = pq.read_table(file, filters=[("_ord", ">=", lo), ("_ord", "<=", hi)])
-            at = pc.index_in(batch["_ord"], notes["_ord"])
-            for name in notes.column_names[1:]:
-                batch = batch.append_column(notes.schema.field(name), notes[name].take(at))
+        for annotated in self.notes() if notes is None else notes:
+            at = pc.index_in(batch["_ord"], annotated["_ord"])
+            for name in annotated.column_names[1:]:
+                batch = batch.append_column(annotated.schema.field(name), annotated[name].take(at))
         return batch
 
 
@@ -248,14 +252,17 @@ class PublishTask:
 @dataclass
 class PublishDone(PassDone):
     silver: Counter = field(default_factory=Counter)  # records per source
+    key: str | None = None  # the window's publish cache key (None: not cached)
+    reused: bool = False  # linked from the publish cache, not made this build
 
 
-def run_publish(task: PublishTask) -> PublishDone:
+def run_publish(task: PublishTask, notes: list[pa.Table]) -> PublishDone:
     """Candidates still in the build, through the last segment's row-local stages -> silver/records and, split
-    by group (the prompt, unless a stage annotated a `group_id`; a `pinned_split` overrides), the gold tables."""
+    by group (the prompt, unless a stage annotated a `group_id`; a `pinned_split` overrides), the gold tables.
+    `notes` are the window's annotations (Window.notes)."""
     addresses, verdicts = task.pass_.addresses, Verdicts()
     batch, counts = run_row_stages(
-        _batch(task.window.read(task.root)), task.pass_.stages, addresses, task.run_id, verdicts
+        _batch(task.window.read(task.root, notes)), task.pass_.stages, addresses, task.run_id, verdicts
     )
     name = part_name(task.run_id, task.step, task.seq)
     quarantine, ledger = verdicts.tables()
