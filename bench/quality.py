@@ -8,8 +8,8 @@ Parquet file. Both sides read that file.
 
 Sides, each in its own process on 2 spawned workers, a task per row group of the file (CHUNK records, as a build's
 chunk), alternating run by run:
-- tunelake: every gate under `silver.quality` that exists (today: heuristics, with its defaults) run on each chunk
-  as a build runs them (RowLocalStage.process over an Arrow batch of canonical records).
+- tunelake: every gate under `silver.quality` that exists (today: pii, then heuristics, with their defaults) run
+  on each chunk as a build runs them (RowLocalStage.process over an Arrow batch of canonical records).
 - datatrove (when installed: `pip install datatrove spacy`; its English word tokenizer is spaCy's):
   GopherQualityFilter and GopherRepetitionFilter, defaults, on a Document per record whose text is what tunelake's
   gates judge (an SFT record's assistant turns, a pair's chosen side, joined by blank lines). Each filter is called
@@ -76,8 +76,10 @@ def _tunelake_chunk(task: tuple[str, int]) -> dict[str, int]:
     for name, cls in BUILTIN.items():
         if name.startswith("quality."):
             outcome = cls(section(silver, name)).process(batch)
-            for reason in outcome.drop.drop_null().to_pylist():
-                dropped[reason] = dropped.get(reason, 0) + 1
+            for what, column in (("dropped", outcome.drop), ("modified", outcome.modified)):
+                for reason in column.drop_null().to_pylist() if column is not None else []:
+                    key = reason if what == "dropped" else f"{name}: modified"
+                    dropped[key] = dropped.get(key, 0) + 1
             batch = outcome.rows
     return dropped
 
