@@ -10,17 +10,42 @@ import pyarrow as pa
 from tests.silver.test_minhash import _texts
 from tunelake.silver import lsh, minhash
 from tunelake.silver.lsh import MinHashConfig
+from tunelake.silver.ngrams import ngram_hashes
 
 
 def _relation(texts: list[str | None], config: MinHashConfig) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
     column = pa.array(texts, pa.string())
-    rows = pa.table({"_ord": np.arange(len(texts)) * 7 + 3, "text": column, **lsh.text_band_columns(column, config)})
-    con.register("rows", rows)
+    shingles = lsh.shingle_columns(column, config)[lsh.SHINGLES]
+    rows = {"_ord": np.arange(len(texts)) * 7 + 3, "text": column, lsh.SHINGLES: shingles}
+    con.register("rows", pa.table({**rows, **lsh.text_band_columns(column, config)}))
     return con
 
 
-def test_linked_components_equal_those_of_every_verified_pair(monkeypatch):
+def test_shingle_columns_band_keys_are_those_of_the_texts():
+    texts = pa.array(_texts(2))
+    config = MinHashConfig(ngram=3)
+    columns = lsh.shingle_columns(texts, config)
+    assert all(columns[b].equals(keys) for b, keys in lsh.text_band_columns(texts, config).items())
+    sets = minhash.sorted_sets(ngram_hashes(texts, 3))
+    assert columns[lsh.SHINGLES].to_pylist() == [sets.of(i).tolist() for i in range(len(sets))]
+
+
+def test_shingle_sets_read_back_any_nodes_in_the_order_asked(tmp_path, monkeypatch):
+    texts = _texts(4)
+    config = MinHashConfig(ngram=3)
+    con = _relation(texts, config)
+    nodes = (np.arange(len(texts)) * 7 + 3)[::-1]  # node i is the text len - 1 - i
+    sets = minhash.sorted_sets(ngram_hashes(pa.array(texts), 3))
+    monkeypatch.setattr(lsh, "WINDOW", 50)  # many windows, some sets longer than one
+    with lsh.ShingleSets(con, "rows", nodes, str(tmp_path)) as stored:
+        asked = np.array([5, 0, 17, 5, len(texts) - 1, 3])
+        got = stored.read(asked)
+        assert [got.of(k).tolist() for k in range(len(asked))] == [sets.of(len(texts) - 1 - i).tolist() for i in asked]
+    assert not list(tmp_path.iterdir())
+
+
+def test_linked_components_equal_those_of_every_verified_pair(monkeypatch, tmp_path):
     """Many near-identical texts (one word changed in each of 60 copies) beside unrelated ones: skipping joined
     pairs verifies far fewer, and the components are the same."""
     rng = np.random.default_rng(5)
@@ -39,7 +64,8 @@ def test_linked_components_equal_those_of_every_verified_pair(monkeypatch):
     edges, similarity = lsh.verified_edges(con, "rows", nodes, ("text",), config)
     assert (similarity >= 0.7).all() and len(edges) > 60
     monkeypatch.setattr(lsh, "BLOCK", 64)
-    assert np.array_equal(lsh.linked(con, "rows", nodes, ("text",), config), minhash.components(len(nodes), edges))
+    label = lsh.linked(con, "rows", nodes, config, str(tmp_path))
+    assert np.array_equal(label, minhash.components(len(nodes), edges))
 
 
 def test_a_pair_set_holds_what_was_added_however_it_grows():

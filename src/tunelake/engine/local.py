@@ -6,6 +6,7 @@ flight, so memory holds a few chunks however large the input is.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
 from collections import deque
@@ -18,6 +19,11 @@ import pyarrow as pa
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+try:  # glibc's: returns the free memory inside its heap to the OS; other C libraries have none
+    _MALLOC_TRIM = ctypes.CDLL(None).malloc_trim
+except (AttributeError, OSError, TypeError):
+    _MALLOC_TRIM = None
 
 
 class LocalEngine:
@@ -41,6 +47,7 @@ class LocalEngine:
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
         """fn over items, results in input order."""
+        _give_back_memory()  # what this process freed in the phase before
         if self._pool is None:
             yield from map(fn, items)
             return
@@ -71,9 +78,20 @@ def _one_thread_per_worker() -> None:
 
 
 def _run_and_release(fn: Callable[[T], R], item: T) -> R:
-    """Run a task in a worker, then hand Arrow's freed buffers back to the OS: workers live for the whole build,
-    and an allocator that keeps every task's peak would make memory grow with the number of workers' tasks."""
+    """Run a task in a worker, handing freed memory back to the OS before (what the last task's result took on its
+    way out) and after: workers live for the whole build, and one that kept every task's peak would make memory
+    grow with the number of workers' tasks."""
+    _give_back_memory()
     try:
         return fn(item)
     finally:
-        pa.default_memory_pool().release_unused()
+        _give_back_memory()
+
+
+def _give_back_memory() -> None:
+    """Hand what this process freed back to the OS: Arrow's pool keeps freed buffers for reuse, and glibc's heap
+    keeps freed blocks under its mmap threshold, which rises (up to 32 MiB) each time a large NumPy array is freed,
+    so a process would go on holding its past peaks (~100 MiB each at 1M records)."""
+    pa.default_memory_pool().release_unused()
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)

@@ -3,7 +3,11 @@
 Per chunk, where the data is: a text's shingles -> its MinHash signature -> one 64-bit key per band, staged as
 one column per band (`band_columns`). Over everything, a band at a time: rows sharing a key are candidates
 (bucketed in NumPy over that one column), and candidates are verified by exact Jaccard, a block at a time, reading
-back only the block's texts. Memory is what one band's keys and one block's texts take, however many rows.
+back only the block's texts (`verified_edges`); or, where the shingle sets themselves are staged
+(`shingle_columns`), once the bound of each pair's Jaccard from a small bitmap per set has ruled out most pairs
+below the threshold, reading the block's sets from a file of them in the step's scratch (`linked`). Memory is what
+one band's keys and one block's texts take, and a few numbers per row (48 bytes with the bitmaps), however many
+rows.
 
 Rows are numbered 0..n-1 as nodes (`nodes[i]` is node i's `_ord`); pairs and edges are pairs of node numbers,
 smaller first. In a bucket the smallest node comes first: a caller that numbers nodes by preference gets each
@@ -12,18 +16,24 @@ bucket's preferred member first, which a bucket too large for all its pairs pair
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import tempfile
+from collections.abc import Callable, Iterator
 
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
 from tunelake.silver import minhash
 from tunelake.silver.ngrams import MAX_N, Grams, mix, ngram_hashes
 from tunelake.stage import StageConfig
 
-BLOCK = 1 << 16  # candidate pairs verified at once: their texts are read back together
+BLOCK = 1 << 16  # candidate pairs verified at once: their texts (or shingle sets) are read back together
+SHINGLES = "shingles"  # the staged column of each text's shingle set (shingle_columns)
+WINDOW = 1 << 20  # shingles read from the file of shingle sets at once (8 MiB)
+ROWS = 1 << 13  # rows fetched from DuckDB at a time (its batches of 64Ki rows of shingle sets took ~150 MiB more)
 
 
 class MinHashConfig(StageConfig):
@@ -76,6 +86,13 @@ def text_band_columns(texts: pa.Array, config: MinHashConfig) -> dict[str, pa.Ar
     return band_columns(ngram_hashes(texts, config.ngram), config)
 
 
+def shingle_columns(texts: pa.Array, config: MinHashConfig) -> dict[str, pa.Array]:
+    """Each text's shingle set (`shingles`: its gram hashes, sorted, each once) and band keys, for `linked`."""
+    sets = minhash.sorted_sets(ngram_hashes(texts, config.ngram))  # a signature is the same over the set
+    offsets = pa.array(sets.offsets, pa.int64())
+    return {SHINGLES: pa.LargeListArray.from_arrays(offsets, pa.array(sets.hashes)), **band_columns(sets, config)}
+
+
 def band_names(config: MinHashConfig) -> list[str]:
     return [f"band_{b}" for b in range(config.banding()[0])]
 
@@ -83,15 +100,25 @@ def band_names(config: MinHashConfig) -> list[str]:
 def band_pairs(
     con: duckdb.DuckDBPyConnection, source: str, nodes: np.ndarray, config: MinHashConfig
 ) -> Iterator[np.ndarray]:
-    """Per band, the pairs of nodes of the relation `source` that share its key (each pair once within the band,
-    neighbours in a bucket first)."""
+    """Per band, arrays of the pairs of nodes of the relation `source` that share its key (each pair once within
+    the band, smaller node first; a large bucket's pairs with its first member before any other)."""
+    node_of = _node_of(nodes)
+    for band in band_names(config):
+        key = np.zeros(len(nodes), np.uint64)  # by node; 0: in no bucket
+        for rows in con.sql(f"select _ord, {band} from {source} where {band} != 0").to_arrow_reader(ROWS):
+            key[node_of(rows["_ord"].to_numpy())] = rows[band].to_numpy()
+        member = np.argsort(key, kind="stable")  # by key, then node
+        bucket = key[member]
+        del key  # not held while the band's pairs are made
+        keyed = int(np.searchsorted(bucket, 0, side="right"))
+        yield from minhash.bucket_pairs(bucket[keyed:], member[keyed:])
+
+
+def _node_of(nodes: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """The function from `_ord`s to node numbers."""
     by_ord = np.argsort(nodes)
     ords = nodes[by_ord]
-    for band in band_names(config):
-        rows = con.sql(f"select _ord, {band} as key from {source} where {band} != 0").fetchnumpy()
-        node = by_ord[np.searchsorted(ords, rows["_ord"])]
-        order = np.lexsort((node, rows["key"]))
-        yield minhash.unique_pairs(minhash.bucket_pairs(rows["key"][order], node[order]), len(nodes))
+    return lambda ord_: by_ord[np.searchsorted(ords, ord_)]
 
 
 def verified(
@@ -142,27 +169,96 @@ def verified_edges(
 
 
 def linked(
-    con: duckdb.DuckDBPyConnection, source: str, nodes: np.ndarray, texts: tuple[str, ...], config: MinHashConfig
+    con: duckdb.DuckDBPyConnection, source: str, nodes: np.ndarray, config: MinHashConfig, scratch: str
 ) -> np.ndarray:
-    """The connected component of each node (labelled by its smallest node) over the candidate pairs that verify.
+    """The connected component of each node (labelled by its smallest node) over the candidate pairs whose staged
+    shingle sets (shingle_columns) have a Jaccard of at least the threshold; `scratch` is a folder for a file of
+    the sets.
 
     Only connectivity is asked, so a pair whose nodes are already joined is never verified (a group of many
     near-identical texts is joined by its first pairs, whatever the number of its candidate pairs), nor is a pair
-    that failed in an earlier band."""
+    that failed in an earlier band, nor one whose bound (minhash.jaccard_bound) is below the threshold."""
     label = np.arange(len(nodes))
-    failed = PairSet(len(nodes))  # the pairs below the threshold
+    failed = PairSet(len(nodes))  # the pairs verified below the threshold
 
-    def apart(pairs: np.ndarray) -> np.ndarray:
-        pairs = pairs[label[pairs[:, 0]] != label[pairs[:, 1]]]
-        return pairs[~failed.holds(pairs)]
+    with ShingleSets(con, source, nodes, scratch) as sets:
 
-    for block in _blocks(band_pairs(con, source, nodes, config), apart):
-        block = minhash.unique_pairs(apart(block), len(nodes))  # what joined since it was gathered, once
-        if len(block):
-            close = verified(con, source, nodes, block, texts, config) >= config.threshold
+        def open_(pairs: np.ndarray) -> np.ndarray:
+            pairs = pairs[label[pairs[:, 0]] != label[pairs[:, 1]]]
+            pairs = pairs[sets.bound(pairs) >= config.threshold]
+            return pairs[~failed.holds(pairs)]
+
+        for block in _blocks(band_pairs(con, source, nodes, config), open_):
+            block = minhash.unique_pairs(open_(block), len(nodes))  # what joined since it was kept, once
+            close = sets.jaccard(block) >= config.threshold
             label = _merged(label, block[close])
             failed.add(block[~close])
     return label
+
+
+class ShingleSets:
+    """The staged shingle sets of a relation's rows, by node: the sets in a file in a scratch folder, read back a
+    block of nodes at a time, and their sizes and bitmaps (minhash.bitmaps) in memory, to bound a pair's Jaccard
+    without reading its sets. A context manager: the file is removed on leaving."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, source: str, nodes: np.ndarray, scratch: str):
+        os.makedirs(scratch, exist_ok=True)
+        fd, self.path = tempfile.mkstemp(suffix=".shingles", dir=scratch)
+        self.start = np.zeros(len(nodes), np.int64)  # where each node's set begins in the file, in hashes
+        self.counts = np.zeros(len(nodes), np.int64)
+        self.bitmaps = np.zeros((len(nodes), minhash.BITMAP_WORDS), np.uint64)
+        node_of, written = _node_of(nodes), 0
+        with os.fdopen(fd, "wb") as out:
+            for batch in con.sql(f"select _ord, {SHINGLES} from {source}").to_arrow_reader(ROWS):
+                node = node_of(batch["_ord"].to_numpy())
+                lengths = pc.list_value_length(batch[SHINGLES]).to_numpy().astype(np.int64)
+                offsets = np.zeros(len(lengths) + 1, np.int64)
+                np.cumsum(lengths, out=offsets[1:])
+                sets = Grams(offsets, pc.list_flatten(batch[SHINGLES]).to_numpy())
+                self.start[node] = written + offsets[:-1]
+                self.counts[node] = lengths
+                self.bitmaps[node] = minhash.bitmaps(sets)
+                sets.hashes.tofile(out)
+                written += len(sets.hashes)
+
+    def __enter__(self) -> ShingleSets:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.remove(self.path)
+
+    def bound(self, pairs: np.ndarray) -> np.ndarray:
+        return minhash.jaccard_bound(self.bitmaps, self.counts, pairs[:, 0], pairs[:, 1])
+
+    def jaccard(self, pairs: np.ndarray) -> np.ndarray:
+        """The exact Jaccard of each pair (reading the sets of the pairs' nodes only)."""
+        involved = np.unique(pairs)
+        sets = self.read(involved)
+        return minhash.jaccard(sets, *(np.searchsorted(involved, side) for side in (pairs[:, 0], pairs[:, 1])))
+
+    def read(self, nodes: np.ndarray) -> Grams:
+        """The sets of these nodes, in this order: the file is read in order, a window of up to WINDOW hashes at a
+        time (or one set, if longer), so that memory holds one window beside the sets."""
+        counts = self.counts[nodes]
+        offsets = np.zeros(len(nodes) + 1, np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        hashes = np.empty(offsets[-1], np.uint64)
+        order = np.argsort(self.start[nodes], kind="stable")
+        starts = self.start[nodes][order]
+        ends = starts + counts[order]
+        with open(self.path, "rb") as f:
+            lo = 0
+            while lo < len(order):
+                hi = max(lo + 1, int(np.searchsorted(starts, starts[lo] + WINDOW)))
+                first = int(starts[lo])
+                f.seek(first * 8)
+                window = np.fromfile(f, np.uint64, int(ends[hi - 1]) - first)
+                take = order[lo:hi]
+                hashes[minhash.ranges(offsets[take], counts[take])] = window[
+                    minhash.ranges(starts[lo:hi] - first, counts[take])
+                ]
+                lo = hi
+        return Grams(offsets, hashes)
 
 
 def _merged(label: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -208,8 +304,8 @@ class PairSet:
 
 
 def _blocks(bands: Iterator[np.ndarray], keep) -> Iterator[np.ndarray]:
-    """The bands' pairs that `keep` keeps, gathered into blocks of about BLOCK pairs (each band's cut to fit), so
-    that the texts of a block are read back together."""
+    """The bands' pairs that `keep` keeps, in blocks of BLOCK pairs (but the last), so that the texts of a block
+    are read back together. A block's pairs were kept before the blocks ahead of it were verified."""
     pending, size = [], 0
     for pairs in bands:
         for start in range(0, len(pairs), BLOCK):
@@ -217,7 +313,8 @@ def _blocks(bands: Iterator[np.ndarray], keep) -> Iterator[np.ndarray]:
             pending.append(part)
             size += len(part)
             if size >= BLOCK:
-                yield np.concatenate(pending)
-                pending, size = [], 0
+                gathered = np.concatenate(pending)
+                yield gathered[:BLOCK]
+                pending, size = [gathered[BLOCK:]], size - BLOCK
     if size:
         yield np.concatenate(pending)

@@ -6,12 +6,16 @@ Vectorised end to end (NumPy over whole arrays; no Python loop per record, gram,
 - a band of `rows` signature values is folded into one 64-bit bucket key, so two texts share a bucket in a band
   when their values agree on all its rows: P(candidate) = 1 - (1 - J^rows)^bands;
 - candidates are verified by exact Jaccard of their gram sets, so banding decides recall only, never precision;
+  a bitmap per set (a bit per gram hash modulo 256) bounds a pair's Jaccard from above first, so that most pairs
+  below the threshold are ruled out without their sets;
 - clusters are connected components of the verified pairs, by min-label propagation with pointer jumping.
 
 Everything here is deterministic and independent of how records are split into chunks or workers.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -20,6 +24,7 @@ from tunelake.silver.ngrams import Grams, mix
 SEED = 0x7475_6E65_6C61_6B65  # "tunelake": the permutations are part of cached outputs; never change it
 BLOCK = 1 << 14  # grams hashed at once: BLOCK x num_perm x 8 bytes of scratch (16 MiB at 128 permutations)
 EMPTY = np.uint32(0xFFFF_FFFF)  # the signature value of a text with no grams
+BITMAP_WORDS = 4  # a set's bitmap: 256 bits
 
 
 def permutations(num_perm: int) -> tuple[np.ndarray, np.ndarray]:
@@ -100,26 +105,29 @@ def band_keys(signature: np.ndarray, bands: int, rows: int) -> np.ndarray:
     return keys
 
 
-def bucket_pairs(bucket: np.ndarray, member: np.ndarray, all_pairs_up_to: int = 32) -> np.ndarray:
-    """Candidate pairs from (bucket, member) rows sorted by bucket.
+def bucket_pairs(bucket: np.ndarray, member: np.ndarray, all_pairs_up_to: int = 32) -> Iterator[np.ndarray]:
+    """Candidate pairs from (bucket, member) rows sorted by bucket, each once, in arrays of pairs; (smaller,
+    larger) where members are sorted within their bucket.
 
     A bucket of up to `all_pairs_up_to` members gives all its pairs; a larger one (many near-identical texts, or
     a value shared by chance) gives each member paired with the bucket's first, then with the next, so candidates
     stay linear in its size while its true duplicates still join one component. The pairs with a large bucket's
     first come first: a caller that skips the pairs already joined has most of the bucket joined by them."""
     n = len(bucket)
-    index = np.arange(n)
-    first = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]]) if n else np.empty(0, np.int64)
+    if not n:
+        return
+    first = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])
     sizes = np.diff(np.r_[first, n])
-    first_of = np.repeat(first, sizes)
     small = np.repeat(sizes <= all_pairs_up_to, sizes)
-    later_in_big = ~small & (index != first_of)
-    pairs = [np.stack([member[first_of[later_in_big]], member[later_in_big]], axis=1)]
-    for d in range(1, min(all_pairs_up_to, int(sizes.max(initial=1)))):
-        i = index[: n - d]
-        ok = (bucket[i] == bucket[i + d]) & (small[i] | (d == 1))
-        pairs.append(np.stack([member[i[ok]], member[i[ok] + d]], axis=1))
-    return np.concatenate(pairs).astype(np.int64, copy=False)
+    is_first = np.zeros(n, bool)
+    is_first[first] = True
+    later_in_big = ~small & ~is_first
+    yield np.stack([np.repeat(member[first], sizes)[later_in_big], member[later_in_big]], axis=1)
+    for d in range(1, min(all_pairs_up_to, int(sizes.max()))):
+        # In a large bucket, neighbours only, but for the first and the second: already paired.
+        ok = (bucket[d:] == bucket[:-d]) & (small[:-d] | ((d == 1) & ~is_first[:-d]))
+        i = np.flatnonzero(ok)
+        yield np.stack([member[i], member[i + d]], axis=1)
 
 
 def unique_pairs(pairs: np.ndarray, nodes: int) -> np.ndarray:
@@ -158,7 +166,7 @@ def _by_group_then_value(group: np.ndarray, values: np.ndarray) -> np.ndarray:
     return by_value[key % n]
 
 
-def jaccard(sets: Grams, left: np.ndarray, right: np.ndarray, block: int = 1 << 20) -> np.ndarray:
+def jaccard(sets: Grams, left: np.ndarray, right: np.ndarray, block: int = 1 << 16) -> np.ndarray:
     """Exact Jaccard of the sets of texts left[k] and right[k] (from sorted_sets), float64 per pair. Two empty
     sets are identical (1.0)."""
     counts = sets.counts
@@ -166,38 +174,73 @@ def jaccard(sets: Grams, left: np.ndarray, right: np.ndarray, block: int = 1 << 
     sizes = counts[left] + counts[right]
     start = 0
     while start < len(left):
-        # Pairs whose grams together fit the block (at least one pair).
-        stop = max(start + 1, int(np.searchsorted(np.cumsum(sizes[start:]), block, side="right")) + start)
+        # Pairs whose grams together fit the block (at least one pair, at most `block` pairs).
+        fit = int(np.searchsorted(np.cumsum(sizes[start : start + block]), block, side="right"))
+        stop = start + max(1, fit)
         out[start:stop] = _jaccard_block(sets, left[start:stop], right[start:stop])
         start = stop
     return out
 
 
+_PAIR_BITS = 20  # a block's pair number, above the high 44 bits of a gram hash in _jaccard_block's keys
+
+
 def _jaccard_block(sets: Grams, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """jaccard of up to 2^_PAIR_BITS pairs. Each side's grams are keyed by (pair, the hash's high bits), which
+    keeps them sorted, as each set is: a search of the left keys in the right ones finds each common gram without
+    a sort. Grams whose hashes share their high bits share a key, so a match is confirmed on the full hash, at
+    every right gram of an equal key."""
     counts = sets.counts
-    pair = np.arange(len(left))
-    sides = np.concatenate([left, right])
-    owner = np.concatenate([pair, pair])
-    lengths = counts[sides]
-    gather = _ranges(sets.offsets[sides], lengths)
-    hashes = sets.hashes[gather]
-    by = np.repeat(owner, lengths)
-    order = _by_group_then_value(by, hashes)
-    hashes, by = hashes[order], by[order]
-    # Within a pair each side is a set, so an equal neighbour is a gram both sides hold.
-    both = (hashes[1:] == hashes[:-1]) & (by[1:] == by[:-1])
-    inter = np.bincount(by[1:][both], minlength=len(left)).astype(np.float64)
-    union = counts[left] + counts[right] - inter
+    left_n, right_n = counts[left], counts[right]
+    left_hashes = sets.hashes[ranges(sets.offsets[left], left_n)]
+    right_hashes = sets.hashes[ranges(sets.offsets[right], right_n)]
+    pair = np.arange(len(left), dtype=np.uint64) << np.uint64(64 - _PAIR_BITS)
+    left_keys = np.repeat(pair, left_n) | (left_hashes >> np.uint64(_PAIR_BITS))
+    right_keys = np.repeat(pair, right_n) | (right_hashes >> np.uint64(_PAIR_BITS))
+    common = np.zeros(len(left_keys), bool)
+    if len(right_keys):
+        at = np.searchsorted(right_keys, left_keys)
+        starts = np.flatnonzero(np.r_[True, right_keys[1:] != right_keys[:-1]])
+        for step in range(int(np.diff(np.r_[starts, len(right_keys)]).max())):  # the longest run of equal keys
+            i = np.minimum(at + step, len(right_keys) - 1)
+            common |= (right_keys[i] == left_keys) & (right_hashes[i] == left_hashes)
+    inter = np.bincount(np.repeat(np.arange(len(left)), left_n)[common], minlength=len(left)).astype(np.float64)
+    union = left_n + right_n - inter
     return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
 
 
-def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """The concatenation of arange(s, s + n) for each (s, n)."""
     total = int(lengths.sum())
     if not total:
         return np.empty(0, np.int64)
     shift = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
     return np.arange(total, dtype=np.int64) + shift
+
+
+def bitmaps(sets: Grams) -> np.ndarray:
+    """Each set's bitmap, (sets, BITMAP_WORDS) uint64: the bit of each of its gram hashes modulo 256. Two sets'
+    bitmaps differ in at most as many bits as the sets differ in grams (a bit set in one bitmap only is set by a
+    gram of one set only), which is what jaccard_bound counts on."""
+    out = np.zeros((len(sets), BITMAP_WORDS), np.uint64)
+    has = np.flatnonzero(sets.counts)
+    if not len(has):
+        return out
+    word = (sets.hashes >> np.uint64(6)) % np.uint64(BITMAP_WORDS)
+    bit = np.uint64(1) << (sets.hashes & np.uint64(63))
+    for w in range(BITMAP_WORDS):
+        out[has, w] = np.bitwise_or.reduceat(np.where(word == w, bit, np.uint64(0)), sets.offsets[has])
+    return out
+
+
+def jaccard_bound(bitmaps: np.ndarray, counts: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """An upper bound of the Jaccard of sets left[k] and right[k] from their bitmaps and sizes, float64 per pair:
+    never below what jaccard gives (so a pair it puts below a threshold is below it), and below the threshold for
+    most pairs that are, as their differing grams mostly set differing bits."""
+    apart = np.bitwise_count(bitmaps[left] ^ bitmaps[right]).sum(axis=1, dtype=np.int64)
+    total = counts[left] + counts[right]
+    inter = (total - apart) // 2  # at most: each gram in one set only is at least one bit apart
+    return np.where(total > 0, inter / np.maximum(total - inter, 1), 1.0)
 
 
 def components(nodes: int, edges: np.ndarray) -> np.ndarray:

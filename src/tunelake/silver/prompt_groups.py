@@ -44,43 +44,42 @@ class PromptGroupsConfig(MinHashConfig):
 
 class PromptGroups(GlobalStage):
     name = "prompt_groups"
+    version = "2"  # 2: stages each prompt's shingle set instead of its text (ingest caches of 1 lack it)
     Config = PromptGroupsConfig
     reads = ("regime", "prompt_id", "messages", "prompt", "score_chosen")
     adds = (GROUP_ID, PINNED_SPLIT)
     reads_tables = (tables.FROZEN_NAME,)
 
     def columns(self, batch: pa.RecordBatch) -> dict[str, pa.Array]:
-        texts = prompt_texts(batch)
         return {
             "prompt_id": batch["prompt_id"],
-            "prompt_text": texts,
             "preference": pc.equal(batch["regime"], Regime.preference.value),
             "score": batch["score_chosen"],
-            **lsh.text_band_columns(texts, self.config),
+            **lsh.shingle_columns(prompt_texts(batch), self.config),
         }
 
     def run(self, rows: StagedRows, memory_limit: str) -> Decisions:
-        con = rows.connect(memory_limit)
         frozen = rows.read_table(tables.FROZEN_NAME, FROZEN)
-        _prompts(con, frozen, self.config)
-        groups = _groups(con, self.config)
-        pins = _pins(con, frozen, groups)
-        decisions = DECISIONS.empty_table()
-        if self.config.max_pairs_per_prompt is not None:
-            capped = _capped(con, groups, self.config.max_pairs_per_prompt)
-            detail = pc.binary_join_element_wise(capped["detail"], rows.addresses.name(capped["kept_ord"]), "")
-            decisions = drops(capped["_ord"], capped["id"], capped["reason"], detail)
-        con.register("groups", groups)
-        con.register("pins", pins)
-        notes = con.sql(
-            f"""
-            select s._ord, g.group_id as {GROUP_ID.name}, p.split as {PINNED_SPLIT.name}
-            from staged s left join groups g using (_ord)
-            left join pins p on p.grp = coalesce(g.group_id, s.prompt_id)
-            order by s._ord
-            """
-        ).to_arrow_table()
-        return Decisions(decisions, notes.cast(pa.schema([pa.field("_ord", pa.int64()), GROUP_ID, PINNED_SPLIT])))
+        outside = _frozen_prompts(frozen, self.config)
+        # A connection per phase: DuckDB keeps what a query took with its connection until it closes, so the
+        # step's memory is its largest phase's, not the sum of all.
+        with _prompts(rows, memory_limit, outside, self.config) as con:
+            nodes = con.sql("select _ord from prompts order by prompt_id, _ord").fetchnumpy()["_ord"]
+        with _prompts(rows, memory_limit, outside, self.config) as con:
+            label = lsh.linked(con, "prompts", nodes, self.config, rows.scratch)  # smallest node: smallest prompt
+        with _prompts(rows, memory_limit, outside, self.config) as con:
+            groups, prompt_ids, named_by = _groups(con, nodes, label)
+            con.register("frozen", frozen)
+            pins = _pins(con, groups)
+            decisions = DECISIONS.empty_table()
+            if self.config.max_pairs_per_prompt is not None:
+                capped = _capped(con, groups, self.config.max_pairs_per_prompt)
+                detail = pc.binary_join_element_wise(capped["detail"], rows.addresses.name(capped["kept_ord"]), "")
+                decisions = drops(capped["_ord"], capped["id"], capped["reason"], detail)
+        pin = pc.index_in(prompt_ids, pins["grp"]).fill_null(-1).to_numpy()[named_by]  # into pins; -1: none
+        notes = groups.append_column(PINNED_SPLIT, pins["split"].take(pa.array(pin, mask=pin < 0)))
+        records = int(np.searchsorted(notes["_ord"].to_numpy(), 0))  # frozen prompts come first, below zero
+        return Decisions(decisions, notes.slice(records))
 
 
 def prompt_texts(batch: pa.RecordBatch | pa.Table) -> pa.Array:
@@ -109,39 +108,55 @@ def _opening(column: pa.Array) -> pa.Array:
     return turns.text(chosen)
 
 
-def _prompts(con: duckdb.DuckDBPyConnection, frozen: pa.Table, config: PromptGroupsConfig) -> None:
-    """The view `prompts`: every record's prompt (its `_ord`, prompt_id, text and band keys), and each frozen
-    prompt's, numbered below zero."""
+def _frozen_prompts(frozen: pa.Table, config: PromptGroupsConfig) -> pa.Table:
+    """Each frozen prompt's `_ord` (below zero), prompt_id, shingle set and band keys."""
     outside = frozen.group_by("prompt_id", use_threads=False).aggregate([("prompt_text", "first")])
-    outside = outside.rename_columns(["prompt_id", "prompt_text"])
-    outside = outside.add_column(0, "_ord", pa.array(-1 - np.arange(outside.num_rows), pa.int64()))
-    for name, keys in lsh.text_band_columns(outside["prompt_text"], config).items():
-        outside = outside.append_column(name, keys)
-    con.register("frozen_prompts", outside)
-    columns = ", ".join(["_ord", "prompt_id", "prompt_text", *lsh.band_names(config)])
-    con.execute(
-        f"create temp view prompts as select {columns} from staged union all select {columns} from frozen_prompts"
+    return pa.table(
+        {
+            "_ord": pa.array(-1 - np.arange(outside.num_rows), pa.int64()),
+            "prompt_id": outside["prompt_id"],
+            **lsh.shingle_columns(outside["prompt_text_first"], config),
+        }
     )
 
 
-def _groups(con: duckdb.DuckDBPyConnection, config: PromptGroupsConfig) -> pa.Table:
-    """(`_ord`, group_id) for every record (and frozen prompt) whose prompt has near-identical others: the group is
-    the smallest prompt_id among them, so it does not depend on which records carry them."""
-    nodes = con.sql("select _ord from prompts order by prompt_id, _ord").fetchnumpy()["_ord"]
-    label = lsh.linked(con, "prompts", nodes, ("prompt_text",), config)  # the smallest node: the smallest prompt
-    grouped = np.flatnonzero(np.bincount(label, minlength=len(nodes))[label] > 1)
-    con.register("members", pa.table({"_ord": nodes[grouped], "head": nodes[label[grouped]]}))
-    groups = con.sql(
-        "select m._ord, h.prompt_id as group_id from members m join prompts h on h._ord = m.head order by m._ord"
-    ).to_arrow_table()
-    con.unregister("members")
-    return groups.cast(pa.schema([pa.field("_ord", pa.int64()), pa.field("group_id", pa.string())]))
+def _prompts(
+    rows: StagedRows, memory_limit: str, outside: pa.Table, config: PromptGroupsConfig
+) -> duckdb.DuckDBPyConnection:
+    """A connection with the view `prompts`: every record's prompt (its `_ord`, prompt_id, shingle set and band
+    keys), and each frozen prompt's (`outside`, registered as `frozen_prompts`)."""
+    con = rows.connect(memory_limit)
+    con.register("frozen_prompts", outside)
+    columns = ", ".join(["_ord", "prompt_id", lsh.SHINGLES, *lsh.band_names(config)])
+    con.execute(
+        f"create temp view prompts as select {columns} from staged union all select {columns} from frozen_prompts"
+    )
+    return con
 
 
-def _pins(con: duckdb.DuckDBPyConnection, frozen: pa.Table, groups: pa.Table) -> pa.Table:
-    """(grp, split): the split each group (or lone prompt) holding a frozen prompt is pinned to. Raises
-    BuildRefused where frozen sets pin one group to two splits."""
-    con.register("frozen", frozen)
+def _groups(
+    con: duckdb.DuckDBPyConnection, nodes: np.ndarray, label: np.ndarray
+) -> tuple[pa.Table, pa.ChunkedArray, np.ndarray]:
+    """Every prompt's (`_ord`, group_id), by `_ord` (frozen prompts first, below zero): the smallest prompt_id
+    among the prompts near-identical to it (its component's label), so it does not depend on which records carry
+    them; null where there is none. With every prompt_id as read, and for each prompt the one of them that names
+    its group, or its lone prompt (its own)."""
+    prompts = con.sql("select _ord, prompt_id from prompts").to_arrow_reader(lsh.ROWS).read_all()
+    node = np.argsort(nodes)  # of each prompt by `_ord`
+    read = np.empty_like(node)  # where each node's prompt was read
+    read[node[np.searchsorted(nodes[node], prompts["_ord"].to_numpy())]] = np.arange(len(node))
+    named_by = read[label[node]]
+    alone = np.bincount(label, minlength=len(label))[label[node]] == 1
+    group_id = prompts["prompt_id"].take(pa.array(named_by, mask=alone))
+    groups = pa.table(
+        {"_ord": nodes[node], GROUP_ID.name: group_id}, schema=pa.schema([("_ord", pa.int64()), GROUP_ID])
+    )
+    return groups, prompts["prompt_id"], named_by
+
+
+def _pins(con: duckdb.DuckDBPyConnection, groups: pa.Table) -> pa.Table:
+    """(grp, split): the split each group (or lone prompt) holding a frozen prompt (of the table `frozen`) is
+    pinned to. Raises BuildRefused where frozen sets pin one group to two splits."""
     con.register("groups", groups)
     pins = con.sql(
         """
