@@ -47,7 +47,14 @@ from tunelake.gold.tokenize.template import TemplateError
 from tunelake.ingest.adapters import FormatError, detect_format
 from tunelake.ingest.readers import FileReport, RawChunk, expand, read_chunks
 from tunelake.lake import Lake, new_run_id
-from tunelake.publish_cache import CachedPublish, PublishCache, publish_settings, run_cached_publish, window_key
+from tunelake.publish_cache import (
+    CachedPublish,
+    PublishCache,
+    part_identity,
+    publish_settings,
+    run_cached_publish,
+    window_key,
+)
 from tunelake.recipe import Recipe, RecipeError, Source
 from tunelake.runner import Segment, StageCount, count_of, global_verdicts, segments
 from tunelake.schema import (
@@ -344,7 +351,7 @@ def _ingest(run: _Run, engine: Engine, segment: Segment) -> list[Staged]:
     _keys(run, segment, run.shas)
     for part, (file, chunk) in zip(staged, origins, strict=True):
         if file in run.keys:
-            run.identities[part.part.name] = f"{run.keys[file]}:{chunk}:{part.first}"
+            run.identities[part.part.name] = part_identity(run.keys[file], chunk, part.first)
     _file_issues(run)
     for source in run.recipe.sources:
         run.will_commit(tables.bronze(source.name), BRONZE)
@@ -357,9 +364,8 @@ def _cache_keys(run: _Run, segment: Segment) -> None:
     """Each input file's sha256 and ingest cache key (see cache.py), before anything is read. A lake with no
     build before has nothing to match: its files are hashed only as they are read."""
     known = bool(run.previous) or run.cache.root.exists()
-    shas = {path: run.hashes.sha256(path, hash_now=known) for files in run.files for path in files}
-    run.shas = shas
-    _keys(run, segment, shas)
+    run.shas = {path: run.hashes.sha256(path, hash_now=known) for files in run.files for path in files}
+    _keys(run, segment, run.shas)
 
 
 def _keys(run: _Run, segment: Segment, shas: dict[str, str | None]) -> None:

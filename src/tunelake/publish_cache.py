@@ -50,6 +50,12 @@ def publish_settings(silver: pa.Schema, split: Split, stages: tuple[RowLocalStag
     return orjson.dumps(what, option=orjson.OPT_SORT_KEYS)
 
 
+def part_identity(ingest_key: str, chunk: int, first: int) -> str:
+    """What decides a part the ingest pass staged: its file's ingest cache key, the chunk's place in the file and
+    its first ordinal (which places the file in the recipe)."""
+    return f"{ingest_key}:{chunk}:{first}"
+
+
 def window_key(settings: bytes, parts: list[str | None], decided: np.ndarray) -> str | None:
     """What the parent knows of a window's key: the settings, its staged parts' identities and the ordinals
     removed from it (the worker adds its annotations); None where a part has no identity."""

@@ -98,3 +98,16 @@ def test_action_drop_drops_the_record_naming_the_type(tmp_path):
         ("chats", 3, "pii:email"),
     ]
     assert manifest["stages"]["pii"]["dropped"] == {"pii": 4}
+
+
+def test_a_dropped_record_is_named_by_the_first_type_it_holds():
+    from tunelake.schema import RECORD
+    from tunelake.silver.pii import Pii, PiiConfig
+
+    turns = [
+        {"role": "user", "content": "Call 555-123-4567 or 555-987-6543"},
+        {"role": "assistant", "content": "a@b.io"},
+    ]
+    batch = pa.Table.from_pylist([{"regime": "sft", "messages": turns}], schema=RECORD).to_batches()[0]
+    outcome = Pii(PiiConfig(action="drop")).process(batch)
+    assert outcome.drop.to_pylist() == ["pii:email"] and outcome.detail.to_pylist() == ["email 1, phone 2"]

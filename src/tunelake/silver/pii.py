@@ -35,13 +35,15 @@ PiiType = Literal["secret", "email", "credit_card", "ip", "phone"]
 TYPES: tuple[PiiType, ...] = ("secret", "email", "credit_card", "ip", "phone")  # the order they are redacted in
 PLACEHOLDER = {t: f"<{t.upper()}>" for t in TYPES}  # <SECRET>, <EMAIL>, <CREDIT_CARD>, <IP>, <PHONE>
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-PATTERNS: dict[PiiType, str] = {
-    # Well-known key formats (AWS, GitHub, OpenAI, Slack, Google, Stripe, PEM private keys, JWTs), then any long
-    # run of token characters, kept only if it looks random (see _random).
-    "secret": r"AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,}|sk-[A-Za-z0-9_-]{20,}"
+# Well-known key formats: AWS, GitHub, OpenAI, Slack, Google, Stripe, PEM private keys, JWTs.
+_KNOWN_KEYS = (
+    r"AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,}|sk-[A-Za-z0-9_-]{20,}"
     r"|xox[baprs]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35}|[rs]k_live_[0-9A-Za-z]{24,}"
     r"|-----BEGIN [A-Z ]*PRIVATE KEY-----|eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}"
-    r"|[A-Za-z0-9+/_=-]{32,}",
+)
+PATTERNS: dict[PiiType, str] = {
+    # A known key format, or any long run of token characters, kept only if it looks random (see _random).
+    "secret": _KNOWN_KEYS + r"|[A-Za-z0-9+/_=-]{32,}",
     "email": r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
     "credit_card": r"\b[0-9](?:[ -]?[0-9]){12,18}\b",
     "ip": rf"\b{_OCTET}(?:\.{_OCTET}){{3}}\b",
@@ -50,7 +52,7 @@ PATTERNS: dict[PiiType, str] = {
     "phone": r"(?:\+[0-9]{1,3}[ .-]?)?(?:\([0-9]{2,4}\)[ .-]?|\b[0-9]{3}[ .-])[0-9]{3}[ .-][0-9]{4}\b"
     r"|\+[0-9]{1,3}(?:[ .-]?[0-9]{1,4}){2,5}\b",
 }
-_KNOWN_KEY = re.compile(PATTERNS["secret"].rsplit("|", 1)[0], re.ASCII)
+_KNOWN_KEY = re.compile(_KNOWN_KEYS, re.ASCII)
 MIN_ENTROPY = 4.5  # bits per character: random base64 has ~6, English words and hex digests (<= 4) have less
 PII_COUNTS = pa.struct([(t, pa.int32()) for t in TYPES])
 
@@ -95,7 +97,7 @@ class Pii(RowLocalStage):
         counts = pa.StructArray.from_arrays([pa.array(column) for column in found.T], fields=list(PII_COUNTS))
         hit = found.sum(axis=1) > 0
         if self.config.action == "drop":
-            first = np.array([f"{Reason.pii.value}:{t}" for t in TYPES], object)[found.argmax(axis=1)]
+            first = np.array([f"{Reason.pii.value}:{t}" for t in TYPES], object)[(found > 0).argmax(axis=1)]
             return Outcome(
                 batch.append_column(self.adds[0], counts),
                 drop=pa.array(np.where(hit, first, None), pa.string()),
