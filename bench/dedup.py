@@ -390,16 +390,24 @@ def _instrument() -> None:
     band_pairs = lsh.band_pairs
 
     def count_pairs(con, source, *args):
-        for pairs in band_pairs(con, source, *args):
+        """The bands' pairs, counted, and the time spent making them (the generator's own, not its consumer's)."""
+        bands = band_pairs(con, source, *args)
+        while True:
+            started = time.perf_counter()
+            pairs = next(bands, None)
+            _TIMES[f"band_pairs[{source}]"] += time.perf_counter() - started
+            if pairs is None:
+                return
             _TIMES[f"candidate pairs[{source}] (count)"] += len(pairs)
             yield pairs
 
     lsh.verified_edges = _timer("verified_edges", keep_edges, keyed_by_source=True)
     lsh.band_pairs = count_pairs
-    lsh.verified = _timer("verify", lsh.verified, keyed_by_source=True)
+    for name, step in (("__init__", "write shingle sets"), ("bound", "bound"), ("jaccard", "verify")):
+        setattr(lsh.ShingleSets, name, _timer(step, getattr(lsh.ShingleSets, name)))
     for name in ("compared_texts", "ngram_hashes", "salted_grams", "_near_duplicates"):
         setattr(near_dedup, name, _timer(name, getattr(near_dedup, name)))
-    for name in ("signatures", "band_keys", "bucket_pairs", "unique_pairs", "sorted_sets", "jaccard"):
+    for name in ("signatures", "band_keys", "unique_pairs", "sorted_sets"):
         setattr(minhash, name, _timer(name, getattr(minhash, name)))
     minhash.components = _timer("components", minhash.components)
     minhash.greedy_keep = _timer("greedy_keep", minhash.greedy_keep)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from tests.silver.test_minhash import _texts
 from tunelake.silver import lsh, minhash
@@ -15,10 +16,8 @@ from tunelake.silver.ngrams import ngram_hashes
 
 def _relation(texts: list[str | None], config: MinHashConfig) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
-    column = pa.array(texts, pa.string())
-    shingles = lsh.shingle_columns(column, config)[lsh.SHINGLES]
-    rows = {"_ord": np.arange(len(texts)) * 7 + 3, "text": column, lsh.SHINGLES: shingles}
-    con.register("rows", pa.table({**rows, **lsh.text_band_columns(column, config)}))
+    columns = lsh.shingle_columns(pa.array(texts, pa.string()), config)
+    con.register("rows", pa.table({"_ord": np.arange(len(texts)) * 7 + 3, **columns}))
     return con
 
 
@@ -26,7 +25,8 @@ def test_shingle_columns_band_keys_are_those_of_the_texts():
     texts = pa.array(_texts(2))
     config = MinHashConfig(ngram=3)
     columns = lsh.shingle_columns(texts, config)
-    assert all(columns[b].equals(keys) for b, keys in lsh.text_band_columns(texts, config).items())
+    keys = lsh.band_columns(ngram_hashes(texts, 3), config)  # of the grams as they come, repeats and all
+    assert all(columns[b].equals(k) for b, k in keys.items())
     sets = minhash.sorted_sets(ngram_hashes(texts, 3))
     assert columns[lsh.SHINGLES].to_pylist() == [sets.of(i).tolist() for i in range(len(sets))]
 
@@ -61,11 +61,47 @@ def test_linked_components_equal_those_of_every_verified_pair(monkeypatch, tmp_p
     con = _relation(texts, config)
     nodes = np.arange(len(texts)) * 7 + 3
     assert sum(len(p) for p in lsh.band_pairs(con, "rows", nodes, config)) > 500
-    edges, similarity = lsh.verified_edges(con, "rows", nodes, ("text",), config)
+    edges, similarity = lsh.verified_edges(con, "rows", nodes, config, str(tmp_path))
     assert (similarity >= 0.7).all() and len(edges) > 60
     monkeypatch.setattr(lsh, "BLOCK", 64)
     label = lsh.linked(con, "rows", nodes, config, str(tmp_path))
     assert np.array_equal(label, minhash.components(len(nodes), edges))
+
+
+def test_verified_edges_are_the_candidates_whose_every_part_is_near_identical(monkeypatch, tmp_path):
+    """Two set columns (a record's two parts): an edge is a candidate pair with both parts' exact Jaccard (plain
+    Python sets) at least the threshold, with the smaller of the two; none is missed for the bound or the blocks,
+    and a part no row has (all empty) changes nothing."""
+    config = MinHashConfig(threshold=0.6, ngram=3)
+    first = _texts(6)
+    second = [t if i % 3 else (t or "") + " and a tail of several other words" for i, t in enumerate(first)]
+    columns = lsh.shingle_columns(pa.array(first, pa.string()), config)
+    second_sets = lsh.shingle_columns(pa.array(second, pa.string()), config)[lsh.SHINGLES]
+    empty = lsh.shingle_columns(pa.nulls(len(first), pa.string()), config)[lsh.SHINGLES]
+    nodes = np.arange(len(first)) * 5 + 1
+    con = duckdb.connect()
+    con.register("rows", pa.table({"_ord": nodes, **columns, "second": second_sets, "empty": empty}))
+    monkeypatch.setattr(lsh, "BLOCK", 32)  # many blocks, a pair met again in a later one
+    edges, similarity = lsh.verified_edges(
+        con, "rows", nodes, config, str(tmp_path), (lsh.SHINGLES, "second", "empty")
+    )
+
+    sets = [[set(v) for v in column.to_pylist()] for column in (columns[lsh.SHINGLES], second_sets)]
+
+    def exact(i: int, j: int) -> float:
+        return min(len(s[i] & s[j]) / len(s[i] | s[j]) if s[i] | s[j] else 1.0 for s in sets)
+
+    candidates = {tuple(p) for pairs in lsh.band_pairs(con, "rows", nodes, config) for p in pairs.tolist()}
+    expected = sorted((i, j) for i, j in candidates if exact(i, j) >= 0.6)
+    assert expected and len(expected) < len(candidates)  # some candidates fail on one part only
+    assert any(
+        exact(i, j) < 0.6 <= min(len(sets[0][i] & sets[0][j]) / len(sets[0][i] | sets[0][j]), 1.0)
+        for i, j in candidates
+        if sets[0][i] | sets[0][j]
+    )
+    assert edges.tolist() == [list(e) for e in expected]
+    assert similarity.tolist() == pytest.approx([exact(i, j) for i, j in expected])
+    assert not list(tmp_path.iterdir())
 
 
 def test_a_pair_set_holds_what_was_added_however_it_grows():

@@ -38,8 +38,8 @@ def find_leaks(lake: Lake, config: MinHashConfig, memory_limit: str = "512MB") -
     with tempfile.TemporaryDirectory() as spill:
         con = duckdb.connect(config={"memory_limit": memory_limit, "temp_directory": spill})
         bands = lsh.band_names(config)
-        columns = ", ".join(["prompt_id varchar", "place varchar", "split varchar", "text varchar"])
-        con.execute(f"create table places ({columns}, {', '.join(f'{b} ubigint' for b in bands)})")
+        columns = ["prompt_id varchar", "place varchar", "split varchar", "text varchar", f"{lsh.SHINGLES} ubigint[]"]
+        con.execute(f"create table places ({', '.join(columns)}, {', '.join(f'{b} ubigint' for b in bands)})")
         for batch in _places(lake, config):
             con.register("batch", batch)
             con.execute("insert into places select * from batch")
@@ -47,7 +47,7 @@ def find_leaks(lake: Lake, config: MinHashConfig, memory_limit: str = "512MB") -
         con.execute(
             f"""
             create table prompts as
-            select prompt_id, any_value(text) as text, {", ".join(f"any_value({b}) as {b}" for b in bands)},
+            select prompt_id, {", ".join(f"any_value({c}) as {c}" for c in ["text", lsh.SHINGLES, *bands])},
                    list_sort(list(distinct place || ' (' || split || ')')) as places,
                    count(distinct split) as splits, row_number() over (order by prompt_id) - 1 as _ord
             from places group by prompt_id
@@ -57,7 +57,7 @@ def find_leaks(lake: Lake, config: MinHashConfig, memory_limit: str = "512MB") -
         exact = con.sql("select prompt_id, places, text from prompts where splits > 1 order by prompt_id").fetchall()
         leaks = [Leak("exact", 1.0, (p, p), places, _short(text)) for p, places, text in exact]
         nodes = np.arange(prompts)
-        edges, similarity = lsh.verified_edges(con, "prompts", nodes, ("text",), config)
+        edges, similarity = lsh.verified_edges(con, "prompts", nodes, config, spill)
         con.register("edges", pa.table({"a": nodes[edges[:, 0]], "b": nodes[edges[:, 1]], "jaccard": similarity}))
         near = con.sql(
             """
@@ -87,15 +87,15 @@ def _places(lake: Lake, config: MinHashConfig):
 
 
 def _batch(prompt_ids, place, split, texts, config: MinHashConfig) -> pa.Table:
-    """Rows of `places`: prompt_id, place (a gold table, or `frozen:<name>`), split, text and band keys; `place`
-    and `split` are arrays or one value for all."""
+    """Rows of `places`: prompt_id, place (a gold table, or `frozen:<name>`), split, text, shingle set and band
+    keys; `place` and `split` are arrays or one value for all."""
     texts = texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts
     n = len(texts)
     place, split = (
         v if isinstance(v, pa.Array | pa.ChunkedArray) else pa.array([v] * n, pa.string()) for v in (place, split)
     )
     columns = {"prompt_id": prompt_ids, "place": place, "split": split, "text": texts}
-    return pa.table({**columns, **lsh.text_band_columns(texts, config)})
+    return pa.table({**columns, **lsh.shingle_columns(texts, config)})
 
 
 def _short(text: str, limit: int = 80) -> str:

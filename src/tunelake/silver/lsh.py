@@ -1,13 +1,13 @@
 """MinHash LSH over staged columns: what near-duplicate records, prompt groups and the leakage check share.
 
-Per chunk, where the data is: a text's shingles -> its MinHash signature -> one 64-bit key per band, staged as
-one column per band (`band_columns`). Over everything, a band at a time: rows sharing a key are candidates
-(bucketed in NumPy over that one column), and candidates are verified by exact Jaccard, a block at a time, reading
-back only the block's texts (`verified_edges`); or, where the shingle sets themselves are staged
-(`shingle_columns`), once the bound of each pair's Jaccard from a small bitmap per set has ruled out most pairs
-below the threshold, reading the block's sets from a file of them in the step's scratch (`linked`). Memory is what
-one band's keys and one block's texts take, and a few numbers per row (48 bytes with the bitmaps), however many
-rows.
+Per chunk, where the data is: a text's shingles -> its sorted shingle set (staged as a list column) and MinHash
+signature -> one 64-bit key per band, staged as one column per band (`shingle_columns`, `band_columns`). Over
+everything, a band at a time: rows sharing a key are candidates (bucketed in NumPy over that one column); a
+candidate's Jaccard is first bounded from a small bitmap per set, which rules out most pairs below the threshold,
+and the rest are verified exactly, a block at a time, reading the block's sets from a file of them in the step's
+scratch (`ShingleSets`). `verified_edges` gives every verified pair (what a keep policy needs), `linked` only the
+components (it skips pairs already joined). Memory is what one band's keys and one block's sets take, and a few
+numbers per row (48 bytes per set column), however many rows.
 
 Rows are numbered 0..n-1 as nodes (`nodes[i]` is node i's `_ord`); pairs and edges are pairs of node numbers,
 smaller first. In a bucket the smallest node comes first: a caller that numbers nodes by preference gets each
@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 
 import duckdb
 import numpy as np
@@ -30,7 +31,7 @@ from tunelake.silver import minhash
 from tunelake.silver.ngrams import MAX_N, Grams, mix, ngram_hashes
 from tunelake.stage import StageConfig
 
-BLOCK = 1 << 16  # candidate pairs verified at once: their texts (or shingle sets) are read back together
+BLOCK = 1 << 16  # candidate pairs verified at once: their shingle sets are read back together
 SHINGLES = "shingles"  # the staged column of each text's shingle set (shingle_columns)
 WINDOW = 1 << 20  # shingles read from the file of shingle sets at once (8 MiB)
 ROWS = 1 << 13  # rows fetched from DuckDB at a time (its batches of 64Ki rows of shingle sets took ~150 MiB more)
@@ -82,15 +83,15 @@ def band_columns(grams: Grams, config: MinHashConfig, salt: np.ndarray | None = 
     return {f"band_{b}": pa.array(keys[:, b]) for b in range(bands)}
 
 
-def text_band_columns(texts: pa.Array, config: MinHashConfig) -> dict[str, pa.Array]:
-    return band_columns(ngram_hashes(texts, config.ngram), config)
-
-
 def shingle_columns(texts: pa.Array, config: MinHashConfig) -> dict[str, pa.Array]:
-    """Each text's shingle set (`shingles`: its gram hashes, sorted, each once) and band keys, for `linked`."""
+    """Each text's shingle set (`shingles`) and band keys, for `verified_edges` and `linked`."""
     sets = minhash.sorted_sets(ngram_hashes(texts, config.ngram))  # a signature is the same over the set
-    offsets = pa.array(sets.offsets, pa.int64())
-    return {SHINGLES: pa.LargeListArray.from_arrays(offsets, pa.array(sets.hashes)), **band_columns(sets, config)}
+    return {SHINGLES: set_column(sets), **band_columns(sets, config)}
+
+
+def set_column(sets: Grams) -> pa.LargeListArray:
+    """Sorted shingle sets (minhash.sorted_sets) as a list column, for ShingleSets to read back."""
+    return pa.LargeListArray.from_arrays(pa.array(sets.offsets, pa.int64()), pa.array(sets.hashes))
 
 
 def band_names(config: MinHashConfig) -> list[str]:
@@ -121,48 +122,36 @@ def _node_of(nodes: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     return lambda ord_: by_ord[np.searchsorted(ords, ord_)]
 
 
-def verified(
+def verified_edges(
     con: duckdb.DuckDBPyConnection,
     source: str,
     nodes: np.ndarray,
-    pairs: np.ndarray,
-    texts: tuple[str, ...],
     config: MinHashConfig,
-) -> np.ndarray:
-    """The smallest Jaccard over the text columns of each pair (reading the texts of the pairs' nodes only)."""
-    involved = np.unique(pairs)
-    by_ord = np.argsort(nodes[involved])
-    con.register("_involved", pa.table({"_ord": nodes[involved][by_ord]}))
-    read = con.sql(f"select {', '.join(texts)} from {source} semi join _involved using (_ord) order by _ord")
-    columns = read.to_arrow_table()
-    con.unregister("_involved")
-    row_of = np.empty(len(involved), np.int64)  # where each involved node's texts are in `columns`
-    row_of[by_ord] = np.arange(len(involved))
-    left, right = (row_of[np.searchsorted(involved, side)] for side in (pairs[:, 0], pairs[:, 1]))
-    similarity = np.ones(len(pairs))
-    for text in texts:
-        sets = minhash.sorted_sets(ngram_hashes(columns[text], config.ngram))
-        similarity = np.minimum(similarity, minhash.jaccard(sets, left, right))
-    return similarity
-
-
-def verified_edges(
-    con: duckdb.DuckDBPyConnection, source: str, nodes: np.ndarray, texts: tuple[str, ...], config: MinHashConfig
+    scratch: str,
+    parts: tuple[str, ...] = (SHINGLES,),
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Every candidate pair whose every text column has a Jaccard of at least the threshold (edges, sorted), and
-    the smallest of its Jaccards. A pair a later band finds again is not verified again."""
+    """Every candidate pair whose staged shingle sets (`parts`: columns of set_column) each have a Jaccard of at
+    least the threshold (edges, sorted), and the smallest of its Jaccards; `scratch` is a folder for files of the
+    sets. A pair a later band finds again is not verified again, nor is one whose bound is below the threshold."""
     edges, similarity, seen = [np.empty((0, 2), np.int64)], [np.empty(0)], PairSet(len(nodes))
+    with ExitStack() as stack:
+        stored = [stack.enter_context(ShingleSets(con, source, nodes, scratch, part)) for part in parts]
+        stored = [s for s in stored if s.counts.any()]  # a part no row has: every pair's sets are equal (empty)
 
-    def unseen(pairs: np.ndarray) -> np.ndarray:
-        return pairs[~seen.holds(pairs)]
+        def open_(pairs: np.ndarray) -> np.ndarray:
+            pairs = pairs[~seen.holds(pairs)]
+            for sets in stored:
+                pairs = pairs[sets.bound(pairs) >= config.threshold]
+            return pairs
 
-    for block in _blocks(band_pairs(con, source, nodes, config), unseen):
-        block = unseen(block)  # a pair may come twice in one block, from two bands
-        block = minhash.unique_pairs(block, len(nodes))
-        seen.add(block)
-        found = verified(con, source, nodes, block, texts, config)
-        edges.append(block[found >= config.threshold])
-        similarity.append(found[found >= config.threshold])
+        for block in _blocks(band_pairs(con, source, nodes, config), open_):
+            block = minhash.unique_pairs(open_(block), len(nodes))  # a pair may come twice in one block
+            seen.add(block)
+            found = np.ones(len(block))
+            for sets in stored:
+                found = np.minimum(found, sets.jaccard(block))
+            edges.append(block[found >= config.threshold])
+            similarity.append(found[found >= config.threshold])
     edges, similarity = np.concatenate(edges), np.concatenate(similarity)
     order = np.lexsort((edges[:, 1], edges[:, 0]))
     return edges[order], similarity[order]
@@ -197,11 +186,13 @@ def linked(
 
 
 class ShingleSets:
-    """The staged shingle sets of a relation's rows, by node: the sets in a file in a scratch folder, read back a
-    block of nodes at a time, and their sizes and bitmaps (minhash.bitmaps) in memory, to bound a pair's Jaccard
-    without reading its sets. A context manager: the file is removed on leaving."""
+    """The staged shingle sets (the list column `column`) of a relation's rows, by node: the sets in a file in a
+    scratch folder, read back a block of nodes at a time, and their sizes and bitmaps (minhash.bitmaps) in memory,
+    to bound a pair's Jaccard without reading its sets. A context manager: the file is removed on leaving."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, source: str, nodes: np.ndarray, scratch: str):
+    def __init__(
+        self, con: duckdb.DuckDBPyConnection, source: str, nodes: np.ndarray, scratch: str, column: str = SHINGLES
+    ):
         os.makedirs(scratch, exist_ok=True)
         fd, self.path = tempfile.mkstemp(suffix=".shingles", dir=scratch)
         self.start = np.zeros(len(nodes), np.int64)  # where each node's set begins in the file, in hashes
@@ -209,12 +200,12 @@ class ShingleSets:
         self.bitmaps = np.zeros((len(nodes), minhash.BITMAP_WORDS), np.uint64)
         node_of, written = _node_of(nodes), 0
         with os.fdopen(fd, "wb") as out:
-            for batch in con.sql(f"select _ord, {SHINGLES} from {source}").to_arrow_reader(ROWS):
+            for batch in con.sql(f"select _ord, {column} from {source}").to_arrow_reader(ROWS):
                 node = node_of(batch["_ord"].to_numpy())
-                lengths = pc.list_value_length(batch[SHINGLES]).to_numpy().astype(np.int64)
+                lengths = pc.list_value_length(batch[column]).to_numpy().astype(np.int64)
                 offsets = np.zeros(len(lengths) + 1, np.int64)
                 np.cumsum(lengths, out=offsets[1:])
-                sets = Grams(offsets, pc.list_flatten(batch[SHINGLES]).to_numpy())
+                sets = Grams(offsets, pc.list_flatten(batch[column]).to_numpy())
                 self.start[node] = written + offsets[:-1]
                 self.counts[node] = lengths
                 self.bitmaps[node] = minhash.bitmaps(sets)

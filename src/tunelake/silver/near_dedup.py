@@ -7,9 +7,9 @@ corpus). A dropped record names the kept one (`near_duplicate_of:<id>`) and thei
 least the threshold: a record is dropped only for a verified neighbour that is kept. Every record keeps its
 cluster's kept id as `cluster_id`.
 
-Work per chunk (columns, in the workers): the compared texts and their band keys. Work over everything (run):
-candidate pairs from shared buckets, exact Jaccard of the candidates' shingle sets, connected components and the
-keep policy in NumPy (see silver/lsh.py and silver/minhash.py).
+Work per chunk (columns, in the workers): the shingle sets of the compared texts and their band keys. Work over
+everything (run): candidate pairs from shared buckets, exact Jaccard of the candidates' staged shingle sets,
+connected components and the keep policy in NumPy (see silver/lsh.py and silver/minhash.py).
 
 Which record of a cluster is kept: the highest `score_chosen` (preference) where there is one, then the
 earliest source in the recipe, then the smallest id; whatever the number of workers or chunks.
@@ -34,8 +34,9 @@ from tunelake.silver.turns import Turns
 from tunelake.stage import Decisions, GlobalStage, StagedRows, drops
 
 CLUSTER_ID = pa.field("cluster_id", pa.string())
-# The texts a record is compared on, in order: a preference pair's three parts, else one.
+# The texts a record is compared on, in order: a preference pair's three parts, else one; and their staged sets.
 PARTS = ("text", "text_chosen", "text_rejected")
+SETS = tuple(f"shingles_{part}" for part in PARTS)
 # The salts of a preference pair's chosen and rejected shingles (the first part's are used as they are).
 _SALT = mix(np.arange(1, len(PARTS), dtype=np.uint64) * np.uint64(0x632BE59BD9B4E019))
 _REGIMES = pa.array([r.value for r in Regime])
@@ -55,22 +56,28 @@ class NearDedupConfig(MinHashConfig):
 
 class NearDedup(GlobalStage):
     name = "near_dedup"
+    version = "2"  # 2: stages the compared texts' shingle sets instead of the texts (ingest caches of 1 lack them)
     Config = NearDedupConfig
     reads = ("regime", "messages", "prompt", "chosen", "rejected", "score_chosen")
     adds = (CLUSTER_ID,)
 
     def columns(self, batch: pa.RecordBatch) -> dict[str, pa.Array]:
-        """The compared texts and the band keys of their shingles (each part's salted apart)."""
+        """The shingle sets of the compared texts, and the band keys of all their shingles (each part's salted
+        apart)."""
         texts = compared_texts(batch)
-        grams = salted_grams([texts[p] for p in PARTS], self.config.ngram)
+        sets = [minhash.sorted_sets(ngram_hashes(texts[part], self.config.ngram)) for part in PARTS]
         salt = None
         if self.config.scope == "regime":  # each regime's keys salted apart: two regimes never share a bucket
             salt = _REGIME_SALT[pc.index_in(batch["regime"], _REGIMES).to_numpy()]
-        return {"score": batch["score_chosen"], **texts, **lsh.band_columns(grams, self.config, salt)}
+        return {
+            "score": batch["score_chosen"],
+            **{column: lsh.set_column(part) for column, part in zip(SETS, sets, strict=True)},
+            **lsh.band_columns(salted_grams(sets), self.config, salt),
+        }
 
     def run(self, rows: StagedRows, memory_limit: str) -> Decisions:
         con = rows.connect(memory_limit)
-        dropped, clusters = _near_duplicates(con, self.config)
+        dropped, clusters = _near_duplicates(con, self.config, rows.scratch)
         detail = pc.binary_join_element_wise(dropped["detail"], rows.addresses.name(dropped["kept_ord"]), "")
         decisions = drops(dropped["_ord"], dropped["id"], dropped["reason"], detail)
         con.register("clusters", clusters)
@@ -98,10 +105,9 @@ def compared_texts(batch: pa.RecordBatch) -> dict[str, pa.Array]:
     }
 
 
-def salted_grams(parts: list[pa.Array], n: int) -> Grams:
-    """Per record, the shingles of all its parts together: a conversation's or prompt's as they are, a preference
-    pair's responses salted apart (so a prompt's words never count as a response's)."""
-    grams = [ngram_hashes(part, n) for part in parts]
+def salted_grams(grams: list[Grams]) -> Grams:
+    """Per record, the shingles of all its parts (PARTS) together: a conversation's or prompt's as they are, a
+    preference pair's responses salted apart (so a prompt's words never count as a response's)."""
     if not any(len(g.hashes) for g in grams[1:]):  # no preference pair in the batch
         return grams[0]
     with np.errstate(over="ignore"):
@@ -118,12 +124,14 @@ def salted_grams(parts: list[pa.Array], n: int) -> Grams:
     return Grams(offsets, out)
 
 
-def _near_duplicates(con: duckdb.DuckDBPyConnection, config: NearDedupConfig) -> tuple[pa.Table, pa.Table]:
+def _near_duplicates(
+    con: duckdb.DuckDBPyConnection, config: NearDedupConfig, scratch: str
+) -> tuple[pa.Table, pa.Table]:
     """The records dropped (`_ord`, id, reason, detail, kept_ord) and each clustered record's cluster
     (`_ord`, cluster_id: the id of its cluster's kept record)."""
     # Nodes numbered by the keep policy, so a bucket's first member and greedy_keep's preferred node agree.
     records = con.sql(f"select _ord from staged order by {KEEP_ORDER}").fetchnumpy()["_ord"]
-    edges, similarity = lsh.verified_edges(con, "staged", records, PARTS, config)
+    edges, similarity = lsh.verified_edges(con, "staged", records, config, scratch, SETS)
     involved = np.unique(edges)  # from here on, ranks among the records on some edge (still in policy order)
     nodes, ranked = records[involved], np.searchsorted(involved, edges)
     by_ord = np.argsort(nodes)
