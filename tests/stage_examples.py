@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from tunelake.stage import DECISIONS, GROUP_ID, Decisions, GlobalStage, Outcome, RowLocalStage, StageConfig, StagedRows
+from tunelake.stage import (
+    DECISIONS,
+    GROUP_ID,
+    Decisions,
+    GlobalStage,
+    Outcome,
+    RowLocalStage,
+    StageConfig,
+    StagedRows,
+    Tally,
+)
 
 
 class CountChars(RowLocalStage):
@@ -39,14 +51,17 @@ class QuarantineShortAnswers(RowLocalStage):
     def process(self, batch: pa.RecordBatch) -> Outcome:
         short = pc.fill_null(pc.less(pc.utf8_length(batch["answer"]), self.config.min_chars), False)
         reason = pc.if_else(short, pa.scalar("short_answer", pa.string()), pa.scalar(None, pa.string()))
-        return Outcome(batch, quarantine=reason, field=pc.if_else(short, "answer", pa.scalar(None, pa.string())))
+        answered = pc.value_counts(batch.filter(pc.is_valid(batch["answer"]))["source"]).to_pylist()
+        tally = Counter({("answers", item["values"]): item["counts"] for item in answered})
+        return Outcome(
+            batch, quarantine=reason, field=pc.if_else(short, "answer", pa.scalar(None, pa.string())), tally=tally
+        )
 
-    def report(self, ledger: pa.Table) -> dict:
-        """Quarantined rows per source, from the stage's own ledger rows."""
-        return {
-            item["values"]: item["counts"]
-            for item in pc.value_counts(ledger.filter(pc.equal(ledger["action"], "quarantine"))["source"]).to_pylist()
-        }
+    def report(self, ledger: pa.Table, tally: Tally) -> dict:
+        """Per source, the rows quarantined (from the stage's own ledger rows) of the answers seen (its tally)."""
+        quarantined = pc.value_counts(ledger.filter(pc.equal(ledger["action"], "quarantine"))["source"]).to_pylist()
+        counts = {item["values"]: item["counts"] for item in quarantined}
+        return {source: {"quarantined": counts.get(source, 0), "answers": n} for (_, source), n in tally.items()}
 
 
 class OneGroupPerSource(GlobalStage):

@@ -42,6 +42,8 @@ def _assert_same_lake(built: Lake, clean: Lake) -> None:
     for table in ("silver/records", "silver/quarantine"):
         assert built.read(table).equals(clean.read(table)), table
     assert built.read("ledger", LEDGER).equals(clean.read("ledger", LEDGER))
+    # Stage reports too: a reused file's tallies come from its cache entry.
+    assert built.manifests()[-1]["reports"] == clean.manifests()[-1]["reports"]
     for export in sorted((clean.root / "exports").rglob("*.*")):
         assert (
             export.read_bytes() == (built.root / "exports" / export.relative_to(clean.root / "exports")).read_bytes()

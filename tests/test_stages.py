@@ -106,8 +106,25 @@ def test_row_local_stages_add_columns_rewrite_fields_and_quarantine(tmp_path, ex
         == len(quarantined)
         == manifest["stages"]["quarantine_short_answers"]["quarantined"]["short_answer"]
     )
-    # The stage's own report, made from its ledger rows, is in the manifest; stages without one add nothing.
-    assert manifest["reports"] == {"quarantine_short_answers": dict(Counter(s for s, *_ in quarantined))}
+    # The stage's own report, made from its ledger rows and its tally over every chunk, is in the manifest;
+    # stages without one add nothing.
+    # Every record with an answer reached the stage, and ended in silver, its quarantine or exact_dedup's drops.
+    answers = Counter(r["source"] for r in silver if r["answer"] is not None)
+    answers.update(s for s, *_ in quarantined)
+    answers.update(
+        s
+        for (s,) in lake.query(
+            "select l.source from l join s using (id) where l.stage = 'exact_dedup' and s.answer is not null",
+            l="ledger",
+            s="silver/records",
+        )
+    )
+    quarantined_by_source = Counter(s for s, *_ in quarantined)
+    assert manifest["reports"] == {
+        "quarantine_short_answers": {
+            source: {"quarantined": quarantined_by_source[source], "answers": n} for source, n in answers.items()
+        }
+    }
 
 
 def test_a_global_stage_annotates_groups_that_the_splits_follow(tmp_path, example_sources):

@@ -719,13 +719,15 @@ def _pack(run: _Run, engine: Engine, plan: TokenizePlan, step: int) -> dict:
 
 
 def _stage_reports(run: _Run, chain: list) -> None:
-    """Each reporting stage's summary of its own ledger rows in this build (reused files' rows included)."""
+    """Each reporting stage's summary of its own ledger rows and tally in this build (reused files' included)."""
     reporting = [stage for stage in chain if type(stage).report is not Stage.report]
     if not reporting:
         return
     ledger = ds.dataset(run.staged_files(tables.LEDGER_NAME), schema=LEDGER, format="parquet")
     for stage in reporting:
-        report = stage.report(ledger.to_table(filter=pc.field("stage") == stage.name))
+        count = run.stage_counts.get(stage.name)
+        tally = count.tally if count is not None else Counter()
+        report = stage.report(ledger.to_table(filter=pc.field("stage") == stage.name), tally)
         if report is not None:
             run.stage_reports[stage.name] = report
 

@@ -37,6 +37,7 @@ from tunelake.silver.canonicalize import STAGE_VERSION
 from tunelake.tasks import CanonicalizeDone, Staged
 
 CACHE = "_cache/ingest"
+ENTRY_FORMAT = 2  # what an entry records (chunk_facts); bump when it changes, so older entries are not read. 2: tally
 HASHES = "_cache/hashes.json"
 _WITHIN_FILE = (1 << (ROW_BITS + SUB_BITS)) - 1  # the row and sub bits of an ordinal
 
@@ -49,6 +50,7 @@ def file_sha256(path: str) -> str:
 def entry_key(sha256: str, path: str, settings: dict) -> str:
     """The key of a file's entry; settings holds everything else that decides the pass's output."""
     what = {"sha256": sha256, "path": path, "tunelake": __version__, "ingest": STAGE_VERSION, **settings}
+    what["format"] = ENTRY_FORMAT
     return hashlib.sha256(orjson.dumps(what, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
 
 
@@ -252,16 +254,20 @@ def _placed(table: pa.Table, base: int) -> pa.Table:
 
 
 def counts_facts(counts: list[StageCount]) -> list[dict]:
-    """Stage counts as an entry records them."""
-    return [{**vars(c), "dropped": dict(c.dropped), "quarantined": dict(c.quarantined)} for c in counts]
+    """Stage counts as an entry records them (a tally's keys as lists: JSON has no tuples)."""
+    return [
+        {**vars(c), "dropped": dict(c.dropped), "quarantined": dict(c.quarantined), "tally": list(c.tally.items())}
+        for c in counts
+    ]
 
 
 def reused_counts(facts: list[dict]) -> list[StageCount]:
     """An entry's stage counts back, as counts of this build (which spent no time in the stages)."""
     counts = []
     for c in facts:
-        count = StageCount(**{k: v for k, v in c.items() if k not in ("dropped", "quarantined")})
+        count = StageCount(**{k: v for k, v in c.items() if k not in ("dropped", "quarantined", "tally")})
         count.dropped, count.quarantined = Counter(c["dropped"]), Counter(c["quarantined"])
+        count.tally = Counter({tuple(key): n for key, n in c["tally"]})
         count.seconds = 0.0  # reused: no time spent in the stage this build
         counts.append(count)
     return counts

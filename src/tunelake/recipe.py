@@ -89,8 +89,8 @@ class _SilverLimits(_Strict):
     )
 
 
-def _stage_section(name: str, cls: type[Stage]) -> tuple[type, Any]:
-    on = name in ON_BY_DEFAULT
+def _stage_section(path: str, cls: type[Stage]) -> tuple[type, Any]:
+    on = path in ON_BY_DEFAULT
     return (
         cls.Config | None,
         Field(
@@ -107,22 +107,24 @@ _GROUPS = {
 }
 
 
-def _group(group: str) -> tuple[type, Any]:
-    members = {name.split(".", 1)[1]: cls for name, cls in BUILTIN.items() if name.startswith(f"{group}.")}
-    model = create_model(
-        group.title(), __base__=_Strict, **{name: _stage_section(name, cls) for name, cls in members.items()}
-    )
-    return model, Field(default_factory=model, description=_GROUPS[group])
+def _sections(heading: str) -> dict[str, tuple[type, Any]]:
+    """The fields of a recipe heading (`silver`, `gold`) for the built-in stages under it (stages.BUILTIN, named
+    by their section's path): a section per stage, and one per group of stages (`silver.quality.*`)."""
+    under = {path[len(heading) + 1 :]: (path, cls) for path, cls in BUILTIN.items() if path.startswith(f"{heading}.")}
+    fields = {name: _stage_section(path, cls) for name, (path, cls) in under.items() if "." not in name}
+    for group in sorted({name.split(".")[0] for name in under if "." in name}):
+        members = {
+            name.split(".", 1)[1]: _stage_section(path, cls)
+            for name, (path, cls) in under.items()
+            if name.startswith(f"{group}.")
+        }
+        model = create_model(group.title(), __base__=_Strict, **members)
+        fields[group] = (model, Field(default_factory=model, description=_GROUPS[group]))
+    return fields
 
 
-# `silver:` holds the validation limits and one section per built-in stage (stages.BUILTIN), named as the stage
-# (or, for a dotted name, under its group's heading); null turns a stage off.
-Silver = create_model(
-    "Silver",
-    __base__=_SilverLimits,
-    **{name: _stage_section(name, cls) for name, cls in BUILTIN.items() if "." not in name},
-    **{group: _group(group) for group in sorted({name.split(".")[0] for name in BUILTIN if "." in name})},
-)
+# `silver:` holds the validation limits and the sections of the built-in stages under it; null turns one off.
+Silver = create_model("Silver", __base__=_SilverLimits, **_sections("silver"))
 
 
 class Split(_Strict):
@@ -164,7 +166,7 @@ class Tokenize(_Strict):
     pack: Pack = Field(default_factory=Pack, description="Packing of SFT examples.")
 
 
-class Gold(_Strict):
+class _GoldSettings(_Strict):
     split: Split = Field(default_factory=Split, description="Split by a hash of the prompt, never by row.")
     export: list[Literal["jsonl", "parquet"]] = Field(
         default_factory=lambda: ["jsonl", "parquet"], description="Trainer-ready exports written under <lake>/exports."
@@ -172,6 +174,10 @@ class Gold(_Strict):
     tokenize: Tokenize | None = Field(
         None, description="Tokenize gold with a chat template into gold/tokenized/<fingerprint>/<regime>/<split>."
     )
+
+
+# `gold:` holds the splits, exports and tokenization, and the sections of the built-in stages under it.
+Gold = create_model("Gold", __base__=_GoldSettings, **_sections("gold"))
 
 
 class Engine(_Strict):
@@ -225,7 +231,7 @@ class Recipe(_Strict):
 
     def stage_chain(self) -> list[Stage]:
         """The stages this recipe runs, in order: its own `stages:`, then the built-in ones `silver:` turns on."""
-        return [user_stage(spec) for spec in self.stages] + builtin_stages(self.silver)
+        return [user_stage(spec) for spec in self.stages] + builtin_stages(self)
 
     @field_validator("sources")
     @classmethod
@@ -274,12 +280,12 @@ def load_recipe(path: str | Path) -> tuple[Recipe, str]:
     for source in recipe.sources:
         source.path = str(base / source.path)
     for name in BUILTIN:
-        config = section(recipe.silver, name)
+        config = section(recipe, name)
         try:
             if config is not None:
                 config.resolve(base)
         except ValueError as e:
-            raise RecipeError(f"{path}: silver.{name}: {e}") from None
+            raise RecipeError(f"{path}: {name}: {e}") from None
     return recipe, hashlib.sha256(raw).hexdigest()
 
 

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from tunelake.address import Addresses
 from tunelake.schema import LEDGER, QUARANTINE, quarantine_ledger, table_of
-from tunelake.stage import ACTIONS, DECISIONS, Decisions, GlobalStage, Outcome, RowLocalStage, Stage
+from tunelake.stage import ACTIONS, DECISIONS, Decisions, GlobalStage, Outcome, RowLocalStage, Stage, Tally
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,7 @@ class StageCount:
     dropped: Counter = field(default_factory=Counter)  # by reason code
     quarantined: Counter = field(default_factory=Counter)  # by reason code
     seconds: float = 0.0
+    tally: Tally = field(default_factory=Counter)  # the stage's own figures (Outcome.tally, Decisions.tally)
 
     def add(self, other: StageCount) -> None:
         self.records_in += other.records_in
@@ -68,6 +69,7 @@ class StageCount:
         self.dropped.update(other.dropped)
         self.quarantined.update(other.quarantined)
         self.seconds += other.seconds
+        self.tally.update(other.tally)
 
     def reconciles(self) -> bool:
         return self.records_in == self.kept + sum(self.dropped.values()) + sum(self.quarantined.values())
@@ -130,6 +132,7 @@ def run_row_stages(
         _check(stage, batch, outcome)
         batch = _apply(stage, outcome, addresses, run_id, verdicts, count, raw)
         count.kept = batch.num_rows
+        count.tally.update(outcome.tally)
         count.seconds = time.perf_counter() - started
         counts.append(count)
     return batch, counts
@@ -275,4 +278,5 @@ def global_verdicts(
             verdicts.ledger.append(quarantine_ledger(q, stage.name, run_id))
         _tally(counter, verdicts.per_source, key, rows["reason"], sources)
     count.kept = count.records_in - table.num_rows
+    count.tally.update(decided.tally)
     return verdicts

@@ -17,9 +17,11 @@ address packed in an int64 (silver/canonicalize.ordinal), plus the columns earli
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 from abc import ABC, abstractmethod
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -102,10 +104,16 @@ class Stage:
     def fingerprint(self) -> str:
         return hashlib.sha256(orjson.dumps(self.describe(), option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
-    def report(self, ledger: pa.Table) -> dict | None:
+    def report(self, ledger: pa.Table, tally: Tally) -> dict | None:
         """What this stage adds to the manifest's `reports` (e.g. an eval x source matrix), from the build's ledger
-        rows of this stage (schema.LEDGER); None adds nothing. The counts per reason are kept by the runner."""
+        rows of this stage (schema.LEDGER) and the figures it tallied (Outcome.tally, Decisions.tally) over the
+        whole build; None adds nothing. The counts per reason are kept by the runner."""
         return None
+
+
+# Figures a stage adds up over a build, by a key of strings (e.g. ("refused", source, domain) -> records): what
+# a row-local stage tallies per chunk the runner sums over chunks, and keeps with a reused chunk's counts.
+Tally = Counter[tuple[str, ...]]
 
 
 @dataclass
@@ -118,6 +126,7 @@ class Outcome:
     field: pa.Array | None = None  # for a quarantined row: the field at fault
     detail: pa.Array | None = None  # for a dropped, quarantined or modified row: the particulars
     modified: pa.Array | None = None  # what the stage changed in a kept row (a ledger `modify` entry)
+    tally: Tally = dataclasses.field(default_factory=Counter)  # figures for the stage's report, summed over chunks
 
 
 class RowLocalStage(Stage, ABC):
@@ -168,6 +177,7 @@ class Decisions:
 
     decisions: pa.Table
     annotations: pa.Table | None = None
+    tally: Tally = dataclasses.field(default_factory=Counter)  # figures for the stage's report
 
 
 class GlobalStage(Stage, ABC):

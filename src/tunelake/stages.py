@@ -1,7 +1,8 @@
 """Which stages a build runs, in which order: the built-in ones (one line each below) and the recipe's own.
 
-A built-in stage is configured by its section under `silver:` (named as the stage, or, for a dotted name such as
-`quality.heuristics`, under its group's heading; `null` turns it off). A user's
+A built-in stage is configured by its recipe section, which its name in BUILTIN is the path of (`silver.near_dedup`;
+`silver.quality.heuristics`, under its group's heading; `gold.<name>` for a step that shapes gold); `null` turns
+it off. A user's
 stage is a class named in the recipe's `stages:` list by its import path, with its config beside it:
 
     stages:
@@ -26,17 +27,17 @@ from tunelake.silver.pii import Pii
 from tunelake.silver.prompt_groups import PromptGroups
 from tunelake.stage import GlobalStage, MissingDependency, RowLocalStage, Stage
 
-# name -> class, in the order they run. A new built-in stage is one module and one line here.
+# section path -> class, in the order they run. A new built-in stage is one module and one line here.
 BUILTIN: dict[str, type[Stage]] = {
-    "decontaminate": Decontaminate,
-    "quality.pii": Pii,  # before the gates and dedup: they see redacted text, and the ids it gives
-    "quality.heuristics": Heuristics,
-    "exact_dedup": ExactDedup,
-    "near_dedup": NearDedup,
-    "prompt_groups": PromptGroups,
+    "silver.decontaminate": Decontaminate,
+    "silver.quality.pii": Pii,  # before the gates and dedup: they see redacted text, and the ids it gives
+    "silver.quality.heuristics": Heuristics,
+    "silver.exact_dedup": ExactDedup,
+    "silver.near_dedup": NearDedup,
+    "silver.prompt_groups": PromptGroups,
 }
 # Built-in stages a recipe runs unless its section is null.
-ON_BY_DEFAULT = frozenset({"exact_dedup"})
+ON_BY_DEFAULT = frozenset({"silver.exact_dedup"})
 
 
 class StageError(ValueError):
@@ -59,23 +60,22 @@ def user_stage(spec: dict[str, Any]) -> Stage:
     return _instance(cls, spec, path)
 
 
-def builtin_stages(silver: object) -> list[Stage]:
-    """The built-in stages the recipe's `silver:` sections turn on (a section per stage, null when off), in BUILTIN
-    order."""
+def builtin_stages(recipe: object) -> list[Stage]:
+    """The built-in stages the recipe's sections turn on (a section per stage, null when off), in BUILTIN order."""
     stages = []
-    for name, cls in BUILTIN.items():
-        config = section(silver, name)
+    for path, cls in BUILTIN.items():
+        config = section(recipe, path)
         if config is not None:
-            _check_dependencies(cls, f"silver.{name}")
+            _check_dependencies(cls, path)
             stages.append(cls(config))
     return stages
 
 
-def section(silver: object, name: str) -> object:
-    """A built-in stage's section of `silver:` (None when the stage is off); a dotted name is a path."""
-    for part in name.split("."):
-        silver = getattr(silver, part)
-    return silver
+def section(recipe: object, path: str) -> object:
+    """A built-in stage's section of the recipe (None when the stage is off), by its dotted path."""
+    for part in path.split("."):
+        recipe = getattr(recipe, part)
+    return recipe
 
 
 def _instance(cls: type[Stage], config: dict, where: str) -> Stage:

@@ -24,7 +24,7 @@ from tunelake.schema import Reason
 from tunelake.silver.eval_sets import EvalIndex, EvalSetError, Shingles, read_eval_set
 from tunelake.silver.ngrams import MAX_N, words
 from tunelake.silver.turns import Turns
-from tunelake.stage import Outcome, RowLocalStage, StageConfig
+from tunelake.stage import Outcome, RowLocalStage, StageConfig, Tally
 
 Part = Literal["prompt", "response"]
 PARTS: tuple[Part, ...] = ("prompt", "response")
@@ -128,7 +128,7 @@ class Decontaminate(RowLocalStage):
             detail[record] = _detail(shingles, part, by_record[start:stop], item, share, index)
         return Outcome(batch, drop=pa.array(reason, pa.string()), detail=pa.array(detail, pa.string()))
 
-    def report(self, ledger: pa.Table) -> dict:
+    def report(self, ledger: pa.Table, tally: Tally) -> dict:
         """Per eval set: its items, and per source the items hit and the records dropped (an eval x source
         matrix)."""
         drops = ledger.filter(pc.equal(ledger["action"], "drop"))
