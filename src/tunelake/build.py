@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from tunelake import __version__, tables
+from tunelake import __version__, shift, tables
 from tunelake.address import MAX_FILES, SOURCE_SHIFT, Addresses
 from tunelake.cache import FileHashes, IngestCache, ReuseTask, entry_key, ingest_settings, run_reuse
 from tunelake.engine.local import LocalEngine
@@ -827,6 +827,11 @@ def _manifest(run: _Run, recipe_sha256: str, started_at: str, chain: list) -> di
         for i, s in enumerate(run.recipe.sources)
         for p in run.files[i]
     ]
+    stages, warnings = {name: count.report() for name, count in run.stage_counts.items()}, []
+    for name, count in run.stage_counts.items():
+        if count.profile:
+            stages[name]["shift"] = shift.findings(count.profile, run.recipe.silver.over_filter)
+            warnings += [f"stage {name}: {w}" for w in stages[name]["shift"]["warnings"]]
     return {
         "run_id": run.run_id,
         "started_at": started_at,
@@ -841,7 +846,8 @@ def _manifest(run: _Run, recipe_sha256: str, started_at: str, chain: list) -> di
         "gold": dict(sorted(run.gold.items())),
         "chain": [stage.describe() for stage in chain],
         "read_tables": run.read_tables,
-        "stages": {name: count.report() for name, count in run.stage_counts.items()},
+        "stages": stages,
+        "warnings": warnings,
         "reports": run.stage_reports,
         "passes": run.passes,
         "tokenized": run.tokenized,

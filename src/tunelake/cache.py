@@ -37,7 +37,8 @@ from tunelake.silver.canonicalize import STAGE_VERSION
 from tunelake.tasks import CanonicalizeDone, Staged
 
 CACHE = "_cache/ingest"
-ENTRY_FORMAT = 2  # what an entry records (chunk_facts); bump when it changes, so older entries are not read. 2: tally
+ENTRY_FORMAT = 3  # what an entry records (chunk_facts); bump when it changes, so older entries are not read
+_TALLIES = ("tally", "profile")  # StageCount's Counters keyed by tuples (2: tally; 3: profile)
 HASHES = "_cache/hashes.json"
 _WITHIN_FILE = (1 << (ROW_BITS + SUB_BITS)) - 1  # the row and sub bits of an ordinal
 
@@ -254,9 +255,14 @@ def _placed(table: pa.Table, base: int) -> pa.Table:
 
 
 def counts_facts(counts: list[StageCount]) -> list[dict]:
-    """Stage counts as an entry records them (a tally's keys as lists: JSON has no tuples)."""
+    """Stage counts as an entry records them (tallies' keys as lists: JSON has no tuples)."""
     return [
-        {**vars(c), "dropped": dict(c.dropped), "quarantined": dict(c.quarantined), "tally": list(c.tally.items())}
+        {
+            **vars(c),
+            "dropped": dict(c.dropped),
+            "quarantined": dict(c.quarantined),
+            **{name: list(getattr(c, name).items()) for name in _TALLIES},
+        }
         for c in counts
     ]
 
@@ -265,9 +271,10 @@ def reused_counts(facts: list[dict]) -> list[StageCount]:
     """An entry's stage counts back, as counts of this build (which spent no time in the stages)."""
     counts = []
     for c in facts:
-        count = StageCount(**{k: v for k, v in c.items() if k not in ("dropped", "quarantined", "tally")})
+        count = StageCount(**{k: v for k, v in c.items() if k not in ("dropped", "quarantined", *_TALLIES)})
         count.dropped, count.quarantined = Counter(c["dropped"]), Counter(c["quarantined"])
-        count.tally = Counter({tuple(key): n for key, n in c["tally"]})
+        for name in _TALLIES:
+            setattr(count, name, Counter({tuple(key): n for key, n in c[name]}))
         count.seconds = 0.0  # reused: no time spent in the stage this build
         counts.append(count)
     return counts

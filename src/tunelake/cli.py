@@ -105,6 +105,8 @@ def build(recipe: Annotated[Path, typer.Argument(help="The recipe YAML file.")])
         table.add_row(source, *(str(c[k]) for k in ("bronze", "silver", "quarantined", "dropped", "file_issues")))
     out.print(table)
     out.print(_stage_table(manifest["stages"]))
+    for warning in manifest["warnings"]:
+        console.print(f"[yellow]over-filter warning: {warning}[/yellow]", highlight=False)
     for item in manifest["inputs"]:
         for issue in item["issues"]:
             console.print(f"[yellow]{item['path']}: {issue['reason']}: {issue['detail']}[/yellow]")

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from tunelake.ingest.adapters import ADAPTERS
 from tunelake.schema import Regime
+from tunelake.shift import OverFilter
 from tunelake.stage import Stage
 from tunelake.stages import BUILTIN, ON_BY_DEFAULT, StageError, builtin_stages, section, user_stage
 
@@ -86,6 +87,10 @@ class _SilverLimits(_Strict):
         le=1,
         description="A source whose share of quarantined rows is above this fails the build, naming the top "
         "reasons: a regression must not ship as quarantined data.",
+    )
+    over_filter: OverFilter = Field(
+        default_factory=OverFilter,
+        description="When a row-local stage's cut is reported as shifting length, turns, source, domain or language.",
     )
 
 
@@ -340,6 +345,7 @@ silver:
   # quality:                       # gates, off unless given; each keeps its scores in silver
   #   pii: {{action: redact}}         # secrets, e-mail, cards, IPs, phones -> <EMAIL> ...; ids computed again
   #   heuristics: {{}}                # too short/long, repetitive, non-printing, cut in a code block
+  # over_filter: {{max_ks: 0.2, max_loss: 0.5}}  # warn when a stage's cut shifts length/turns or empties a source
 
 gold:
   split: {{validation: 0.02, test: 0.02, seed: 0}}   # by prompt group, never by row

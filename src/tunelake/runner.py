@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 
 from tunelake.address import Addresses
 from tunelake.schema import LEDGER, QUARANTINE, quarantine_ledger, table_of
+from tunelake.shift import Facets
 from tunelake.stage import ACTIONS, DECISIONS, Decisions, GlobalStage, Outcome, RowLocalStage, Stage, Tally
 
 
@@ -61,6 +62,7 @@ class StageCount:
     quarantined: Counter = field(default_factory=Counter)  # by reason code
     seconds: float = 0.0
     tally: Tally = field(default_factory=Counter)  # the stage's own figures (Outcome.tally, Decisions.tally)
+    profile: Tally = field(default_factory=Counter)  # its records in and kept by facet (shift.Facets), row-local
 
     def add(self, other: StageCount) -> None:
         self.records_in += other.records_in
@@ -70,6 +72,7 @@ class StageCount:
         self.quarantined.update(other.quarantined)
         self.seconds += other.seconds
         self.tally.update(other.tally)
+        self.profile.update(other.profile)
 
     def reconciles(self) -> bool:
         return self.records_in == self.kept + sum(self.dropped.values()) + sum(self.quarantined.values())
@@ -122,17 +125,23 @@ def run_row_stages(
     """The batch through each stage in turn; returns the rows all of them kept, and each stage's counts.
 
     `raw` (bronze's `row` and `raw` columns of the chunk) gives quarantined rows their raw bytes when known.
+    Each stage's profile counts the records it took and kept by the facets they had coming in.
     """
     counts = []
+    facets = Facets(batch) if stages else None
+    alive = np.arange(batch.num_rows)  # the incoming rows still in the batch
     for stage in stages:
         started = time.perf_counter()
         count = count_of(stage)
         count.records_in = batch.num_rows
         outcome = stage.process(batch)
         _check(stage, batch, outcome)
-        batch = _apply(stage, outcome, addresses, run_id, verdicts, count, raw)
+        batch, gone = _apply(stage, outcome, addresses, run_id, verdicts, count, raw)
         count.kept = batch.num_rows
         count.tally.update(outcome.tally)
+        count.profile.update(facets.tally(alive, "in"))
+        alive = alive[~gone]
+        count.profile.update(facets.tally(alive, "kept"))
         count.seconds = time.perf_counter() - started
         counts.append(count)
     return batch, counts
@@ -162,7 +171,8 @@ def _apply(
     verdicts: Verdicts,
     count: StageCount,
     raw: pa.Table | None,
-) -> pa.RecordBatch:
+) -> tuple[pa.RecordBatch, np.ndarray]:
+    """The rows the stage kept, and which of its input rows are gone."""
     rows = outcome.rows
     ords, ids = rows["_ord"], rows["id"]
     gone = np.zeros(rows.num_rows, bool)
@@ -204,7 +214,7 @@ def _apply(
                 addresses.ledger(ords.take(where), ids.take(where), stage.name, "modify", stage.name, changed, run_id)
             )
             count.modified += len(where)
-    return rows.filter(pa.array(~gone)) if gone.any() else rows
+    return (rows.filter(pa.array(~gone)) if gone.any() else rows), gone
 
 
 def quarantined(

@@ -87,6 +87,16 @@ def test_only_what_a_model_learns_to_say_is_judged():
     assert verdicts[0][2] is None  # nothing to judge: no scores
 
 
+def test_a_turn_that_only_calls_a_tool_is_not_judged():
+    call = {"role": "assistant", "content": "", "tool_calls": '[{"name": "get_weather", "arguments": "{}"}]'}
+    row = {"regime": "sft", "messages": [{"role": "user", "content": "Weather?"}, call]}
+    row["messages"] += _turns(("tool", '{"temp": 21}'), ("assistant", PROSE))
+    ((drop, _, scores),) = _judge([row])
+    assert drop is None and scores["shortest_response_chars"] == len(PROSE)
+    call["tool_calls"] = None  # the same empty turn without a call is an empty response
+    assert _judge([row])[0][0] == "low_quality:too_short"
+
+
 def test_a_build_over_real_rows_drops_the_loop_and_the_repeating_song(tmp_path):
     sources = [
         {"name": "hh", "path": str(FIXTURES / "real" / "quality_hh_rlhf_sample.jsonl"), "format": "hh_rlhf"},

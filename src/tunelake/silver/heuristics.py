@@ -70,6 +70,7 @@ class HeuristicsConfig(StageConfig):
 
 class Heuristics(RowLocalStage):
     name = "heuristics"
+    version = "2"  # 2: a turn that only calls a tool is not judged (was too_short)
     Config = HeuristicsConfig
     reads = ("regime", "messages", "chosen")
     adds = (pa.field("heuristics", SCORES),)
@@ -84,16 +85,20 @@ class Heuristics(RowLocalStage):
 
 
 def _responses(batch: pa.RecordBatch) -> tuple[pa.Array, np.ndarray]:
-    """Every response to judge (SFT assistant turns, preference chosen assistant turns), and the record of each."""
+    """Every response to judge (SFT assistant turns, preference chosen assistant turns, but for those that only
+    call a tool), and the record of each."""
     texts, records = [], []
     for column, regime in (("messages", "sft"), ("chosen", "preference")):
         in_regime = pc.equal(batch["regime"], regime).to_numpy(zero_copy_only=False)
         if not in_regime.any():
             continue
         turns = Turns.of(batch[column])
+        content = pc.fill_null(turns.fields["content"], "")
         assistant = pc.equal(turns.fields["role"], "assistant").fill_null(False).to_numpy(zero_copy_only=False)
-        assistant &= in_regime[turns.record]
-        texts.append(pc.fill_null(turns.fields["content"], "").filter(pa.array(assistant)))
+        # A turn that only calls a tool has no prose to judge (its arguments are JSON, in `tool_calls`).
+        calls_only = pc.and_(pc.is_valid(turns.fields["tool_calls"]), pc.equal(content, ""))
+        assistant &= in_regime[turns.record] & ~calls_only.to_numpy(zero_copy_only=False)
+        texts.append(content.filter(pa.array(assistant)))
         records.append(turns.record[assistant])
     if not texts:
         return pa.array([], pa.string()), np.zeros(0, np.int64)
