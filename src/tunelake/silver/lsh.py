@@ -131,9 +131,12 @@ def verified_edges(
     parts: tuple[str, ...] = (SHINGLES,),
 ) -> tuple[np.ndarray, np.ndarray]:
     """Every candidate pair whose staged shingle sets (`parts`: columns of set_column) each have a Jaccard of at
-    least the threshold (edges, sorted), and the smallest of its Jaccards; `scratch` is a folder for files of the
-    sets. A pair a later band finds again is not verified again, nor is one whose bound is below the threshold."""
-    edges, similarity, seen = [np.empty((0, 2), np.int64)], [np.empty(0)], PairSet(len(nodes))
+    least the threshold (edges: int32 pairs, sorted), and the smallest of its Jaccards; `scratch` is a folder for
+    files of the sets. A pair a later band finds again is not verified again, nor is one whose bound is below the
+    threshold."""
+    if len(nodes) >= 1 << 31:
+        raise ValueError(f"{len(nodes)} rows: edges are pairs of int32 node numbers")
+    edges, similarity, seen = [np.empty((0, 2), np.int32)], [np.empty(0)], PairSet(len(nodes))
     with ExitStack() as stack:
         stored = [stack.enter_context(ShingleSets(con, source, nodes, scratch, part)) for part in parts]
         stored = [s for s in stored if s.counts.any()]  # a part no row has: every pair's sets are equal (empty)
@@ -150,7 +153,7 @@ def verified_edges(
             found = np.ones(len(block))
             for sets in stored:
                 found = np.minimum(found, sets.jaccard(block))
-            edges.append(block[found >= config.threshold])
+            edges.append(block[found >= config.threshold].astype(np.int32))  # half the memory of int64 pairs
             similarity.append(found[found >= config.threshold])
     edges, similarity = np.concatenate(edges), np.concatenate(similarity)
     order = np.lexsort((edges[:, 1], edges[:, 0]))

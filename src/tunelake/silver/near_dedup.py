@@ -76,18 +76,25 @@ class NearDedup(GlobalStage):
         }
 
     def run(self, rows: StagedRows, memory_limit: str) -> Decisions:
-        con = rows.connect(memory_limit)
-        dropped, clusters = _near_duplicates(con, self.config, rows.scratch)
+        # A connection per phase: DuckDB keeps what a query took with its connection until it closes, so the
+        # step's memory is its largest phase's, not the sum of all.
+        with rows.connect(memory_limit) as con:
+            # Nodes numbered by the keep policy: a bucket's first member and greedy_keep's preferred node agree.
+            records = con.sql(f"select _ord from staged order by {KEEP_ORDER}").fetchnumpy()["_ord"]
+        with rows.connect(memory_limit) as con:
+            edges, similarity = lsh.verified_edges(con, "staged", records, self.config, rows.scratch, SETS)
+        with rows.connect(memory_limit) as con:
+            dropped, clusters = _near_duplicates(con, records, edges, similarity)
+            con.register("clusters", clusters)
+            # Every record's cluster: its own id when it has no near-duplicate.
+            notes = con.sql(
+                f"""
+                select s._ord, coalesce(c.{CLUSTER_ID.name}, s.id) as {CLUSTER_ID.name}
+                from staged s left join clusters c using (_ord) order by s._ord
+                """
+            ).to_arrow_table()
         detail = pc.binary_join_element_wise(dropped["detail"], rows.addresses.name(dropped["kept_ord"]), "")
         decisions = drops(dropped["_ord"], dropped["id"], dropped["reason"], detail)
-        con.register("clusters", clusters)
-        # Every record's cluster: its own id when it has no near-duplicate.
-        notes = con.sql(
-            f"""
-            select s._ord, coalesce(c.{CLUSTER_ID.name}, s.id) as {CLUSTER_ID.name}
-            from staged s left join clusters c using (_ord) order by s._ord
-            """
-        ).to_arrow_table()
         return Decisions(decisions, notes.cast(pa.schema([pa.field("_ord", pa.int64()), CLUSTER_ID])))
 
 
@@ -125,15 +132,14 @@ def salted_grams(grams: list[Grams]) -> Grams:
 
 
 def _near_duplicates(
-    con: duckdb.DuckDBPyConnection, config: NearDedupConfig, scratch: str
+    con: duckdb.DuckDBPyConnection, records: np.ndarray, edges: np.ndarray, similarity: np.ndarray
 ) -> tuple[pa.Table, pa.Table]:
     """The records dropped (`_ord`, id, reason, detail, kept_ord) and each clustered record's cluster
-    (`_ord`, cluster_id: the id of its cluster's kept record)."""
-    # Nodes numbered by the keep policy, so a bucket's first member and greedy_keep's preferred node agree.
-    records = con.sql(f"select _ord from staged order by {KEEP_ORDER}").fetchnumpy()["_ord"]
-    edges, similarity = lsh.verified_edges(con, "staged", records, config, scratch, SETS)
+    (`_ord`, cluster_id: the id of its cluster's kept record), from the verified edges (sorted) between the
+    records (`_ord`s in policy order)."""
     involved = np.unique(edges)  # from here on, ranks among the records on some edge (still in policy order)
-    nodes, ranked = records[involved], np.searchsorted(involved, edges)
+    nodes, ranked = records[involved], np.searchsorted(involved, edges).astype(edges.dtype)
+    del edges  # ranked, in the same (sorted) order, replaces it
     by_ord = np.argsort(nodes)
     con.register("nodes", pa.table({"_ord": nodes[by_ord]}))
     in_ord = con.sql("select id from staged semi join nodes using (_ord) order by _ord").to_arrow_table()["id"]
@@ -147,10 +153,9 @@ def _near_duplicates(
     clusters = pa.table({"_ord": nodes[clustered], CLUSTER_ID.name: ids.take(pa.array(label[clustered]))})
     dropped = np.flatnonzero(~kept)
     kept_rank = dropped_for[dropped]
-    # The Jaccard of each dropped record with the kept one it names: their edge's.
-    edge_keys = ranked[:, 0] * len(nodes) + ranked[:, 1]
-    order = np.argsort(edge_keys)
-    jaccards = similarity[order[np.searchsorted(edge_keys[order], kept_rank * len(nodes) + dropped)]]
+    # The Jaccard of each dropped record with the kept one it names: their edge's (ranks kept the edges sorted).
+    edge_keys = ranked[:, 0].astype(np.int64) * len(nodes) + ranked[:, 1]
+    jaccards = similarity[np.searchsorted(edge_keys, kept_rank * len(nodes) + dropped)]
     detail = pc.binary_join_element_wise(
         "jaccard ", pc.cast(pc.round(pa.array(jaccards), 3), pa.string()), " with the kept ", ""
     )
