@@ -340,6 +340,7 @@ silver:
   # quality:                       # gates, off unless given; each keeps its scores in silver
   #   pii: {{action: redact}}         # secrets, e-mail, cards, IPs, phones -> <EMAIL> ...; ids computed again
   #   heuristics: {{}}                # too short/long, repetitive, non-printing, cut in a code block
+  #   refusal: tag                  # tag refusals (or drop); report the benign-refusal rate per source/domain
 
 gold:
   split: {{validation: 0.02, test: 0.02, seed: 0}}   # by prompt group, never by row

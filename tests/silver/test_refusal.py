@@ -228,3 +228,15 @@ def test_the_bare_action_form_loads(tmp_path, value, action):
 def test_an_unknown_action_names_the_choices(tmp_path):
     with pytest.raises(RecipeError, match=r"silver\.quality\.refusal\.action: Input should be 'tag' or 'drop'"):
         load_recipe(write_recipe(tmp_path, _sources(tmp_path), silver={"quality": {"refusal": "flag"}}))
+
+
+def test_the_build_prints_the_refusal_rates_and_warnings(tmp_path):
+    from typer.testing import CliRunner
+
+    from tunelake.cli import app
+
+    recipe = _recipe(tmp_path, {"expected": EXPECTED, "max_benign_rate": 0.5})
+    result = CliRunner().invoke(app, ["build", str(recipe)])
+    assert result.exit_code == 0, result.output
+    assert "refusals (patterns v1): 7 of 18 responses judged; benign-refusal rate 20.00% (2 of 10)" in result.output
+    assert "benign-refusal rate 66.67% of source alpaca (2 of 3) is above max_benign_rate 0.5" in result.output
