@@ -15,10 +15,32 @@ import pytest
 from tests.conftest import FIXTURES, run_build, write_recipe
 from tunelake.recipe import RecipeError, load_recipe
 from tunelake.schema import RECORD
-from tunelake.silver.refusal import PATTERNS_VERSION, Refusal, RefusalConfig
+from tunelake.silver.refusal import PATTERNS, PATTERNS_VERSION, Refusal, RefusalConfig, refusal_patterns
 
 REFUSING_LINE = "I'm sorry, but I can't help with that."
 EXPECTED = {"sources": ["hh"], "domains": ["safety"]}
+
+
+@pytest.mark.parametrize(
+    ("text", "pattern"),
+    [
+        ("As an AI language model, I cannot browse the web.", "as_an_ai"),
+        ("As an AI, I think the answer is 4.", None),
+        ("Oh, I’m so sorry, but I am not able to assist with that.", "cannot_help"),
+        ("I'm sorry, but I can't.", "cannot"),
+        ("I’ll have to decline.", "decline"),
+        ("Well, I must respectfully decline this one.", "decline"),
+        ("I don't feel comfortable sharing that.", "not_comfortable"),
+        ("Sure! I can't wait to help.", None),  # "I can't" that does not refuse
+        ("I'm sorry to hear that. Here is what you can do.", None),  # an apology that does not refuse
+        ("x" * 250 + ". I can't help with that.", None),  # a sentence that starts past the opening
+        ("Run this:\n```\nI can't help with that.\n```", None),  # in a code block
+        ("```\nprint('I cannot help')", None),  # in a code block left open
+    ],
+)
+def test_each_pattern_names_what_it_finds(text, pattern):
+    (named,) = refusal_patterns(pa.array([text]))
+    assert (list(PATTERNS)[named] if named >= 0 else None) == pattern
 
 
 def _sources(tmp_path) -> list[dict]:

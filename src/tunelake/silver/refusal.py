@@ -65,7 +65,7 @@ PATTERNS: dict[str, str] = {
     # "I'm sorry, but I can't." / "I cannot do that": a bare refusal ending its sentence.
     "cannot": rf"i\s+(?:can{_A}?t|cannot|won{_A}t)(?:\s+do\s+(?:that|this))?\s*(?:[.!]|$)",
     # "I must decline", "I refuse to ...".
-    "decline": r"i\s+(?:must|have\s+to|['’]ll\s+have\s+to|will\s+have\s+to|need\s+to)\s+(?:respectfully\s+)?"
+    "decline": rf"i(?:\s+(?:must|have\s+to|will\s+have\s+to|need\s+to)|{_A}ll\s+have\s+to)\s+(?:respectfully\s+)?"
     r"(?:decline|refuse)|i\s+(?:respectfully\s+)?(?:decline|refuse)\s+to",
     # "I'm not comfortable with that", "I don't feel comfortable helping".
     "not_comfortable": rf"(?:{_I_AM}\s+not|i\s+(?:don{_A}t|do\s+not)\s+feel)\s+comfortable",
