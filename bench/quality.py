@@ -8,8 +8,8 @@ Parquet file. Both sides read that file.
 
 Sides, each in its own process on 2 spawned workers, a task per row group of the file (CHUNK records, as a build's
 chunk), alternating run by run:
-- tunelake: every gate under `silver.quality` that exists (today: pii, then heuristics, with their defaults) run
-  on each chunk as a build runs them (RowLocalStage.process over an Arrow batch of canonical records).
+- tunelake: every gate under `silver.quality` that exists (today: pii, heuristics, then refusal, with their
+  defaults) run on each chunk as a build runs them (RowLocalStage.process over an Arrow batch of canonical records).
 - datatrove (when installed: `pip install datatrove spacy`; its English word tokenizer is spaCy's):
   GopherQualityFilter and GopherRepetitionFilter, defaults, on a Document per record whose text is what tunelake's
   gates judge (an SFT record's assistant turns, a pair's chosen side, joined by blank lines). Each filter is called
@@ -64,6 +64,8 @@ def prepare(conversations: int, workdir: Path) -> Path:
 
 
 def _tunelake_chunk(task: tuple[str, int]) -> dict[str, int]:
+    from types import SimpleNamespace
+
     import pyarrow.parquet as pq
 
     from tunelake.recipe import Silver
@@ -71,17 +73,20 @@ def _tunelake_chunk(task: tuple[str, int]) -> dict[str, int]:
 
     path, group = task
     batch = pq.ParquetFile(path).read_row_group(group).combine_chunks().to_batches()[0]
-    silver = Silver.model_validate({"quality": {name.split(".", 1)[1]: {} for name in BUILTIN if "quality." in name}})
-    dropped: dict[str, int] = {}
-    for name, cls in BUILTIN.items():
-        if name.startswith("quality."):
-            outcome = cls(section(silver, name)).process(batch)
-            for what, column in (("dropped", outcome.drop), ("modified", outcome.modified)):
-                for reason in column.drop_null().to_pylist() if column is not None else []:
-                    key = reason if what == "dropped" else f"{name}: modified"
-                    dropped[key] = dropped.get(key, 0) + 1
-            batch = outcome.rows
-    return dropped
+    gates = [name for name in BUILTIN if name.startswith("silver.quality.")]
+    recipe = SimpleNamespace(silver=Silver.model_validate({"quality": {name.rsplit(".", 1)[1]: {} for name in gates}}))
+    counted: dict[str, int] = {}
+    for name in gates:
+        outcome = BUILTIN[name](section(recipe, name)).process(batch)
+        gate = name.rsplit(".", 1)[1]
+        for what, column in (("dropped", outcome.drop), ("modified", outcome.modified)):
+            for reason in column.drop_null().to_pylist() if column is not None else []:
+                key = reason if what == "dropped" else f"{gate}: modified"
+                counted[key] = counted.get(key, 0) + 1
+        for (figure, *_), n in outcome.tally.items():  # e.g. refusal's records judged and refused
+            counted[f"{gate}: {figure}"] = counted.get(f"{gate}: {figure}", 0) + n
+        batch = outcome.rows
+    return counted
 
 
 def _judged_texts(path: str, group: int) -> list[str]:

@@ -25,6 +25,7 @@ from tunelake.lake import Lake, LakeBusy
 from tunelake.recipe import RecipeError, example_recipe, load_recipe
 from tunelake.schema import Reason
 from tunelake.silver.lsh import MinHashConfig
+from tunelake.silver.refusal import summary as refusal_summary
 from tunelake.stage import BuildRefused
 
 app = typer.Typer(
@@ -107,6 +108,10 @@ def build(recipe: Annotated[Path, typer.Argument(help="The recipe YAML file.")])
     out.print(_stage_table(manifest["stages"]))
     for warning in manifest["warnings"]:
         console.print(f"[yellow]over-filter warning: {warning}[/yellow]", highlight=False)
+    if refusals := manifest["reports"].get("refusal"):
+        out.print(refusal_summary(refusals), markup=False, highlight=False, soft_wrap=True)
+        for warning in refusals["warnings"]:
+            console.print(warning, style="yellow", markup=False, highlight=False, soft_wrap=True)
     for item in manifest["inputs"]:
         for issue in item["issues"]:
             console.print(f"[yellow]{item['path']}: {issue['reason']}: {issue['detail']}[/yellow]")

@@ -345,6 +345,7 @@ silver:
   # quality:                       # gates, off unless given; each keeps its scores in silver
   #   pii: {{action: redact}}         # secrets, e-mail, cards, IPs, phones -> <EMAIL> ...; ids computed again
   #   heuristics: {{}}                # too short/long, repetitive, non-printing, cut in a code block
+  #   refusal: tag                  # tag refusals (or drop); report the benign-refusal rate per source/domain
   # over_filter: {{max_ks: 0.2, max_loss: 0.5}}  # warn when a stage's cut shifts length/turns or empties a source
 
 gold:

@@ -223,6 +223,7 @@ class Reason(StrEnum):
     contaminated = "contaminated"  # written as contaminated:<eval set>:<item>
     low_quality = "low_quality"  # written as low_quality:<rule>
     pii = "pii"  # written as pii:<type>, where silver.quality.pii drops instead of redacting
+    refusal = "refusal"  # written as refusal:<pattern>, where silver.quality.refusal drops instead of tagging
     # Tokenization (gold/tokenized): the record is never trained on.
     template_error = "template_error"
     template_dropped_content = "template_dropped_content"

@@ -25,6 +25,7 @@ from tunelake.silver.heuristics import Heuristics
 from tunelake.silver.near_dedup import NearDedup
 from tunelake.silver.pii import Pii
 from tunelake.silver.prompt_groups import PromptGroups
+from tunelake.silver.refusal import Refusal
 from tunelake.stage import GlobalStage, MissingDependency, RowLocalStage, Stage
 
 # section path -> class, in the order they run. A new built-in stage is one module and one line here.
@@ -32,6 +33,7 @@ BUILTIN: dict[str, type[Stage]] = {
     "silver.decontaminate": Decontaminate,
     "silver.quality.pii": Pii,  # before the gates and dedup: they see redacted text, and the ids it gives
     "silver.quality.heuristics": Heuristics,
+    "silver.quality.refusal": Refusal,
     "silver.exact_dedup": ExactDedup,
     "silver.near_dedup": NearDedup,
     "silver.prompt_groups": PromptGroups,

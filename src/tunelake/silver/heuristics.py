@@ -31,7 +31,7 @@ from pydantic import Field
 
 from tunelake.schema import Reason
 from tunelake.silver.ngrams import MAX_N, word_ngram_hashes, words
-from tunelake.silver.turns import Turns
+from tunelake.silver.turns import Responses
 from tunelake.stage import Outcome, RowLocalStage, StageConfig
 
 SCORES = pa.struct(
@@ -76,33 +76,12 @@ class Heuristics(RowLocalStage):
     adds = (pa.field("heuristics", SCORES),)
 
     def process(self, batch: pa.RecordBatch) -> Outcome:
-        texts, record = _responses(batch)
-        scores = _scores(texts, record, batch.num_rows, self.config)
+        responses = Responses.of(batch)
+        scores = _scores(responses.texts, responses.record, batch.num_rows, self.config)
         reason, detail = _verdicts(scores, self.config)
         judged = scores["shortest_response_chars"].is_valid()
         column = pa.StructArray.from_arrays(list(scores.values()), fields=list(SCORES), mask=pc.invert(judged))
         return Outcome(batch.append_column(self.adds[0], column), drop=reason, detail=detail)
-
-
-def _responses(batch: pa.RecordBatch) -> tuple[pa.Array, np.ndarray]:
-    """Every response to judge (SFT assistant turns, preference chosen assistant turns, but for those that only
-    call a tool), and the record of each."""
-    texts, records = [], []
-    for column, regime in (("messages", "sft"), ("chosen", "preference")):
-        in_regime = pc.equal(batch["regime"], regime).to_numpy(zero_copy_only=False)
-        if not in_regime.any():
-            continue
-        turns = Turns.of(batch[column])
-        content = pc.fill_null(turns.fields["content"], "")
-        assistant = pc.equal(turns.fields["role"], "assistant").fill_null(False).to_numpy(zero_copy_only=False)
-        # A turn that only calls a tool has no prose to judge (its arguments are JSON, in `tool_calls`).
-        calls_only = pc.and_(pc.is_valid(turns.fields["tool_calls"]), pc.equal(content, ""))
-        assistant &= in_regime[turns.record] & ~calls_only.to_numpy(zero_copy_only=False)
-        texts.append(content.filter(pa.array(assistant)))
-        records.append(turns.record[assistant])
-    if not texts:
-        return pa.array([], pa.string()), np.zeros(0, np.int64)
-    return pa.concat_arrays(texts), np.concatenate(records)
 
 
 def _scores(texts: pa.Array, record: np.ndarray, rows: int, config: HeuristicsConfig) -> dict[str, pa.Array]:

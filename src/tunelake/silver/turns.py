@@ -15,6 +15,9 @@ import pyarrow.compute as pc
 from tunelake.schema import MESSAGE, MESSAGE_FIELDS
 
 MESSAGE_LISTS = ("messages", "prompt", "chosen", "rejected")
+# Where what a model is trained to say lives, per regime: a pair's rejected side is what it teaches against, and an
+# RL record has no response (its gold answer is checked, not imitated).
+TRAINED_RESPONSES = (("messages", "sft"), ("chosen", "preference"))
 
 
 @dataclass(frozen=True)
@@ -78,3 +81,33 @@ class Turns:
         values = pa.StructArray.from_arrays(children, fields=list(MESSAGE))
         offsets = pa.array(np.concatenate(([0], np.cumsum(self.lengths))), pa.int32())
         return pa.ListArray.from_arrays(offsets, values, mask=self.column.is_null())
+
+
+@dataclass(frozen=True)
+class Responses:
+    """Every response a model is trained to say in a batch: SFT assistant turns, a pair's chosen assistant turns
+    (but for turns that only call a tool)."""
+
+    texts: pa.StringArray  # each response's content ("" where null), in record order, then turn order
+    record: np.ndarray  # the record each belongs to
+    position: np.ndarray  # its turn's index in the record's message list
+
+    @classmethod
+    def of(cls, batch: pa.RecordBatch) -> Responses:
+        texts, records, positions = [], [], []
+        for column, regime in TRAINED_RESPONSES:
+            in_regime = pc.equal(batch["regime"], regime).to_numpy(zero_copy_only=False)
+            if not in_regime.any():
+                continue
+            turns = Turns.of(batch[column])
+            content = pc.fill_null(turns.fields["content"], "")
+            assistant = pc.equal(turns.fields["role"], "assistant").fill_null(False).to_numpy(zero_copy_only=False)
+            # A turn that only calls a tool says nothing in prose (its arguments are JSON, in `tool_calls`).
+            calls_only = pc.and_(pc.is_valid(turns.fields["tool_calls"]), pc.equal(content, ""))
+            assistant &= in_regime[turns.record] & ~calls_only.to_numpy(zero_copy_only=False)
+            texts.append(content.filter(pa.array(assistant)))
+            records.append(turns.record[assistant])
+            positions.append(turns.position[assistant])
+        if not texts:
+            return cls(pa.array([], pa.string()), np.zeros(0, np.int64), np.zeros(0, np.int64))
+        return cls(pa.concat_arrays(texts), np.concatenate(records), np.concatenate(positions))
