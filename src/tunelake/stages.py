@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from tunelake.silver.decontaminate import Decontaminate
 from tunelake.silver.dedup import ExactDedup
+from tunelake.silver.diversity import Diversity
 from tunelake.silver.heuristics import Heuristics
 from tunelake.silver.near_dedup import NearDedup
 from tunelake.silver.pii import Pii
@@ -34,6 +35,9 @@ BUILTIN: dict[str, type[Stage]] = {
     "silver.quality.heuristics": Heuristics,
     "silver.exact_dedup": ExactDedup,
     "silver.near_dedup": NearDedup,
+    # After near_dedup, so clusters measure the templating left once near-duplicates are gone; before prompt
+    # groups, so groups (and their pair cap) are made of what the cluster cap kept.
+    "silver.diversity": Diversity,
     "silver.prompt_groups": PromptGroups,
 }
 # Built-in stages a recipe runs unless its section is null.
