@@ -27,7 +27,7 @@ from tunelake.silver import minhash
 from tunelake.silver.diversity import Texts, texts_of
 from tunelake.silver.lsh import ROWS
 from tunelake.silver.ngrams import MAX_N, ngram_hashes
-from tunelake.stage import DECISIONS, Decisions, GlobalStage, StageConfig, StagedRows, Tally, drops
+from tunelake.stage import Decisions, GlobalStage, StageConfig, StagedRows, Tally, drops
 
 BLOCK = 1 << 16  # records compared with a center at once: bounds the temporary (BLOCK x num_perm bytes)
 
@@ -93,7 +93,7 @@ class Select(GlobalStage):
         index = pa.array(out)
         reason = pa.array([Reason.not_selected.value] * len(out), pa.string())
         decisions = drops(ordered["_ord"].take(index), ordered["id"].take(index), reason, detail)
-        return Decisions(decisions.cast(DECISIONS), tally=tally)
+        return Decisions(decisions, tally=tally)
 
     def report(self, ledger: pa.Table, tally: Tally) -> dict:
         """Coverage of the selection against a random sample of the same size: radius and mean distance."""
