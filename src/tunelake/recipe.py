@@ -340,6 +340,7 @@ sources:
 silver:
   max_chars: 1000000               # longer records are quarantined as too_long
   near_dedup: {{threshold: 0.8}}     # drop near-duplicates (MinHash LSH, each pair verified); off unless given
+  # diversity: {{by: response, threshold: 0.5, max_per_cluster: null}}  # template collapse, reported per source
   prompt_groups: {{}}                # near-identical prompts share a split; `tunelake freeze` pins eval sets
   # decontaminate: {{against: [{{name: gsm8k-test, path: evals/gsm8k_test.jsonl, field: question}}]}}
   # quality:                       # gates, off unless given; each keeps its scores in silver
@@ -351,6 +352,7 @@ silver:
 gold:
   split: {{validation: 0.02, test: 0.02, seed: 0}}   # by prompt group, never by row
   export: [jsonl, parquet]
+  # select: {{strategy: k_center, size: 10000, by: prompt, seed: 0}}  # keep the records that cover the corpus best
 
 engine:
   workers: 0                       # 0 = one process per CPU core

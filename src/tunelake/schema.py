@@ -220,6 +220,8 @@ class Reason(StrEnum):
     duplicate = "duplicate_of"  # written as duplicate_of:<id>
     near_duplicate = "near_duplicate_of"  # written as near_duplicate_of:<id>
     prompt_cap = "prompt_cap"  # written as prompt_cap:<group id>
+    cluster_cap = "cluster_cap"  # written as cluster_cap:<cluster id>, beyond silver.diversity's max_per_cluster
+    not_selected = "not_selected"  # gold.select kept a subset of the corpus that covers it best, without it
     contaminated = "contaminated"  # written as contaminated:<eval set>:<item>
     low_quality = "low_quality"  # written as low_quality:<rule>
     pii = "pii"  # written as pii:<type>, where silver.quality.pii drops instead of redacting

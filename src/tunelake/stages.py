@@ -19,8 +19,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from tunelake.gold.select import Select
 from tunelake.silver.decontaminate import Decontaminate
 from tunelake.silver.dedup import ExactDedup
+from tunelake.silver.diversity import Diversity
 from tunelake.silver.heuristics import Heuristics
 from tunelake.silver.near_dedup import NearDedup
 from tunelake.silver.pii import Pii
@@ -36,7 +38,11 @@ BUILTIN: dict[str, type[Stage]] = {
     "silver.quality.refusal": Refusal,
     "silver.exact_dedup": ExactDedup,
     "silver.near_dedup": NearDedup,
+    # After near_dedup, so clusters measure the templating left once near-duplicates are gone; before prompt
+    # groups, so groups (and their pair cap) are made of what the cluster cap kept.
+    "silver.diversity": Diversity,
     "silver.prompt_groups": PromptGroups,
+    "gold.select": Select,  # last: it chooses among the records every other step kept
 }
 # Built-in stages a recipe runs unless its section is null.
 ON_BY_DEFAULT = frozenset({"silver.exact_dedup"})
