@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from tunelake.gold.mix import Mix
 from tunelake.silver.decontaminate import Decontaminate
 from tunelake.silver.dedup import ExactDedup
 from tunelake.silver.heuristics import Heuristics
@@ -35,6 +36,7 @@ BUILTIN: dict[str, type[Stage]] = {
     "silver.exact_dedup": ExactDedup,
     "silver.near_dedup": NearDedup,
     "silver.prompt_groups": PromptGroups,
+    "gold.mix": Mix,  # last: it shapes what gold holds of the records every other stage kept
 }
 # Built-in stages a recipe runs unless its section is null.
 ON_BY_DEFAULT = frozenset({"silver.exact_dedup"})
