@@ -105,6 +105,9 @@ def build(recipe: Annotated[Path, typer.Argument(help="The recipe YAML file.")])
         table.add_row(source, *(str(c[k]) for k in ("bronze", "silver", "quarantined", "dropped", "file_issues")))
     out.print(table)
     out.print(_stage_table(manifest["stages"]))
+    for name, report in manifest["reports"].items():  # a stage's report may hold warnings: still correct, worth a look
+        for warning in report.get("warnings", []) if isinstance(report, dict) else []:
+            console.print(f"{name}: {warning}", style="yellow", markup=False, highlight=False, soft_wrap=True)
     for item in manifest["inputs"]:
         for issue in item["issues"]:
             console.print(f"[yellow]{item['path']}: {issue['reason']}: {issue['detail']}[/yellow]")

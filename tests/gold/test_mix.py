@@ -8,8 +8,10 @@ import json
 from collections import Counter
 
 import pytest
+from typer.testing import CliRunner
 
 from tests.conftest import FIXTURES, run_build, write_recipe
+from tunelake.cli import app
 from tunelake.recipe import RecipeError, load_recipe
 
 REAL = FIXTURES / "real"
@@ -115,6 +117,8 @@ def test_general_purpose_data_under_its_floor_is_warned(tmp_path):
     report = manifest["reports"]["mix"]
     assert report["general_share"] == 0.1
     assert report["warnings"] == ["general-purpose data (alpaca) is 10.0% of the mix, under the floor of 20%"]
+    printed = CliRunner().invoke(app, ["build", str(tmp_path / "recipe.yaml")])
+    assert "mix: general-purpose data (alpaca) is 10.0% of the mix, under the floor of 20%" in printed.output
     at_floor, _ = _build(tmp_path / "floor", {**mix, "ratios": {"alpaca": 0.2, "gsm8k": 0.5, "hh": 0.3}})
     assert at_floor["reports"]["mix"]["warnings"] == []
 
