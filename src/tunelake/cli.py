@@ -110,8 +110,9 @@ def build(recipe: Annotated[Path, typer.Argument(help="The recipe YAML file.")])
         console.print(f"[yellow]over-filter warning: {warning}[/yellow]", highlight=False)
     if refusals := manifest["reports"].get("refusal"):
         out.print(refusal_summary(refusals), markup=False, highlight=False, soft_wrap=True)
-        for warning in refusals["warnings"]:
-            console.print(warning, style="yellow", markup=False, highlight=False, soft_wrap=True)
+    for name, report in manifest["reports"].items():  # a stage's report may hold warnings: still correct, worth a look
+        for warning in report.get("warnings", []) if isinstance(report, dict) else []:
+            console.print(f"{name}: {warning}", style="yellow", markup=False, highlight=False, soft_wrap=True)
     for item in manifest["inputs"]:
         for issue in item["issues"]:
             console.print(f"[yellow]{item['path']}: {issue['reason']}: {issue['detail']}[/yellow]")

@@ -353,6 +353,8 @@ gold:
   split: {{validation: 0.02, test: 0.02, seed: 0}}   # by prompt group, never by row
   export: [jsonl, parquet]
   # select: {{strategy: k_center, size: 10000, by: prompt, seed: 0}}  # keep the records that cover the corpus best
+  # mix: {{by: source, ratios: {{hh: 0.6, gsm8k: 0.4}}, size: 10000, upsample: false, seed: 0, general: [hh]}}
+  #                                # shares of a target size (or counts); seeded sampling; report in the manifest
 
 engine:
   workers: 0                       # 0 = one process per CPU core

@@ -226,6 +226,8 @@ class Reason(StrEnum):
     low_quality = "low_quality"  # written as low_quality:<rule>
     pii = "pii"  # written as pii:<type>, where silver.quality.pii drops instead of redacting
     refusal = "refusal"  # written as refusal:<pattern>, where silver.quality.refusal drops instead of tagging
+    mix_sampled_out = "mix_sampled_out"  # written as mix_sampled_out:<group>: beyond its group's quota in gold.mix
+    mix_unlisted = "mix_unlisted"  # written as mix_unlisted:<group>: a group gold.mix.ratios gives no share
     # Tokenization (gold/tokenized): the record is never trained on.
     template_error = "template_error"
     template_dropped_content = "template_dropped_content"

@@ -57,6 +57,9 @@ def drops(ords: pa.Array, ids: pa.Array, reasons: pa.Array, details: pa.Array) -
 GROUP_ID = pa.field("group_id", pa.string())
 # The annotation that pins a record to a split whatever its group's would be (a frozen eval set's split).
 PINNED_SPLIT = pa.field("pinned_split", pa.string())
+# The annotation that repeats a record in gold (gold.mix's upsampling): publish writes its row this many times in its
+# gold table, so every copy shares its split. Silver keeps one row per record.
+MIX_COPIES = pa.field("mix_copies", pa.int32())
 
 
 class StageConfig(BaseModel):

@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from tunelake.gold.mix import Mix
 from tunelake.gold.select import Select
 from tunelake.silver.decontaminate import Decontaminate
 from tunelake.silver.dedup import ExactDedup
@@ -42,7 +43,8 @@ BUILTIN: dict[str, type[Stage]] = {
     # groups, so groups (and their pair cap) are made of what the cluster cap kept.
     "silver.diversity": Diversity,
     "silver.prompt_groups": PromptGroups,
-    "gold.select": Select,  # last: it chooses among the records every other step kept
+    "gold.select": Select,  # it chooses among the records every silver step kept
+    "gold.mix": Mix,  # last: it shapes what gold holds of the records every other stage kept
 }
 # Built-in stages a recipe runs unless its section is null.
 ON_BY_DEFAULT = frozenset({"silver.exact_dedup"})

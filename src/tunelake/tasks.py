@@ -30,7 +30,7 @@ from tunelake.recipe import Split
 from tunelake.runner import StageCount, Verdicts, run_row_stages
 from tunelake.schema import TOKENIZE_QUARANTINE, Regime, quarantine_ledger, table_of
 from tunelake.silver.canonicalize import STAGE, STAGE_VERSION, FilePlan, by_row, canonicalize
-from tunelake.stage import GROUP_ID, PINNED_SPLIT, GlobalStage, RowLocalStage
+from tunelake.stage import GROUP_ID, MIX_COPIES, PINNED_SPLIT, GlobalStage, RowLocalStage
 from tunelake.tables import SPLITS
 
 # Rows in a row group of a gold part, the unit one tokenize task reads: a publish window holds tens of thousands
@@ -283,12 +283,17 @@ def run_publish(task: PublishTask, notes: list[pa.Table]) -> PublishDone:
         write_part(task.root, tables.RECORDS, name, records),
         write_part(task.root, tables.LEDGER_NAME, name, pa.concat_tables([ledger, keep])),
     ]
+    gold, gold_splits = records, splits
+    if MIX_COPIES.name in records.column_names:  # gold.mix repeats some records: their copies follow them
+        copies = records[MIX_COPIES.name].to_numpy()
+        repeat = pa.array(np.repeat(np.arange(records.num_rows), copies))
+        gold, gold_splits = records.take(repeat), splits.take(repeat)
     # Each gold table's rows are written as soon as they are selected, so one of them is held at a time.
     for regime in Regime:
-        in_regime = pc.equal(records["regime"], regime.value)
+        in_regime = pc.equal(gold["regime"], regime.value)
         for split in SPLITS:
             table = tables.gold(regime, split)
-            rows = records.filter(pc.and_(in_regime, pc.equal(splits, split))).select(gold_schema(regime).names)
+            rows = gold.filter(pc.and_(in_regime, pc.equal(gold_splits, split))).select(gold_schema(regime).names)
             parts.append(write_part(task.root, table, name, rows, GOLD_ROW_GROUP))
             if task.stage_gold:
                 parts.append(write_arrow(task.root, gold_staging(task.run_id, table), name, rows))

@@ -7,25 +7,30 @@ independent assignment, places the prompt in [0, 1); vectorised over a whole par
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pyarrow as pa
 
-from tunelake.recipe import Split
 from tunelake.silver.ngrams import mix
 from tunelake.tables import SPLITS
+
+if TYPE_CHECKING:  # the recipe loads the stages, and gold.mix places records with `unit`: no import at run time
+    from tunelake.recipe import Split
 
 _HEX = np.full(256, 255, np.uint8)
 _HEX[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16, dtype=np.uint8)
 
 
-def _unit(prompt_ids: pa.Array, seed: int) -> np.ndarray:
-    """Each prompt id's place in [0, 1): its 32 hex digits as two 64-bit words, each mixed in with the seed."""
+def unit(prompt_ids: pa.Array, seed: int) -> np.ndarray:
+    """Each id's place in [0, 1) (a prompt id here, a record id in gold.mix): its 32 hex digits as two 64-bit
+    words, each mixed in with the seed."""
     offsets = np.frombuffer(prompt_ids.buffers()[1], np.int32)[
         prompt_ids.offset : prompt_ids.offset + len(prompt_ids) + 1
     ]
     digits = _HEX[np.frombuffer(prompt_ids.buffers()[2], np.uint8)[offsets[0] : offsets[-1]]]
     if (np.diff(offsets) != 32).any() or (digits == 255).any():
-        raise ValueError("prompt ids must be 128-bit lower-case hex digests")
+        raise ValueError("ids must be 128-bit lower-case hex digests")
     mixed = np.full(len(prompt_ids), seed, np.uint64)
     with np.errstate(over="ignore"):
         for word in digits.reshape(-1, 2, 16).transpose(1, 2, 0):  # the two halves, digit by digit
@@ -37,7 +42,7 @@ def _unit(prompt_ids: pa.Array, seed: int) -> np.ndarray:
 
 
 def assign_splits(prompt_ids: pa.Array, split: Split) -> pa.Array:
-    u = _unit(prompt_ids, split.seed)
+    u = unit(prompt_ids, split.seed)
     names = np.where(u < split.validation, 1, np.where(u < split.validation + split.test, 2, 0))
     return pa.array(np.asarray(SPLITS, object)[names], pa.string())
 
