@@ -127,6 +127,17 @@ def test_row_local_stages_add_columns_rewrite_fields_and_quarantine(tmp_path, ex
     }
 
 
+def test_row_local_stages_in_a_chain_with_no_global_step_run_once(tmp_path, example_sources):
+    """With exact_dedup off, the only segment runs in the ingest pass; publish must not run its stages again (it
+    used to, and failed on the column they add, written twice)."""
+    stages = [{"use": f"{EXAMPLE_STAGES}.CountChars"}]
+    manifest, lake = run_build(write_recipe(tmp_path, example_sources, stages=stages, silver={"exact_dedup": None}))
+    assert _reconciled_chain(manifest) == ["canonicalize", "count_chars"]
+    silver = lake.read("silver/records")
+    assert silver.schema.names.count("answer_chars") == 1
+    assert manifest["stages"]["count_chars"]["in"] == silver.num_rows  # it dropped nothing, each record seen once
+
+
 def test_a_global_stage_annotates_groups_that_the_splits_follow(tmp_path, example_sources):
     """A `group_id` annotation decides the split: every record of a source shares its source's group. A later
     row-local stage runs in a pass of its own, between the two global steps."""

@@ -576,10 +576,12 @@ def _publish(run: _Run, engine: Engine, windows: list[Window], segs: list[Segmen
     started = time.perf_counter()
     run.progress.start("publish", sum(s.part.rows for w in windows for s in w.staged))
     index = len(segs) - 1
-    pass_ = Pass(index, segs[-1].rows, (), run.addresses)
+    # The last segment's row-local stages, unless the ingest pass ran them (a chain with no global step).
+    rows = segs[-1].rows if index else ()
+    pass_ = Pass(index, rows, (), run.addresses)
     silver = silver_schema(chain)
     stage_gold = bool(run.recipe.gold.export)
-    settings = publish_settings(silver, run.recipe.gold.split, segs[-1].rows, stage_gold)
+    settings = publish_settings(silver, run.recipe.gold.split, rows, stage_gold)
     tasks = (
         CachedPublish(
             PublishTask(
