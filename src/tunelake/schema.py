@@ -223,6 +223,7 @@ class Reason(StrEnum):
     contaminated = "contaminated"  # written as contaminated:<eval set>:<item>
     low_quality = "low_quality"  # written as low_quality:<rule>
     pii = "pii"  # written as pii:<type>, where silver.quality.pii drops instead of redacting
+    language = "language"  # written as language:<code> (outside silver.quality.lang's allow-list) or language:mixed
     # Tokenization (gold/tokenized): the record is never trained on.
     template_error = "template_error"
     template_dropped_content = "template_dropped_content"

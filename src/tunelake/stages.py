@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from tunelake.silver.decontaminate import Decontaminate
 from tunelake.silver.dedup import ExactDedup
 from tunelake.silver.heuristics import Heuristics
+from tunelake.silver.lang import Lang
 from tunelake.silver.near_dedup import NearDedup
 from tunelake.silver.pii import Pii
 from tunelake.silver.prompt_groups import PromptGroups
@@ -30,6 +31,7 @@ from tunelake.stage import GlobalStage, MissingDependency, RowLocalStage, Stage
 BUILTIN: dict[str, type[Stage]] = {
     "decontaminate": Decontaminate,
     "quality.pii": Pii,  # before the gates and dedup: they see redacted text, and the ids it gives
+    "quality.lang": Lang,
     "quality.heuristics": Heuristics,
     "exact_dedup": ExactDedup,
     "near_dedup": NearDedup,
