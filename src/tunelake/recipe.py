@@ -333,6 +333,7 @@ silver:
   # decontaminate: {{against: [{{name: gsm8k-test, path: evals/gsm8k_test.jsonl, field: question}}]}}
   # quality:                       # gates, off unless given; each keeps its scores in silver
   #   pii: {{action: redact}}         # secrets, e-mail, cards, IPs, phones -> <EMAIL> ...; ids computed again
+  #   lang: {{allow: [en]}}           # drop records confidently in another language; flag mixed ones
   #   heuristics: {{}}                # too short/long, repetitive, non-printing, cut in a code block
 
 gold:
