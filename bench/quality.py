@@ -8,7 +8,7 @@ Parquet file. Both sides read that file.
 
 Sides, each in its own process on 2 spawned workers, a task per row group of the file (CHUNK records, as a build's
 chunk), alternating run by run:
-- tunelake: every gate under `silver.quality` that exists (today: pii, heuristics, then refusal, with their
+- tunelake: every gate under `silver.quality` that exists (today: pii, lang, heuristics, then refusal, with their
   defaults) run on each chunk as a build runs them (RowLocalStage.process over an Arrow batch of canonical records).
 - datatrove (when installed: `pip install datatrove spacy`; its English word tokenizer is spaCy's):
   GopherQualityFilter and GopherRepetitionFilter, defaults, on a Document per record whose text is what tunelake's

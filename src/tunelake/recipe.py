@@ -345,6 +345,7 @@ silver:
   # decontaminate: {{against: [{{name: gsm8k-test, path: evals/gsm8k_test.jsonl, field: question}}]}}
   # quality:                       # gates, off unless given; each keeps its scores in silver
   #   pii: {{action: redact}}         # secrets, e-mail, cards, IPs, phones -> <EMAIL> ...; ids computed again
+  #   lang: {{allow: [en]}}           # drop records confidently in another language; flag mixed ones
   #   heuristics: {{}}                # too short/long, repetitive, non-printing, cut in a code block
   #   refusal: tag                  # tag refusals (or drop); report the benign-refusal rate per source/domain
   # over_filter: {{max_ks: 0.2, max_loss: 0.5}}  # warn when a stage's cut shifts length/turns or empties a source

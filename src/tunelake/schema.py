@@ -228,6 +228,7 @@ class Reason(StrEnum):
     refusal = "refusal"  # written as refusal:<pattern>, where silver.quality.refusal drops instead of tagging
     mix_sampled_out = "mix_sampled_out"  # written as mix_sampled_out:<group>: beyond its group's quota in gold.mix
     mix_unlisted = "mix_unlisted"  # written as mix_unlisted:<group>: a group gold.mix.ratios gives no share
+    language = "language"  # written as language:<code> (outside silver.quality.lang's allow-list) or language:mixed
     # Tokenization (gold/tokenized): the record is never trained on.
     template_error = "template_error"
     template_dropped_content = "template_dropped_content"

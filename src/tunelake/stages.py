@@ -25,6 +25,7 @@ from tunelake.silver.decontaminate import Decontaminate
 from tunelake.silver.dedup import ExactDedup
 from tunelake.silver.diversity import Diversity
 from tunelake.silver.heuristics import Heuristics
+from tunelake.silver.lang import Lang
 from tunelake.silver.near_dedup import NearDedup
 from tunelake.silver.pii import Pii
 from tunelake.silver.prompt_groups import PromptGroups
@@ -35,6 +36,7 @@ from tunelake.stage import GlobalStage, MissingDependency, RowLocalStage, Stage
 BUILTIN: dict[str, type[Stage]] = {
     "silver.decontaminate": Decontaminate,
     "silver.quality.pii": Pii,  # before the gates and dedup: they see redacted text, and the ids it gives
+    "silver.quality.lang": Lang,
     "silver.quality.heuristics": Heuristics,
     "silver.quality.refusal": Refusal,
     "silver.exact_dedup": ExactDedup,

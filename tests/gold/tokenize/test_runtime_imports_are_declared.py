@@ -20,6 +20,7 @@ from packaging.utils import canonicalize_name
 
 import tunelake
 from tests.conftest import EXAMPLES, REPO, TOKENIZERS
+from tunelake.stages import BUILTIN
 
 SRC = Path(tunelake.__file__).parents[1]
 SOURCES = [  # one source per regime, so that every tokenize path runs
@@ -29,9 +30,11 @@ SOURCES = [  # one source per regime, so that every tokenize path runs
 ]
 
 
-def _declared() -> set[str]:
+def _declared(extras: bool = False) -> set[str]:
+    """The distributions pyproject.toml declares as dependencies (or, with extras, in its optional extras)."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    return {canonicalize_name(Requirement(r).name) for r in project["dependencies"]}
+    requirements = [r for rs in project["optional-dependencies"].values() for r in rs] if extras else []
+    return {canonicalize_name(Requirement(r).name) for r in requirements or project["dependencies"]}
 
 
 def _installed_with(names: set[str]) -> set[str]:
@@ -110,7 +113,11 @@ def _build_with_only(site_packages: Path, folder: Path) -> subprocess.CompletedP
 
 
 def test_every_module_tunelake_imports_itself_is_a_declared_dependency():
-    assert _undeclared(_imported_by_tunelake()) == {}
+    # A module a built-in stage `requires` is imported only when that stage runs (a recipe turning it on without the
+    # package fails to load, naming the install command): an extra declares it.
+    optional = {module for stage in BUILTIN.values() for module in stage.requires}
+    assert _undeclared(_imported_by_tunelake() - optional) == {}
+    assert {m for m in optional if not _providers().get(m, set()) & _declared(extras=True)} == set()
 
 
 def test_a_tokenizing_build_runs_with_only_what_the_declared_dependencies_install(tmp_path):
