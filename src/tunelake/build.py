@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from tunelake import __version__, shift, tables
 from tunelake.address import MAX_FILES, SOURCE_SHIFT, Addresses
 from tunelake.cache import FileHashes, IngestCache, ReuseTask, entry_key, ingest_settings, run_reuse
-from tunelake.engine.local import LocalEngine
+from tunelake.engine.local import LocalEngine, give_back_memory
 from tunelake.engine.parts import Part, part_name, write_part
 from tunelake.engine.protocol import Engine
 from tunelake.gold.export import ExportTask, run_export
@@ -459,8 +459,34 @@ def _file_issues(run: _Run) -> None:
     )
 
 
-def _run_step(step: GlobalStage, rows: StagedRows) -> object:
-    return step.run(rows, GLOBAL_MEMORY)
+@dataclass
+class StepDone:
+    """What a global step sends back to the parent: the parts it wrote, its counts, the ordinals it removed (sorted)
+    and the file of its annotations (if any); never its decisions, which grow with the input."""
+
+    parts: list[Part]
+    count: StageCount
+    per_source: Counter
+    removed: np.ndarray
+    annotations: tuple[str, ...]
+
+
+def _run_step(step: GlobalStage, rows: StagedRows, root: Path, run_id: str, name: str, count: StageCount) -> StepDone:
+    """A global step, where it runs (on the pool, when there is one: its working memory never joins the parent's):
+    its decisions become ledger and quarantine parts (named `name`) and its annotations a part, written here."""
+    decided = step.run(rows, GLOBAL_MEMORY) if rows.files else Decisions(DECISIONS.empty_table())
+    give_back_memory()  # what the step's work took, before its verdicts are made
+    verdicts = global_verdicts(step, decided, rows.addresses, run_id, count)
+    quarantine, ledger = verdicts.tables()
+    written = [write_part(root, tables.QUARANTINED, name, quarantine)]
+    written.append(write_part(root, tables.LEDGER_NAME, name, ledger))
+    annotations = ()
+    if decided.annotations is not None and decided.annotations.num_rows:
+        notes = decided.annotations.sort_by("_ord")
+        part = write_part(root, annotations_table(run_id, step), "annotations.parquet", notes, 65_536)
+        annotations = (str(root / part.table / part.name),)
+    removed = np.sort(decided.decisions["_ord"].to_numpy())
+    return StepDone([p for p in written if p], count, verdicts.per_source, removed, annotations)
 
 
 def _global_steps(
@@ -493,30 +519,14 @@ def _global(
     rows = StagedRows(files, run.addresses, step.name, removed, read, scratch)
     count = count_of(step)
     count.records_in = sum(s.part.rows for s in staged) - len(removed)
-    # On the pool, when there is one: the step's working memory (DuckDB's) then never joins the parent's.
-    decided = engine.run(_run_step, step, rows) if rows.files else Decisions(DECISIONS.empty_table())
-    verdicts = global_verdicts(step, decided, run.addresses, run.run_id, count)
-    quarantine, ledger = verdicts.tables()
     name = part_name(run.run_id, global_step(index), position)
-    run.add(
-        [
-            p
-            for p in (
-                write_part(run.lake.root, tables.QUARANTINED, name, quarantine),
-                write_part(run.lake.root, tables.LEDGER_NAME, name, ledger),
-            )
-            if p
-        ]
-    )
-    count.seconds = time.perf_counter() - started
-    run.tally(PassDone([], None, [count], verdicts.per_source))
-    annotations = ()
-    if decided.annotations is not None and decided.annotations.num_rows:
-        notes = decided.annotations.sort_by("_ord")
-        part = write_part(run.lake.root, annotations_table(run.run_id, step), "annotations.parquet", notes, 65_536)
-        annotations = (str(run.lake.root / part.table / part.name),)
+    args = (step, rows, run.lake.root, run.run_id, name, count)
+    done = engine.run(_run_step, *args) if rows.files else _run_step(*args)
+    run.add(done.parts)
+    done.count.seconds = time.perf_counter() - started
+    run.tally(PassDone([], None, [done.count], done.per_source))
     run.timed(step.name, count.records_in, started)
-    return np.sort(decided.decisions["_ord"].to_numpy()), annotations
+    return done.removed, done.annotations
 
 
 def _windows(run: _Run, staged: list[Staged], decided: np.ndarray, annotations: tuple[str, ...]) -> list[Window]:

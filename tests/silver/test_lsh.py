@@ -3,6 +3,8 @@ equal the components of every verified edge."""
 
 from __future__ import annotations
 
+from contextlib import ExitStack
+
 import duckdb
 import numpy as np
 import pyarrow as pa
@@ -61,7 +63,8 @@ def test_linked_components_equal_those_of_every_verified_pair(monkeypatch, tmp_p
     con = _relation(texts, config)
     nodes = np.arange(len(texts)) * 7 + 3
     assert sum(len(p) for p in lsh.band_pairs(con, "rows", nodes, config)) > 500
-    edges, similarity = lsh.verified_edges(con, "rows", nodes, config, str(tmp_path))
+    with lsh.ShingleSets(con, "rows", nodes, str(tmp_path)) as sets:
+        edges, similarity = lsh.verified_edges(con, "rows", nodes, config, [sets])
     assert (similarity >= 0.7).all() and len(edges) > 60
     monkeypatch.setattr(lsh, "BLOCK", 64)
     label = lsh.linked(con, "rows", nodes, config, str(tmp_path))
@@ -82,9 +85,10 @@ def test_verified_edges_are_the_candidates_whose_every_part_is_near_identical(mo
     con = duckdb.connect()
     con.register("rows", pa.table({"_ord": nodes, **columns, "second": second_sets, "empty": empty}))
     monkeypatch.setattr(lsh, "BLOCK", 32)  # many blocks, a pair met again in a later one
-    edges, similarity = lsh.verified_edges(
-        con, "rows", nodes, config, str(tmp_path), (lsh.SHINGLES, "second", "empty")
-    )
+    with ExitStack() as stack:
+        parts = [lsh.SHINGLES, "second", "empty"]
+        stored = [stack.enter_context(lsh.ShingleSets(con, "rows", nodes, str(tmp_path), c)) for c in parts]
+        edges, similarity = lsh.verified_edges(con, "rows", nodes, config, stored)
 
     sets = [[set(v) for v in column.to_pylist()] for column in (columns[lsh.SHINGLES], second_sets)]
 

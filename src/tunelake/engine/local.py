@@ -47,7 +47,7 @@ class LocalEngine:
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
         """fn over items, results in input order."""
-        _give_back_memory()  # what this process freed in the phase before
+        give_back_memory()  # what this process freed in the phase before
         if self._pool is None:
             yield from map(fn, items)
             return
@@ -81,14 +81,14 @@ def _run_and_release(fn: Callable[[T], R], item: T) -> R:
     """Run a task in a worker, handing freed memory back to the OS before (what the last task's result took on its
     way out) and after: workers live for the whole build, and one that kept every task's peak would make memory
     grow with the number of workers' tasks."""
-    _give_back_memory()
+    give_back_memory()
     try:
         return fn(item)
     finally:
-        _give_back_memory()
+        give_back_memory()
 
 
-def _give_back_memory() -> None:
+def give_back_memory() -> None:
     """Hand what this process freed back to the OS: Arrow's pool keeps freed buffers for reuse, and glibc's heap
     keeps freed blocks under its mmap threshold, which rises (up to 32 MiB) each time a large NumPy array is freed,
     so a process would go on holding its past peaks (~100 MiB each at 1M records)."""

@@ -57,7 +57,8 @@ def find_leaks(lake: Lake, config: MinHashConfig, memory_limit: str = "512MB") -
         exact = con.sql("select prompt_id, places, text from prompts where splits > 1 order by prompt_id").fetchall()
         leaks = [Leak("exact", 1.0, (p, p), places, _short(text)) for p, places, text in exact]
         nodes = np.arange(prompts)
-        edges, similarity = lsh.verified_edges(con, "prompts", nodes, config, spill)
+        with lsh.ShingleSets(con, "prompts", nodes, spill) as sets:
+            edges, similarity = lsh.verified_edges(con, "prompts", nodes, config, [sets])
         con.register("edges", pa.table({"a": nodes[edges[:, 0]], "b": nodes[edges[:, 1]], "jaccard": similarity}))
         near = con.sql(
             """

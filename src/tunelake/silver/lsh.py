@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
 
 import duckdb
 import numpy as np
@@ -127,34 +126,30 @@ def verified_edges(
     source: str,
     nodes: np.ndarray,
     config: MinHashConfig,
-    scratch: str,
-    parts: tuple[str, ...] = (SHINGLES,),
+    sets: list[ShingleSets],
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Every candidate pair whose staged shingle sets (`parts`: columns of set_column) each have a Jaccard of at
-    least the threshold (edges: int32 pairs, sorted), and the smallest of its Jaccards; `scratch` is a folder for
-    files of the sets. A pair a later band finds again is not verified again, nor is one whose bound is below the
-    threshold."""
+    """Every candidate pair whose shingle sets (`sets`: one ShingleSets per compared part, of the same nodes) each
+    have a Jaccard of at least the threshold (edges: int32 pairs, sorted), and the smallest of its Jaccards. A pair
+    a later band finds again is not verified again, nor is one whose bound is below the threshold."""
     if len(nodes) >= 1 << 31:
         raise ValueError(f"{len(nodes)} rows: edges are pairs of int32 node numbers")
     edges, similarity, seen = [np.empty((0, 2), np.int32)], [np.empty(0)], PairSet(len(nodes))
-    with ExitStack() as stack:
-        stored = [stack.enter_context(ShingleSets(con, source, nodes, scratch, part)) for part in parts]
-        stored = [s for s in stored if s.counts.any()]  # a part no row has: every pair's sets are equal (empty)
+    stored = [s for s in sets if s.counts.any()]  # a part no row has: every pair's sets are equal (empty)
 
-        def open_(pairs: np.ndarray) -> np.ndarray:
-            pairs = pairs[~seen.holds(pairs)]
-            for sets in stored:
-                pairs = pairs[sets.bound(pairs) >= config.threshold]
-            return pairs
+    def open_(pairs: np.ndarray) -> np.ndarray:
+        pairs = pairs[~seen.holds(pairs)]
+        for part in stored:
+            pairs = pairs[part.bound(pairs) >= config.threshold]
+        return pairs
 
-        for block in _blocks(band_pairs(con, source, nodes, config), open_):
-            block = minhash.unique_pairs(open_(block), len(nodes))  # a pair may come twice in one block
-            seen.add(block)
-            found = np.ones(len(block))
-            for sets in stored:
-                found = np.minimum(found, sets.jaccard(block))
-            edges.append(block[found >= config.threshold].astype(np.int32))  # half the memory of int64 pairs
-            similarity.append(found[found >= config.threshold])
+    for block in _blocks(band_pairs(con, source, nodes, config), open_):
+        block = minhash.unique_pairs(open_(block), len(nodes))  # a pair may come twice in one block
+        seen.add(block)
+        found = np.ones(len(block))
+        for part in stored:
+            found = np.minimum(found, part.jaccard(block))
+        edges.append(block[found >= config.threshold].astype(np.int32))  # half the memory of int64 pairs
+        similarity.append(found[found >= config.threshold])
     edges, similarity = np.concatenate(edges), np.concatenate(similarity)
     order = np.lexsort((edges[:, 1], edges[:, 0]))
     return edges[order], similarity[order]

@@ -17,6 +17,7 @@ earliest source in the recipe, then the smallest id; whatever the number of work
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from typing import Literal
 
 import duckdb
@@ -81,8 +82,11 @@ class NearDedup(GlobalStage):
         with rows.connect(memory_limit) as con:
             # Nodes numbered by the keep policy: a bucket's first member and greedy_keep's preferred node agree.
             records = con.sql(f"select _ord from staged order by {KEEP_ORDER}").fetchnumpy()["_ord"]
-        with rows.connect(memory_limit) as con:
-            edges, similarity = lsh.verified_edges(con, "staged", records, self.config, rows.scratch, SETS)
+        with ExitStack() as stack:
+            with rows.connect(memory_limit) as con:
+                sets = [stack.enter_context(lsh.ShingleSets(con, "staged", records, rows.scratch, c)) for c in SETS]
+            with rows.connect(memory_limit) as con:
+                edges, similarity = lsh.verified_edges(con, "staged", records, self.config, sets)
         with rows.connect(memory_limit) as con:
             dropped, clusters = _near_duplicates(con, records, edges, similarity)
             con.register("clusters", clusters)
