@@ -85,6 +85,7 @@ def test_verified_edges_are_the_candidates_whose_every_part_is_near_identical(mo
     con = duckdb.connect()
     con.register("rows", pa.table({"_ord": nodes, **columns, "second": second_sets, "empty": empty}))
     monkeypatch.setattr(lsh, "BLOCK", 32)  # many blocks, a pair met again in a later one
+    monkeypatch.setattr(lsh, "READ", 50)  # a block's pairs verified a few sets at a time
     with ExitStack() as stack:
         parts = [lsh.SHINGLES, "second", "empty"]
         stored = [stack.enter_context(lsh.ShingleSets(con, "rows", nodes, str(tmp_path), c)) for c in parts]

@@ -33,6 +33,7 @@ from tunelake.stage import StageConfig
 BLOCK = 1 << 16  # candidate pairs verified at once: their shingle sets are read back together
 SHINGLES = "shingles"  # the staged column of each text's shingle set (shingle_columns)
 WINDOW = 1 << 20  # shingles read from the file of shingle sets at once (8 MiB)
+READ = 1 << 22  # shingles of the sets a verification holds at once (32 MiB; a pair's two sets are never split)
 ROWS = 1 << 13  # rows fetched from DuckDB at a time (its batches of 64Ki rows of shingle sets took ~150 MiB more)
 
 
@@ -220,10 +221,20 @@ class ShingleSets:
         return minhash.jaccard_bound(self.bitmaps, self.counts, pairs[:, 0], pairs[:, 1])
 
     def jaccard(self, pairs: np.ndarray) -> np.ndarray:
-        """The exact Jaccard of each pair (reading the sets of the pairs' nodes only)."""
-        involved = np.unique(pairs)
-        sets = self.read(involved)
-        return minhash.jaccard(sets, *(np.searchsorted(involved, side) for side in (pairs[:, 0], pairs[:, 1])))
+        """The exact Jaccard of each pair, reading the sets of the pairs' nodes only, for pairs whose sets hold up to
+        READ hashes together at a time (long texts would otherwise bring a block's sets into memory at once)."""
+        out = np.empty(len(pairs))
+        before = np.zeros(len(pairs) + 1, np.int64)  # hashes of the pairs before each
+        np.cumsum(self.counts[pairs[:, 0]] + self.counts[pairs[:, 1]], out=before[1:])
+        start = 0
+        while start < len(pairs):
+            stop = max(start + 1, int(np.searchsorted(before, before[start] + READ, side="right")) - 1)
+            some = pairs[start:stop]
+            involved = np.unique(some)
+            sets = self.read(involved)
+            out[start:stop] = minhash.jaccard(sets, *(np.searchsorted(involved, side) for side in some.T))
+            start = stop
+        return out
 
     def read(self, nodes: np.ndarray) -> Grams:
         """The sets of these nodes, in this order: the file is read in order, a window of up to WINDOW hashes at a

@@ -20,7 +20,6 @@ from __future__ import annotations
 from contextlib import ExitStack
 from typing import Literal
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -87,16 +86,14 @@ class NearDedup(GlobalStage):
                 sets = [stack.enter_context(lsh.ShingleSets(con, "staged", records, rows.scratch, c)) for c in SETS]
             with rows.connect(memory_limit) as con:
                 edges, similarity = lsh.verified_edges(con, "staged", records, self.config, sets)
-        with rows.connect(memory_limit) as con:
-            dropped, clusters = _near_duplicates(con, records, edges, similarity)
-            con.register("clusters", clusters)
-            # Every record's cluster: its own id when it has no near-duplicate.
-            notes = con.sql(
-                f"""
-                select s._ord, coalesce(c.{CLUSTER_ID.name}, s.id) as {CLUSTER_ID.name}
-                from staged s left join clusters c using (_ord) order by s._ord
-                """
-            ).to_arrow_table()
+        with rows.connect(memory_limit) as con:  # every record's id, as it streams (no join or sort in DuckDB)
+            read = con.sql("select _ord, id from staged").to_arrow_reader(lsh.ROWS).read_all()
+        by_ord = np.argsort(read["_ord"].to_numpy())
+        ords, ids = read["_ord"].to_numpy()[by_ord], read["id"].take(pa.array(by_ord)).combine_chunks()
+        del read
+        dropped, cluster_of = _near_duplicates(records, edges, similarity, ords, ids)
+        # Every record's cluster: its own id when it has no near-duplicate.
+        notes = pa.table({"_ord": ords, CLUSTER_ID.name: ids.take(pa.array(cluster_of))})
         detail = pc.binary_join_element_wise(dropped["detail"], rows.addresses.name(dropped["kept_ord"]), "")
         decisions = drops(dropped["_ord"], dropped["id"], dropped["reason"], detail)
         return Decisions(decisions, notes.cast(pa.schema([pa.field("_ord", pa.int64()), CLUSTER_ID])))
@@ -136,25 +133,19 @@ def salted_grams(grams: list[Grams]) -> Grams:
 
 
 def _near_duplicates(
-    con: duckdb.DuckDBPyConnection, records: np.ndarray, edges: np.ndarray, similarity: np.ndarray
-) -> tuple[pa.Table, pa.Table]:
-    """The records dropped (`_ord`, id, reason, detail, kept_ord) and each clustered record's cluster
-    (`_ord`, cluster_id: the id of its cluster's kept record), from the verified edges (sorted) between the
+    records: np.ndarray, edges: np.ndarray, similarity: np.ndarray, ords: np.ndarray, ids: pa.Array
+) -> tuple[pa.Table, np.ndarray]:
+    """The records dropped (`_ord`, id, reason, detail, kept_ord), and for each record (`ords`, sorted, whose ids are
+    `ids`) the position of its cluster's kept record among them, from the verified edges (sorted) between the
     records (`_ord`s in policy order)."""
     involved = np.unique(edges)  # from here on, ranks among the records on some edge (still in policy order)
     nodes, ranked = records[involved], np.searchsorted(involved, edges).astype(edges.dtype)
     del edges  # ranked, in the same (sorted) order, replaces it
-    by_ord = np.argsort(nodes)
-    con.register("nodes", pa.table({"_ord": nodes[by_ord]}))
-    in_ord = con.sql("select id from staged semi join nodes using (_ord) order by _ord").to_arrow_table()["id"]
-    con.unregister("nodes")
-    row_of = np.empty(len(nodes), np.int64)
-    row_of[by_ord] = np.arange(len(nodes))
-    ids = in_ord.take(pa.array(row_of))  # by rank
+    at = np.searchsorted(ords, nodes)  # each ranked record's position in ords and ids
     kept, dropped_for = minhash.greedy_keep(len(nodes), ranked)
     label = minhash.components(len(nodes), ranked)  # a component's label is its best rank: a kept record
-    clustered = np.flatnonzero(np.bincount(ranked.ravel(), minlength=len(nodes)))
-    clusters = pa.table({"_ord": nodes[clustered], CLUSTER_ID.name: ids.take(pa.array(label[clustered]))})
+    cluster_of = np.arange(len(ords))
+    cluster_of[at] = at[label]
     dropped = np.flatnonzero(~kept)
     kept_rank = dropped_for[dropped]
     # The Jaccard of each dropped record with the kept one it names: their edge's (ranks kept the edges sorted).
@@ -166,12 +157,12 @@ def _near_duplicates(
     dropped_rows = pa.table(
         {
             "_ord": nodes[dropped],
-            "id": ids.take(pa.array(dropped)),
+            "id": ids.take(pa.array(at[dropped])),
             "reason": pc.binary_join_element_wise(
-                f"{Reason.near_duplicate.value}:", ids.take(pa.array(kept_rank)), ""
+                f"{Reason.near_duplicate.value}:", ids.take(pa.array(at[kept_rank])), ""
             ),
             "detail": detail,
             "kept_ord": nodes[kept_rank],
         }
     )
-    return dropped_rows, clusters
+    return dropped_rows, cluster_of
