@@ -61,7 +61,7 @@ def ingest_settings(recipe: Recipe, segment: Segment) -> dict[str, dict]:
         "max_chars": recipe.silver.max_chars,
         "chunk_bytes": recipe.engine.chunk_bytes,
         "stages": [s.describe() for s in segment.rows],
-        "columns_for": [step.describe() for step in segment.steps],
+        "columns_for": [step.columns_key() for step in segment.steps],
     }
     return {s.name: {**common, "source": s.model_dump(mode="json", exclude={"path"})} for s in recipe.sources}
 

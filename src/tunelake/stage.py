@@ -190,5 +190,11 @@ class GlobalStage(Stage, ABC):
         """The columns this step reads, computed per chunk where the data is (default: its `reads` columns)."""
         return {name: batch[name] for name in self.reads}
 
+    def columns_key(self) -> dict:
+        """What decides `columns` (in the key of every cached ingest entry that staged them); default: all of
+        `describe()`. A step whose columns depend on part of its config only names that part, so that changing
+        the rest (a mix's ratios, a selection's size) reruns the step, not the ingest pass."""
+        return self.describe()
+
     @abstractmethod
     def run(self, rows: StagedRows, memory_limit: str) -> Decisions: ...

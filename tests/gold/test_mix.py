@@ -176,3 +176,17 @@ def test_ratios_that_make_no_mix_are_a_recipe_error(tmp_path, ratios, expected):
     with pytest.raises(RecipeError) as error:
         load_recipe(path)
     assert "gold.mix" in str(error.value) and expected in str(error.value)
+
+
+def test_new_ratios_rerun_the_mix_not_the_ingest_pass(tmp_path):
+    """The staged columns depend on `by` and `seed` only: a rebuild with other shares and size reuses every file's
+    ingest outputs, and gives what a clean build with those shares gives."""
+    _build(tmp_path / "lake", {"ratios": SHARES, "size": 40})
+    other = {"ratios": {"alpaca": 0.25, "gsm8k": 0.5, "hh": 0.2, "reasoning": 0.05}, "size": 20}
+    again, lake = _build(tmp_path / "lake", other)
+    assert all(i["reused"] for i in again["inputs"])
+    _, clean = _build(tmp_path / "clean", other)
+    assert _gold_ids(lake) == _gold_ids(clean) and sum(_gold_ids(lake).values()) == 20
+    # Another seed stages other columns: the ingest pass runs again.
+    seeded, _ = _build(tmp_path / "lake", {**other, "seed": 1})
+    assert not any(i["reused"] for i in seeded["inputs"])

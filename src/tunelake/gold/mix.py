@@ -113,6 +113,9 @@ class Mix(GlobalStage):
             "reasoning": pa.array(has_reasoning(batch)),
         }
 
+    def columns_key(self) -> dict:
+        return {"name": self.name, "version": self.version, "by": self.config.by, "seed": self.config.seed}
+
     def run(self, rows: StagedRows, memory_limit: str) -> Decisions:
         with rows.connect(memory_limit) as con:
             available = dict(con.sql('select "group", count(*) from staged group by all').fetchall())

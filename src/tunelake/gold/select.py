@@ -59,6 +59,10 @@ class Select(GlobalStage):
         low = minhash.signatures(grams, self.config.num_perm).astype(np.uint16)  # the low 16 bits
         return {"signature": pa.FixedSizeListArray.from_arrays(pa.array(low.ravel()), self.config.num_perm)}
 
+    def columns_key(self) -> dict:
+        what = ("by", "ngram", "num_perm")  # the signatures'; size, seed and strategy act in run
+        return {"name": self.name, "version": self.version, **{k: getattr(self.config, k) for k in what}}
+
     def run(self, rows: StagedRows, memory_limit: str) -> Decisions:
         perm = self.config.num_perm
         ords, ids = [], []
