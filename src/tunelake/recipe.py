@@ -289,6 +289,7 @@ def load_recipe(path: str | Path) -> tuple[Recipe, str]:
         try:
             if config is not None:
                 config.resolve(base)
+                config.check_sources([source.name for source in recipe.sources])
         except ValueError as e:
             raise RecipeError(f"{path}: {name}: {e}") from None
     return recipe, hashlib.sha256(raw).hexdigest()

@@ -71,6 +71,10 @@ class StageConfig(BaseModel):
         """Make the section's file paths absolute against the recipe's folder `base` and check the files they name,
         as the recipe loads; raise ValueError saying which file and what is wrong. Nothing to do by default."""
 
+    def check_sources(self, sources: list[str]) -> None:
+        """Raise ValueError, as the recipe loads, where the section names a source the recipe does not have (a typo
+        there would silently match nothing). Nothing to check by default."""
+
 
 class MissingDependency(ValueError):
     """A stage needs a package that is not installed."""

@@ -88,7 +88,13 @@ def test_without_a_size_the_mix_is_the_largest_the_shares_allow(tmp_path):
 
 
 def test_counts_groups_unnamed_short_and_absent(tmp_path):
-    manifest, lake = _build(tmp_path, {"ratios": {"alpaca": 10, "hh": 5, "reasoning": 5, "nowhere": 4}})
+    # "nowhere" is a source of the recipe whose only row is quarantined: its group is absent from the data.
+    (tmp_path / "nowhere.jsonl").write_text('{"instruction": "cut off\n')
+    nowhere = {"name": "nowhere", "path": str(tmp_path / "nowhere.jsonl"), "format": "alpaca"}
+    sources = [*_sources(), {**nowhere, "license": "mit", "origin": "human"}]
+    gold = {"mix": {"ratios": {"alpaca": 10, "hh": 5, "reasoning": 5, "nowhere": 4}}, "export": []}
+    manifest, lake = run_build(write_recipe(tmp_path, sources, gold=gold, silver={"max_quarantine_rate": 1}))
+    assert manifest["counts"]["nowhere"]["quarantined"] == 1
     report = manifest["reports"]["mix"]
     assert report["unlisted"] == {"gsm8k": 30}
     achieved = {g: r["achieved"] for g, r in report["groups"].items()}
@@ -169,6 +175,10 @@ def test_upsampled_copies_reach_gold_and_its_exports_in_one_split(tmp_path):
     [
         ({"alpaca": 0.5, "hh": 0.4}, "the shares in ratios sum to 0.9; they must sum to 1"),
         ({"alpaca": 0.5, "hh": 10}, "ratios mix shares (numbers with a decimal point) and counts (integers)"),
+        (  # a typo would match no record, silently
+            {"alpacca": 0.5, "hh": 0.5},
+            "ratios name sources the recipe does not have: alpacca (its sources: alpaca, gsm8k, hh, reasoning)",
+        ),
     ],
 )
 def test_ratios_that_make_no_mix_are_a_recipe_error(tmp_path, ratios, expected):
@@ -176,6 +186,12 @@ def test_ratios_that_make_no_mix_are_a_recipe_error(tmp_path, ratios, expected):
     with pytest.raises(RecipeError) as error:
         load_recipe(path)
     assert "gold.mix" in str(error.value) and expected in str(error.value)
+
+
+def test_ratios_by_domain_may_name_what_only_the_data_holds(tmp_path):
+    gold = {"mix": {"by": "domain", "ratios": {"math": 1.0}}}
+    recipe, _ = load_recipe(write_recipe(tmp_path, _sources(), gold=gold))
+    assert recipe.gold.mix.ratios == {"math": 1.0}
 
 
 def test_new_ratios_rerun_the_mix_not_the_ingest_pass(tmp_path):

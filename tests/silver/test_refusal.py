@@ -252,6 +252,13 @@ def test_an_unknown_action_names_the_choices(tmp_path):
         load_recipe(write_recipe(tmp_path, _sources(tmp_path), silver={"quality": {"refusal": "flag"}}))
 
 
+def test_expected_sources_the_recipe_does_not_have_are_a_recipe_error(tmp_path):
+    sources = _sources(tmp_path)
+    section = {"quality": {"refusal": {"expected": {"sources": ["hh_harmles"]}}}}  # a typo: counted benign otherwise
+    with pytest.raises(RecipeError, match=r"refusal: expected.sources names sources the recipe does not have: hh_"):
+        load_recipe(write_recipe(tmp_path, sources, silver=section))
+
+
 def test_the_build_prints_the_refusal_rates_and_warnings(tmp_path):
     from typer.testing import CliRunner
 

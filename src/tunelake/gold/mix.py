@@ -71,6 +71,14 @@ class MixConfig(StageConfig):
         0.2, ge=0, le=1, description="The least share of general-purpose groups before the report warns."
     )
 
+    def check_sources(self, sources: list[str]) -> None:
+        unknown = sorted(set(self.ratios) - set(sources)) if self.by == "source" else []
+        if unknown:
+            raise ValueError(
+                f"ratios name sources the recipe does not have: {', '.join(unknown)} "
+                f"(its sources: {', '.join(sources)})"
+            )
+
     @model_validator(mode="after")
     def _ratios_make_a_mix(self) -> MixConfig:
         kinds = {type(value) for value in self.ratios.values()}

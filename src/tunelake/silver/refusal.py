@@ -114,6 +114,14 @@ class RefusalConfig(StageConfig):
         0.05, ge=0, le=1, description="The report warns where the benign-refusal rate is above this."
     )
 
+    def check_sources(self, sources: list[str]) -> None:
+        unknown = sorted(set(self.expected.sources) - set(sources))
+        if unknown:
+            raise ValueError(
+                f"expected.sources names sources the recipe does not have: {', '.join(unknown)} "
+                f"(its sources: {', '.join(sources)})"
+            )
+
     @model_validator(mode="before")
     @classmethod
     def _bare_action(cls, value: Any) -> Any:
