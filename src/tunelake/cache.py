@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from tunelake import __version__
 from tunelake.address import ROW_BITS, SUB_BITS, ordinal
 from tunelake.engine.parts import Part, read_arrow, write_arrow, write_part
+from tunelake.ingest.readers import file_sha256
 from tunelake.recipe import Recipe
 from tunelake.runner import Segment, StageCount
 from tunelake.silver.canonicalize import STAGE_VERSION
@@ -41,11 +42,6 @@ ENTRY_FORMAT = 3  # what an entry records (chunk_facts); bump when it changes, s
 _TALLIES = ("tally", "profile")  # StageCount's Counters keyed by tuples (2: tally; 3: profile)
 HASHES = "_cache/hashes.json"
 _WITHIN_FILE = (1 << (ROW_BITS + SUB_BITS)) - 1  # the row and sub bits of an ordinal
-
-
-def file_sha256(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def entry_key(sha256: str, path: str, settings: dict) -> str:

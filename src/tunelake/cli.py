@@ -25,7 +25,6 @@ from tunelake.lake import Lake, LakeBusy
 from tunelake.recipe import RecipeError, example_recipe, load_recipe
 from tunelake.schema import Reason
 from tunelake.silver.lsh import MinHashConfig
-from tunelake.silver.refusal import summary as refusal_summary
 from tunelake.stage import BuildRefused
 
 app = typer.Typer(
@@ -108,10 +107,12 @@ def build(recipe: Annotated[Path, typer.Argument(help="The recipe YAML file.")])
     out.print(_stage_table(manifest["stages"]))
     for warning in manifest["warnings"]:
         console.print(f"[yellow]over-filter warning: {warning}[/yellow]", highlight=False)
-    if refusals := manifest["reports"].get("refusal"):
-        out.print(refusal_summary(refusals), markup=False, highlight=False, soft_wrap=True)
-    for name, report in manifest["reports"].items():  # a stage's report may hold warnings: still correct, worth a look
-        for warning in report.get("warnings", []) if isinstance(report, dict) else []:
+    for name, report in manifest["reports"].items():  # a report may hold a summary line and warnings to print
+        if not isinstance(report, dict):
+            continue
+        if "summary" in report:
+            out.print(report["summary"], markup=False, highlight=False, soft_wrap=True)
+        for warning in report.get("warnings", []):
             console.print(f"{name}: {warning}", style="yellow", markup=False, highlight=False, soft_wrap=True)
     for item in manifest["inputs"]:
         for issue in item["issues"]:

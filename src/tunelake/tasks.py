@@ -284,7 +284,7 @@ def run_publish(task: PublishTask, notes: list[pa.Table]) -> PublishDone:
         write_part(task.root, tables.LEDGER_NAME, name, pa.concat_tables([ledger, keep])),
     ]
     gold, gold_splits = records, splits
-    if MIX_COPIES.name in records.column_names:  # gold.mix repeats some records: their copies follow them
+    if MIX_COPIES.name in records.column_names:  # records to repeat in gold: their copies follow them
         copies = records[MIX_COPIES.name].to_numpy()
         repeat = pa.array(np.repeat(np.arange(records.num_rows), copies))
         gold, gold_splits = records.take(repeat), splits.take(repeat)

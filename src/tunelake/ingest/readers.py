@@ -42,6 +42,12 @@ _UNREADABLE = (OSError, zlib.error, zstandard.ZstdError)
 _UNREADABLE_TABLE = (OSError, pa.ArrowInvalid, pa.ArrowNotImplementedError, OverflowError)
 
 
+def file_sha256(path: str) -> str:
+    """A file's sha256, read in blocks: what names an input (and an eval file) in caches and manifests."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 @dataclass
 class FileReport:
     path: str
@@ -367,11 +373,7 @@ def _serialised(path: str, rows: Iterator[object], report: FileReport, chunk_byt
 
 
 def _table_chunks(path: str, kind: str, compression: str, report: FileReport, chunk_bytes: int) -> Iterator[RawChunk]:
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            sha.update(block)
-    report.sha256, report.bytes = sha.hexdigest(), Path(path).stat().st_size
+    report.sha256, report.bytes = file_sha256(path), Path(path).stat().st_size
     if report.bytes == 0:
         return  # an empty file, not an unreadable one (pyarrow refuses a 0-byte CSV or Parquet file)
     try:

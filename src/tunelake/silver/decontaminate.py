@@ -10,7 +10,6 @@ share of the item found and the longest matched span, as the record's normalised
 from __future__ import annotations
 
 import functools
-import hashlib
 import re
 from pathlib import Path
 from typing import Literal
@@ -20,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, field_validator
 
+from tunelake.ingest.readers import file_sha256
 from tunelake.schema import Reason
 from tunelake.silver.eval_sets import EvalIndex, EvalSetError, Shingles, read_eval_set
 from tunelake.silver.ngrams import MAX_N, words
@@ -102,7 +102,7 @@ class Decontaminate(RowLocalStage):
     @functools.cached_property
     def eval_sha256(self) -> tuple[str, ...]:
         """Each eval file's sha256, in `against` order: computed once (in the parent, travelling with the stage)."""
-        return tuple(_sha256(e.path) for e in self.config.against)
+        return tuple(file_sha256(e.path) for e in self.config.against)
 
     def describe(self) -> dict:
         """The config, and each eval file's sha256: a changed eval file re-runs the stage on every input."""
@@ -149,11 +149,6 @@ class Decontaminate(RowLocalStage):
                 "records_dropped": row["item_count"],
             }
         return report
-
-
-def _sha256(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 @functools.lru_cache(maxsize=4)

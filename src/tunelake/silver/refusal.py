@@ -233,9 +233,11 @@ def refusal_report(tally: Tally, config: RefusalConfig) -> dict:
         for (kind, name), entry in sorted(entries.items(), key=lambda item: (KINDS.index(item[0][0]), item[0][1]))
         if entry["benign_rate"] is not None and entry["benign_rate"] > config.max_benign_rate
     ]
+    total = entries.get(("total", ""), _entry(Counter()))
     return {
         "patterns_version": PATTERNS_VERSION,
-        "total": entries.get(("total", ""), _entry(Counter())),
+        "summary": _summary(total),
+        "total": total,
         "by_source": {name: entry for (kind, name), entry in sorted(entries.items()) if kind == "source"},
         "by_domain": {name: entry for (kind, name), entry in sorted(entries.items()) if kind == "domain"},
         "warnings": warnings,
@@ -255,11 +257,10 @@ def _entry(counts: Counter) -> dict:
     }
 
 
-def summary(report: dict) -> str:
-    """One line for the build's output: the refusal and benign-refusal rates over all judged records."""
-    total = report["total"]
+def _summary(total: dict) -> str:
+    """The report's line for the build's output: the refusal and benign-refusal rates over all judged records."""
     benign = f"{total['benign_rate']:.2%}" if total["benign_rate"] is not None else "n/a"
     return (
-        f"refusals (patterns v{report['patterns_version']}): {total['refused']} of {total['judged']} responses "
+        f"refusals (patterns v{PATTERNS_VERSION}): {total['refused']} of {total['judged']} responses "
         f"judged; benign-refusal rate {benign} ({total['benign_refused']} of {total['benign_judged']})"
     )
