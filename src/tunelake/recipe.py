@@ -341,6 +341,11 @@ sources:
 silver:
   max_chars: 1000000               # longer records are quarantined as too_long
   near_dedup: {{threshold: 0.8}}     # drop near-duplicates (MinHash LSH, each pair verified); off unless given
+  # preference:                    # pairs from ratings and votes; ties never given a winner; see the README
+  #   pairs_from_ratings: {{aggregate: mean, strategy: best_vs_random_lower, min_margin: 0, seed: 0}}
+  #   ties: drop                    # or keep_soft (pair_label 0.5)
+  #   min_agreement: 0.6            # pairs judged more than once: the majority's least share of the votes
+  #   length_balance: off           # or downsample: chosen longer in half the pairs
   # diversity: {{by: response, threshold: 0.5, max_per_cluster: null}}  # template collapse, reported per source
   prompt_groups: {{}}                # near-identical prompts share a split; `tunelake freeze` pins eval sets
   # decontaminate: {{against: [{{name: gsm8k-test, path: evals/gsm8k_test.jsonl, field: question}}]}}

@@ -229,6 +229,13 @@ class Reason(StrEnum):
     mix_sampled_out = "mix_sampled_out"  # written as mix_sampled_out:<group>: beyond its group's quota in gold.mix
     mix_unlisted = "mix_unlisted"  # written as mix_unlisted:<group>: a group gold.mix.ratios gives no share
     language = "language"  # written as language:<code> (outside silver.quality.lang's allow-list) or language:mixed
+    # silver.preference: which pairs a preference set holds.
+    judgment_merged = "judgment_merged"  # written as judgment_merged:<id>: another vote on a pair kept as <id>
+    low_agreement = "low_agreement"  # a pair's votes agree less than min_agreement
+    tie = "tie"  # the source cannot tell the two responses apart (ties: drop)
+    low_margin = "low_margin"  # a pair from ratings whose score difference is below min_margin
+    pair_not_selected = "pair_not_selected"  # the strategy chose another pair of the prompt's rated responses
+    length_balance = "length_balance"  # thinned so that chosen is longer in half the pairs
     # Tokenization (gold/tokenized): the record is never trained on.
     template_error = "template_error"
     template_dropped_content = "template_dropped_content"

@@ -28,6 +28,7 @@ from tunelake.silver.heuristics import Heuristics
 from tunelake.silver.lang import Lang
 from tunelake.silver.near_dedup import NearDedup
 from tunelake.silver.pii import Pii
+from tunelake.silver.preference import Preference
 from tunelake.silver.prompt_groups import PromptGroups
 from tunelake.silver.refusal import Refusal
 from tunelake.stage import GlobalStage, MissingDependency, RowLocalStage, Stage
@@ -39,6 +40,8 @@ BUILTIN: dict[str, type[Stage]] = {
     "silver.quality.lang": Lang,
     "silver.quality.heuristics": Heuristics,
     "silver.quality.refusal": Refusal,
+    # Before exact_dedup: two reviewers' equal verdicts are equal records, and each is a vote.
+    "silver.preference": Preference,
     "silver.exact_dedup": ExactDedup,
     "silver.near_dedup": NearDedup,
     # After near_dedup, so clusters measure the templating left once near-duplicates are gone; before prompt

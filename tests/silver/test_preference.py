@@ -1,0 +1,165 @@
+"""silver.preference through real builds: votes merged with their agreement, ties never given a winner, the
+strategies over rated pairs, the per-prompt cap and length balance. Pairs come in as TRL preference rows whose
+extra `pair` field is their meta.pair (as the rating and judgment adapters write it); the real HH-RLHF rows show
+that plain pairs pass untouched."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pyarrow.compute as pc
+
+from tests.conftest import FIXTURES, run_build, write_recipe
+from tunelake.recipe import load_recipe
+from tunelake.schema import Reason
+
+HH = FIXTURES / "real" / "hh_rlhf_harmless_sample.jsonl"
+
+
+def judged(prompt: str, a: str, b: str, winner: str, reviewer: str) -> dict:
+    """One reviewer's verdict on (a, b), oriented as the judgment adapters orient it."""
+    chosen, rejected = (b, a) if winner == "b" else (a, b)
+    pair = {"kind": "judged", "tie": winner == "tie", "winner": winner, "reviewers": [reviewer]}
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected, "pair": pair}
+
+
+def rated(prompt: str, scores: dict[str, float]) -> list[dict]:
+    """Every pair of a prompt's rated responses, the higher-rated chosen (input order on a tie)."""
+    rows = []
+    for (x, sx), (y, sy) in itertools.combinations(scores.items(), 2):
+        if sy > sx:
+            (x, sx), (y, sy) = (y, sy), (x, sx)
+        pair = {"kind": "rated", "tie": sx == sy, "margin": sx - sy, "reviewers": ["ann"], "aggregate": "mean"}
+        rows.append(
+            {"prompt": prompt, "chosen": x, "rejected": y, "score_chosen": sx, "score_rejected": sy, "pair": pair}
+        )
+    return rows
+
+
+def build(tmp_path: Path, rows: list[dict], **preference) -> tuple[dict, dict, dict]:
+    """Build `rows`; the manifest, silver's records by chosen text, and the step's ledger drops by chosen text."""
+    tmp_path.mkdir(exist_ok=True)
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    source = {"name": "pairs", "path": str(path), "format": "trl_preference", "license": "mit", "origin": "human"}
+    manifest, lake = run_build(write_recipe(tmp_path, [source], silver={"preference": preference}))
+    records = lake.read("silver/records").to_pylist()
+    ledger = lake.read("ledger").to_pylist()
+    assert len(ledger) and all(
+        r["reason"] is None or r["stage"] != "preference" or _known(r["reason"]) for r in ledger
+    )
+    drops = [r for r in ledger if r["stage"] == "preference"]
+    return manifest, records, drops
+
+
+def _known(reason: str) -> bool:
+    return reason.split(":")[0] in {r.value for r in Reason}
+
+
+def test_a_split_three_reviewer_vote_keeps_the_majority_with_its_agreement_and_every_vote(tmp_path):
+    prompt = "Name a primary colour."
+    rows = [
+        judged(prompt, "Red.", "Purple is one.", "a", "r1"),
+        judged(prompt, "Purple is one.", "Red.", "b", "r2"),  # the same verdict, shown in the other order
+        judged(prompt, "Red.", "Purple is one.", "b", "r3"),
+    ]
+    manifest, records, drops = build(tmp_path, rows)
+    [kept] = records
+    assert kept["chosen"][0]["content"] == "Red."
+    assert abs(kept["pair_agreement"] - 2 / 3) < 1e-9 and kept["pair_votes"] == 3 and kept["pair_label"] == 1.0
+    votes = json.loads(kept["pair_reviews"])
+    assert votes == [
+        {"reviewer": "r1", "vote": "chosen"},
+        {"reviewer": "r2", "vote": "chosen"},
+        {"reviewer": "r3", "vote": "rejected"},
+    ]
+    assert sorted(d["reason"] for d in drops) == [f"judgment_merged:{kept['id']}"] * 2
+    report = manifest["reports"]["preference"]
+    assert (report["pairs"], report["distinct_pairs"], report["judged_more_than_once"]) == (3, 1, 1)
+
+    # Two of three is under 0.7: the pair goes, whole, with every vote.
+    _, records, drops = build(tmp_path / "strict", rows, min_agreement=0.7)
+    assert records == [] and [d["reason"] for d in drops] == ["low_agreement"] * 3
+    assert "2 of 3 votes agree" in drops[0]["detail"]
+
+
+def test_an_even_vote_or_a_tie_verdict_is_a_tie_never_a_random_winner(tmp_path):
+    prompt = "Is a tomato a fruit?"
+    rows = [
+        judged(prompt, "Yes, botanically.", "No.", "a", "r1"),
+        judged(prompt, "Yes, botanically.", "No.", "b", "r2"),
+        judged("What is 2 + 2?", "4", "Four", "tie", "r1"),
+    ]
+    _, records, drops = build(tmp_path, rows, min_agreement=0.0)
+    assert records == []
+    assert Counter(d["reason"] for d in drops) == {"tie": 3}
+    assert any("1 and 1 votes" in d["detail"] for d in drops)
+
+    _, records, drops = build(tmp_path / "soft", rows, min_agreement=0.0, ties="keep_soft")
+    assert sorted(r["pair_label"] for r in records) == [0.5, 0.5]
+    assert [d["reason"].split(":")[0] for d in drops] == ["judgment_merged"]
+
+
+def test_all_ratings_tied_gives_no_pair(tmp_path):
+    rows = rated("Say hello.", {"Hello!": 4, "Hi there.": 4, "Greetings.": 4})
+    _, records, drops = build(tmp_path, rows)
+    assert records == [] and Counter(d["reason"] for d in drops) == {"tie": 3}
+
+
+def test_strategies_pick_the_best_response_against_the_worst_or_a_seeded_lower_one(tmp_path):
+    scores = {"Paris.": 5, "Paris, France.": 4.5, "Lyon.": 2, "London.": 1, "Rome.": 1.5}
+    rows = rated("What is the capital of France?", scores)
+
+    _, records, drops = build(tmp_path / "worst", rows, pairs_from_ratings={"strategy": "best_vs_worst"})
+    [kept] = records
+    assert (kept["chosen"][0]["content"], kept["rejected"][0]["content"]) == ("Paris.", "London.")
+    assert Counter(d["reason"] for d in drops) == {"pair_not_selected": 9}
+
+    lowers = set()
+    for seed in range(8):
+        _, records, _ = build(tmp_path / f"seed{seed}", rows, pairs_from_ratings={"seed": seed})
+        [kept] = records
+        assert kept["chosen"][0]["content"] == "Paris."
+        lowers.add(kept["rejected"][0]["content"])
+    assert len(lowers) > 1 and "Paris." not in lowers  # the seed decides, among the responses the best beats
+
+    _, records, drops = build(tmp_path / "all", rows, pairs_from_ratings={"strategy": "all_pairs", "min_margin": 1.0})
+    margins = sorted(r["score_chosen"] - r["score_rejected"] for r in records)
+    assert margins and min(margins) >= 1.0 and len(records) == 7
+    assert Counter(d["reason"] for d in drops) == {"low_margin": 3}
+    assert all("below min_margin 1.0" in d["detail"] for d in drops)
+
+
+def test_length_balance_leaves_chosen_longer_in_half_the_pairs(tmp_path):
+    rows = [
+        {"prompt": f"Question {i}?", "chosen": "a longer answer " * (2 + i % 3), "rejected": "short"}
+        for i in range(30)
+    ] + [{"prompt": f"Other {i}?", "chosen": "brief", "rejected": "much longer reply " * 3} for i in range(10)]
+    _, records, drops = build(tmp_path, rows, length_balance="downsample")
+    longer = Counter(len(r["chosen"][0]["content"]) > len(r["rejected"][0]["content"]) for r in records)
+    assert longer == {True: 10, False: 10}
+    assert Counter(d["reason"] for d in drops) == {"length_balance": 20}
+
+
+def test_plain_real_pairs_pass_with_one_vote_each(tmp_path):
+    source = {"name": "hh", "path": str(HH), "format": "hh_rlhf", "license": "mit", "origin": "human"}
+    _, lake = run_build(write_recipe(tmp_path, [source], silver={"preference": {}}))
+    records = lake.read("silver/records")
+    assert records.num_rows and lake.query("select count(*) from l where stage = 'preference'", l="ledger") == [(0,)]
+    assert pc.all(pc.equal(records["pair_votes"], 1)).as_py() and pc.all(pc.equal(records["pair_label"], 1.0)).as_py()
+    assert records["pair_agreement"].null_count == records.num_rows
+    assert all(orjson.loads(v) == [{"reviewer": None, "vote": "chosen"}] for v in records["pair_reviews"].to_pylist())
+
+
+def test_a_bare_yaml_off_turns_length_balance_off(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"lake: lake\nsources: [{{name: hh, path: {HH}, format: hh_rlhf, license: mit, origin: human}}]\n"
+        "silver:\n  preference:\n    length_balance: off\n"
+    )
+    loaded, _ = load_recipe(recipe)
+    assert loaded.silver.preference.length_balance == "off"
