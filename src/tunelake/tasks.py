@@ -269,6 +269,9 @@ def run_publish(task: PublishTask, notes: list[pa.Table]) -> PublishDone:
     done = PublishDone([], None, counts, verdicts.per_source)
     if not batch.num_rows:
         return done
+    for added in task.silver:  # a column no step annotated any record of (none of its kind in the build) is null
+        if added.name not in batch.schema.names:
+            batch = batch.append_column(added, pa.nulls(batch.num_rows, added.type))
     records = batch.select(task.silver.names)
     groups = batch["prompt_id"]
     if GROUP_ID.name in batch.schema.names:

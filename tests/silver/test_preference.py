@@ -163,3 +163,13 @@ def test_a_bare_yaml_off_turns_length_balance_off(tmp_path):
     )
     loaded, _ = load_recipe(recipe)
     assert loaded.silver.preference.length_balance == "off"
+
+
+def test_a_build_with_no_preference_record_publishes_the_pair_columns_empty(tmp_path):
+    alpaca = FIXTURES / "real" / "alpaca_sample.jsonl"
+    source = {"name": "alpaca", "path": str(alpaca), "format": "alpaca", "license": "cc-by-nc-4.0", "origin": "human"}
+    manifest, lake = run_build(write_recipe(tmp_path, [source], silver={"preference": {}}))
+    records = lake.read("silver/records", ["regime", "pair_label", "pair_reviews"])
+    assert records.num_rows and set(records["regime"].to_pylist()) == {"sft"}
+    assert records["pair_label"].null_count == records["pair_reviews"].null_count == records.num_rows
+    assert "preference" not in manifest.get("reports", {})

@@ -16,8 +16,9 @@ in `meta.pair` (kind, tie, margin, reviewers, ...). Over all of them this step, 
    seeded random until as many pairs have the longer side chosen as the shorter (`length_balance`).
 
 A per-prompt cap on pairs is silver.prompt_groups' `max_pairs_per_prompt` (a prompt and its near-identical
-rewordings count as one prompt there). Every kept preference record is annotated with `pair_label`, `pair_agreement`, `pair_votes` and `pair_reviews`.
-Whatever is dropped, a pair is dropped whole: a record is a pair, so no step can leave one side of it.
+rewordings count as one prompt there). Every kept preference record is annotated with `pair_label`,
+`pair_agreement`, `pair_votes` and `pair_reviews`. Whatever is dropped, a pair is dropped whole: a record is a
+pair, so no step can leave one side of it.
 """
 
 from __future__ import annotations
@@ -123,10 +124,10 @@ class Preference(GlobalStage):
             con.execute(_VOTED)
             # Seeded places in [0, 1): best_vs_random_lower takes the lower response with the smallest (by its
             # text, so the same response wherever it is rated), length_balance thins pairs the smallest first.
-            keys = con.sql("select _ord, id, rejected_key from live").to_arrow_table().combine_chunks()
+            keys = con.sql("select _ord, id, rejected_key from live").to_arrow_table()
             places = {
-                "lower_place": unit(keys["rejected_key"].chunk(0), ratings.seed),
-                "place": unit(keys["id"].chunk(0), ratings.seed),
+                "lower_place": unit(keys["rejected_key"].combine_chunks(), ratings.seed),
+                "place": unit(keys["id"].combine_chunks(), ratings.seed),
             }
             con.register("places", pa.table({"_ord": keys["_ord"], **places}))
             con.execute("create table dropped (_ord bigint, id varchar, reason varchar, detail varchar)")
