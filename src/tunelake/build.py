@@ -45,6 +45,7 @@ from tunelake.gold.tokenize.pack import PackStats, pack_windows, part_size
 from tunelake.gold.tokenize.stage import PACKED, TOKENIZED, TokenizePlan, plan_tokenize
 from tunelake.gold.tokenize.template import TemplateError
 from tunelake.ingest.adapters import FormatError, detect_format
+from tunelake.ingest.adapters.pairs import ratings_policy
 from tunelake.ingest.readers import FileReport, RawChunk, expand, read_chunks
 from tunelake.lake import Lake, new_run_id
 from tunelake.publish_cache import (
@@ -304,6 +305,7 @@ def _chunks(
         source.origin,
         source.meta,
         run.recipe.silver.max_chars,
+        ratings_policy(run.recipe),
     )
     report = run.reports[path] = FileReport(path)
     file_plan = None

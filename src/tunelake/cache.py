@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from tunelake import __version__
 from tunelake.address import ROW_BITS, SUB_BITS, ordinal
 from tunelake.engine.parts import Part, read_arrow, write_arrow, write_part
+from tunelake.ingest.adapters.pairs import ratings_policy
 from tunelake.ingest.readers import file_sha256
 from tunelake.recipe import Recipe
 from tunelake.runner import Segment, StageCount
@@ -55,6 +56,7 @@ def ingest_settings(recipe: Recipe, segment: Segment) -> dict[str, dict]:
     """Per source, everything but a file's contents and path that decides what the ingest pass makes of it."""
     common = {
         "max_chars": recipe.silver.max_chars,
+        "ratings": ratings_policy(recipe).model_dump(),  # how rated completions become pairs (pairs.RatingsPolicy)
         "chunk_bytes": recipe.engine.chunk_bytes,
         "stages": [s.describe() for s in segment.rows],
         "columns_for": [step.columns_key() for step in segment.steps],

@@ -229,12 +229,13 @@ def _print_entries(rows: list[tuple]) -> None:
         source, file, row = address
         head = f"[bold]{source}[/bold] {file} row {row if row is not None else '-'}"
         entries = [r for r in rows if (r[1], r[2], r[3]) == address]
-        # A row that gave several records (sub 0, 1, ...) lists each record's entries under its own id.
+        # A row that gave several records (sub 0, 1, ...) lists each record's entries under its own id; a record
+        # explained alone still says which of its row's records it is.
         records = list(dict.fromkeys(r[4] or 0 for r in entries))
         for sub in records:
             mine = [r for r in entries if (r[4] or 0) == sub]
             id_ = next((r[0] for r in mine if r[0]), None)
-            label = head + (f" record {sub}" if len(records) > 1 else "")
+            label = head + (f" record {sub}" if len(records) > 1 or sub else "")
             out.print(label + (f"  id {id_}" if id_ else ""), highlight=False, soft_wrap=True)
             for *_, stage, action, reason, detail in mine:
                 out.print(

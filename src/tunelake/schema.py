@@ -217,6 +217,12 @@ class Reason(StrEnum):
     truncated_file = "truncated_file"
     unreadable_file = "unreadable_file"
     empty_file = "empty_file"
+    # Pairs made of ratings, ranks or judgments (ingest/adapters/rated.py, judged.py, oasst2.py).
+    missing_rating = "missing_rating"  # a pair with a response that has no usable rating; the row's others go on
+    no_pair = "no_pair"  # a row with fewer than two rated (ranked) responses: no pair can be made of it
+    invalid_verdict = "invalid_verdict"  # a judgment with no verdict, or one out of range or contradicting itself
+    deleted_message = "deleted_message"  # a pair with a message its source marks deleted (in a side or the prompt)
+    failed_review = "failed_review"  # a pair with a message whose review failed in its source (OASST2 review_result)
     duplicate = "duplicate_of"  # written as duplicate_of:<id>
     near_duplicate = "near_duplicate_of"  # written as near_duplicate_of:<id>
     prompt_cap = "prompt_cap"  # written as prompt_cap:<group id>

@@ -40,6 +40,12 @@ def detection_error(rows: list[dict]) -> FormatError:
         ("dpo_en_demo_sample.jsonl", "sharegpt_preference"),
         ("reason_tool_use_sample.jsonl", "openai"),
         ("v1_sft_demo_sample.jsonl", "openai"),
+        ("v1_dpo_demo_sample.jsonl", "llamafactory_v1_dpo"),
+        ("ultrafeedback_shape_sample.jsonl", "rated_completions"),
+        ("alpaca_eval_cot_sample.jsonl", "alpaca_eval"),
+        ("alpaca_eval_weighted_sample.jsonl", "alpaca_eval"),
+        ("oasst2_ranked_sample.jsonl", "oasst2_tree"),
+        ("quality_oasst2_lang_sample.jsonl", "oasst2_tree"),
     ],
 )
 def test_auto_detection_picks_the_adapter_for_each_real_file(fixture, adapter):
@@ -70,7 +76,6 @@ def test_detection_follows_the_majority_of_sampled_rows():
     [
         ("seed_tasks_sample.jsonl", "id, instances, instruction, is_classification, name"),
         ("mt_bench_question_sample.jsonl", "category, question_id, reference, turns"),
-        ("v1_dpo_demo_sample.jsonl", "chosen_messages, rejected_messages"),
     ],
 )
 def test_real_file_of_no_known_format_is_unknown_format_naming_the_fields_seen(fixture, fields):

@@ -30,6 +30,7 @@ from tunelake.address import MAX_SUB, ordinals
 from tunelake.ingest.adapters import ADAPTERS
 from tunelake.ingest.adapters.arrow import constant, json_string
 from tunelake.ingest.adapters.messages import EXTRA, json_text, optional_text
+from tunelake.ingest.adapters.pairs import RatingsPolicy
 from tunelake.ingest.readers import RawChunk
 from tunelake.schema import BRONZE, LEDGER, QUARANTINE, RECORD, Reason, Regime, Rejected, quarantine_ledger, table_of
 from tunelake.silver.identify import encode_lists, prompt_ids, record_ids
@@ -59,6 +60,7 @@ class SourcePlan:
     origin: str
     meta: dict
     max_chars: int
+    ratings: RatingsPolicy = RatingsPolicy()  # for the adapters that combine ratings (Adapter.ratings)
 
 
 @dataclass(frozen=True)
@@ -78,9 +80,10 @@ class ChunkResult:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-def adapt(obj: object, plan: FilePlan) -> list[dict]:
+def adapt(obj: object, plan: FilePlan) -> list[dict | Rejected]:
     """One parsed row -> the fields of its canonical records (usually one; an adapter may make several of one
-    row), before normalisation (no id yet); raises Rejected."""
+    row), before normalisation (no id yet); a Rejected in the list is one record of the row that cannot be made
+    (the row's others go on); raises Rejected for a row that gives none."""
     if not isinstance(obj, dict):
         raise Rejected(Reason.wrong_type, None, f"expected a JSON object per row, got {type(obj).__name__}")
     if plan.format_error:
@@ -88,19 +91,19 @@ def adapt(obj: object, plan: FilePlan) -> list[dict]:
     return _adapt(obj, plan)  # adapters check every shape they read: any other exception is a bug, and fails loudly
 
 
-def _adapt(obj: dict, plan: FilePlan) -> list[dict]:
+def _adapt(obj: dict, plan: FilePlan) -> list[dict | Rejected]:
     adapter = ADAPTERS[plan.adapter]
     regime = plan.source.regime or adapter.regimes[0]
     missing = sorted(adapter.required - obj.keys())
     if missing:
         raise Rejected(Reason.missing_field, missing[0], f"the {adapter.name} format needs {', '.join(missing)}")
-    made = adapter.convert(obj, regime)
+    made = adapter.convert(obj, regime, plan.source.ratings) if adapter.ratings else adapter.convert(obj, regime)
     records = made if isinstance(made, list) else [made]
     if len(records) > MAX_SUB:
         raise Rejected(
             Reason.wrong_type, None, f"the row gives {len(records)} records; at most {MAX_SUB} may come of one row"
         )
-    return [_finish(record, obj, plan, adapter, regime) for record in records]
+    return [r if isinstance(r, Rejected) else _finish(r, obj, plan, adapter, regime) for r in records]
 
 
 def _finish(record: dict, obj: dict, plan: FilePlan, adapter, regime: Regime) -> dict:
@@ -155,7 +158,10 @@ def canonical_batch(adapted: pa.RecordBatch, max_chars: int) -> tuple[pa.RecordB
 
 def canonical_record(obj: object, plan: FilePlan) -> tuple[dict, set[str]]:
     """The canonical record for one parsed row, and what normalisation changed; raises Rejected."""
-    batch, changes, problems = canonical_batch(adapted_batch(adapt(obj, plan)[:1]), plan.source.max_chars)
+    first = adapt(obj, plan)[0]
+    if isinstance(first, Rejected):
+        raise first
+    batch, changes, problems = canonical_batch(adapted_batch([first]), plan.source.max_chars)
     if problems:
         raise problems[0]
     return batch.to_pylist()[0], set((changes[0] or "").split(",")) - {""}
@@ -196,6 +202,7 @@ def _canonicalize(chunk: RawChunk, plan: FilePlan, run_id: str) -> ChunkResult:
     # A record's sub is its place among the records its row gave (0 but for adapters that make several).
     parts, at, subs = [], [], []  # adapted batches, and the bronze index and sub of each of their records
     rejected: list[tuple[int, int | None, Rejected]] = []  # (bronze index, sub (None: the whole row), why)
+    rejected_siblings = 0  # records beyond a row's first that its adapter rejected (not among `subs`)
     whole = _columnar(chunk.data, plan, len(raws)) if len(raws) == len(lines) else None
     if whole is not None and whole[1].all():  # the common case: nothing left for the per-row path
         adapted, at, subs = whole[0], np.arange(len(raws)), np.zeros(len(raws), np.int64)
@@ -213,9 +220,14 @@ def _canonicalize(chunk: RawChunk, plan: FilePlan, run_id: str) -> ChunkResult:
             except Rejected as r:
                 rejected.append((k, None, r))
                 continue
-            records += made
-            record_at += [k] * len(made)
-            record_sub += range(len(made))
+            for sub, item in enumerate(made):
+                if isinstance(item, Rejected):  # one record of the row: it keeps its sub, the others go on
+                    rejected.append((k, sub, item))
+                    rejected_siblings += sub > 0
+                else:
+                    records.append(item)
+                    record_at.append(k)
+                    record_sub.append(sub)
         parts.append(adapted_batch(records))
         at.append(np.asarray(record_at, np.int64))
         subs.append(np.asarray(record_sub, np.int64))
@@ -288,7 +300,7 @@ def _canonicalize(chunk: RawChunk, plan: FilePlan, run_id: str) -> ChunkResult:
         counts={
             "bronze": len(bronze["row"]),
             # Records beyond the first that rows gave: bronze + siblings = candidates + quarantined.
-            "siblings": int((subs > 0).sum()),
+            "siblings": int((subs > 0).sum()) + rejected_siblings,
             "quarantined": len(rejected),
             "candidates": candidates.num_rows,
         },

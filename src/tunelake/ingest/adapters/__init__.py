@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tunelake.ingest.adapters.arrow import Columnar
-from tunelake.schema import Reason, Regime
+from tunelake.schema import Reason, Regime, Rejected
 
 
 @dataclass(frozen=True)
@@ -18,20 +18,22 @@ class Adapter:
     name: str
     regimes: tuple[Regime, ...]  # the first is the default
     required: frozenset[str]
-    # row, regime -> canonical fields (+ "meta" extras); a list of them for a row that gives several records
-    convert: Callable[[dict, Regime], dict | list[dict]]
+    # row, regime -> canonical fields (+ "meta" extras); a list of them for a row that gives several records, where
+    # a Rejected in the list quarantines that one record (its sub) and lets the row's others go on
+    convert: Callable[..., dict | list[dict | Rejected]]
     consumes: frozenset[str]  # fields mapped into the record; the rest of the row goes to meta
     matches: Callable[[dict], bool] = lambda row: True
     columnar: Columnar | None = None  # the same conversion for a whole parsed chunk, where the format allows it
+    ratings: bool = False  # convert combines ratings: it takes the source's pairs.RatingsPolicy as a third argument
 
     def fits(self, row: dict) -> bool:
         return self.required <= row.keys() and self.matches(row)
 
 
 def _registry() -> dict[str, Adapter]:
-    from tunelake.ingest.adapters import preference, rl, sft
+    from tunelake.ingest.adapters import judged, oasst2, preference, rated, rl, sft
 
-    adapters = [*sft.ADAPTERS, *preference.ADAPTERS, *rl.ADAPTERS]
+    adapters = [*sft.ADAPTERS, *preference.ADAPTERS, *rated.ADAPTERS, *judged.ADAPTERS, *oasst2.ADAPTERS, *rl.ADAPTERS]
     return {a.name: a for a in adapters}
 
 

@@ -1,4 +1,5 @@
-"""Preference formats: TRL preference (explicit or implicit prompt), HH-RLHF transcripts, ShareGPT pairs."""
+"""Preference formats: TRL preference (explicit or implicit prompt), HH-RLHF transcripts, ShareGPT pairs, and
+LLaMA-Factory's v1 DPO (whole conversations with typed content)."""
 
 from __future__ import annotations
 
@@ -140,6 +141,16 @@ def sharegpt_preference(row: dict, regime: Regime) -> dict:
     }
 
 
+def llamafactory_v1_dpo(row: dict, regime: Regime) -> dict:
+    """LLaMA-Factory's `v1_dpo`: both sides are whole conversations (typed content, per-message loss_weight, which
+    canonicalize keeps in meta.message_fields); the prompt is their shared prefix."""
+    prompt, chosen, rejected = split_shared_prefix(
+        chat_messages(list_field(row, "chosen_messages"), "chosen_messages"),
+        chat_messages(list_field(row, "rejected_messages"), "rejected_messages"),
+    )
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
 def _is_hh(row: dict) -> bool:
     return isinstance(row["chosen"], str) and row["chosen"].startswith("\n\nHuman:")
 
@@ -169,5 +180,12 @@ ADAPTERS = [
         sharegpt_preference,
         frozenset({"conversations", "chosen", "rejected", "system"}),
         matches=lambda r: isinstance(r["chosen"], dict),
+    ),
+    Adapter(
+        "llamafactory_v1_dpo",
+        (Regime.preference,),
+        frozenset({"chosen_messages", "rejected_messages"}),
+        llamafactory_v1_dpo,
+        frozenset({"chosen_messages", "rejected_messages"}),
     ),
 ]
