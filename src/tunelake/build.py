@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from tunelake import __version__, shift, tables
 from tunelake.address import MAX_FILES, SOURCE_SHIFT, Addresses
+from tunelake.audit import run_audits
 from tunelake.cache import FileHashes, IngestCache, ReuseTask, entry_key, ingest_settings, run_reuse
 from tunelake.engine.local import LocalEngine, give_back_memory
 from tunelake.engine.parts import Part, part_name, write_part
@@ -139,6 +140,7 @@ class _Run:
     tables: dict[str, int] = field(default_factory=dict)
     tokenized: dict | None = None
     stage_reports: dict[str, dict] = field(default_factory=dict)  # per stage that reports (Stage.report)
+    audits: dict[str, dict] = field(default_factory=dict)  # per audit that found something to audit
     schemas: dict[str, pa.Schema] = field(default_factory=dict)  # tables to commit, in order
     previous: dict = field(default_factory=dict)  # the manifest of the last complete build ({} if none)
     cache: IngestCache | None = None
@@ -250,6 +252,7 @@ def build(recipe: Recipe, recipe_sha256: str, progress: Progress | None = None) 
                     _tokenize(run, engine, tokenize, publish_step(len(segs)))
                 run.will_commit(tables.LEDGER_NAME, LEDGER)
                 _stage_reports(run, chain)
+                _audits(run)
                 exports = _export(run, engine)
             # Nothing is committed until every stage has succeeded and the counts reconcile. The pool has shut down
             # by now: the commits and the manifest follow each other closely, and the manifest's peak memory counts
@@ -746,6 +749,14 @@ def _stage_reports(run: _Run, chain: list) -> None:
             run.stage_reports[stage.name] = report
 
 
+def _audits(run: _Run) -> None:
+    """The audits over what this build publishes (its staged parts); lengths in tokens where it tokenizes."""
+    started = time.perf_counter()
+    tokenize = run.recipe.gold.tokenize
+    run.audits = run_audits(run.staged_files, run.recipe.audits, tokenize.tokenizer if tokenize else None)
+    run.timed("audits", sum(c["silver"] for c in run.counts.values()), started)
+
+
 def _reconcile(run: _Run) -> None:
     """Every bronze row (and every further record a row gave) is in silver, quarantined or dropped with a reason,
     and every stage's rows are kept, dropped or quarantined; else nothing is published."""
@@ -863,6 +874,7 @@ def _manifest(run: _Run, recipe_sha256: str, started_at: str, chain: list) -> di
         "stages": stages,
         "warnings": warnings,
         "reports": run.stage_reports,
+        "audits": run.audits,
         "passes": run.passes,
         "tokenized": run.tokenized,
         "peak_rss_mb": peak_rss_mb(),

@@ -6,6 +6,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Annotated
 
+import orjson
 import typer
 from pydantic import ValidationError
 from rich.console import Console
@@ -14,6 +15,7 @@ from rich.table import Table
 from tokenizers import Tokenizer
 
 from tunelake import tables
+from tunelake.audit.preference import PreferenceAuditConfig, audit_preference, shown
 from tunelake.build import QuarantineRateExceeded
 from tunelake.build import build as run_build
 from tunelake.engine.parts import PartWriteError
@@ -32,6 +34,11 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+audit_app = typer.Typer(
+    help="Audits of the published lake: figures and warnings (also in each build manifest's `audits`).",
+    no_args_is_help=True,
+)
+app.add_typer(audit_app, name="audit")
 console = Console(stderr=True)
 out = Console()
 LakeOption = Annotated[Path, typer.Option("--lake", help="The lake directory (the recipe's `lake:`).")]
@@ -107,7 +114,8 @@ def build(recipe: Annotated[Path, typer.Argument(help="The recipe YAML file.")])
     out.print(_stage_table(manifest["stages"]))
     for warning in manifest["warnings"]:
         console.print(f"[yellow]over-filter warning: {warning}[/yellow]", highlight=False)
-    for name, report in manifest["reports"].items():  # a report may hold a summary line and warnings to print
+    # A stage's report or an audit may hold a summary line and warnings to print.
+    for name, report in [*manifest["reports"].items(), *manifest["audits"].items()]:
         if not isinstance(report, dict):
             continue
         if "summary" in report:
@@ -374,3 +382,108 @@ def decontam_report(lake: LakeOption) -> None:
         cells = [entry["sources"].get(s, {"items_hit": 0, "records_dropped": 0}) for s in sources]
         table.add_row(name, str(entry["items"]), *(f"{c['items_hit']} / {c['records_dropped']}" for c in cells))
     out.print(table)
+
+
+@audit_app.command("preference")
+def audit_preference_command(
+    lake: LakeOption,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the audit as JSON (the manifest's form).")] = False,
+    tokenizer: Annotated[
+        Path | None, typer.Option(help="A local tokenizer folder (tokenizer.json): lengths in its tokens, not words.")
+    ] = None,
+) -> None:
+    """The preference pairs of silver/records: tie rate; how often the chosen side is longer, and how length
+    difference follows the margin (overall, per source, per domain); reviewer agreement (mean pair agreement,
+    percent agreement, Krippendorff's alpha per domain or source, the lowest); each reviewer's share of verdicts
+    for the first-shown response; margins; pairs per prompt; weak pairs. Warnings when the chosen-longer or a
+    reviewer's first-shown share is far from 50% (the recipe's `audits.preference`; see the README)."""
+    lk = Lake(lake)
+    manifests = lk.manifests()
+    if not manifests:
+        console.print(f"[red]No build in {lake}: nothing to audit.[/red]")
+        raise typer.Exit(2)
+    if tokenizer is not None and not (tokenizer / "tokenizer.json").is_file():
+        console.print(f"[red]--tokenizer {tokenizer}: expected a folder with tokenizer.json.[/red]")
+        raise typer.Exit(2)
+    # The thresholds of the recipe that built the lake, as the manifest's audit used them.
+    config = PreferenceAuditConfig.model_validate(manifests[-1]["recipe"].get("audits", {}).get("preference", {}))
+    report = audit_preference(lambda table: lk.files(table) if lk.exists(table) else [], config, tokenizer)
+    if report is None:
+        console.print(f"No preference records in {lake}: nothing to audit.")
+        return
+    if as_json:
+        typer.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+        return
+    _print_preference_audit(report)
+
+
+def _print_preference_audit(report: dict) -> None:
+    """The audit as tables: headline figures, length bias by group, agreement by category, position by reviewer,
+    weak pairs; then notes and warnings."""
+    ties, length, agreement, margin = report["ties"], report["length"], report["agreement"], report["margin"]
+    overall, per_prompt, unit = length["overall"] or {}, report["pairs_per_prompt"], report["length_unit"]
+    headline = Table(title=f"preference audit: {report['pairs']} pairs, {report['prompts']} prompts")
+    headline.add_column("figure")
+    headline.add_column("value", justify="right")
+    for figure, value in (
+        ("tie rate", f"{shown(ties['rate'], '.1%')} ({ties['kept_soft']} kept soft, {ties['dropped']} dropped)"),
+        (f"chosen longer ({unit})", shown(overall.get("chosen_longer_share"), ".1%")),
+        ("length diff ~ margin (Pearson)", shown(overall.get("margin_correlation"), "+.3f")),
+        ("mean pair agreement", shown(agreement["mean_pair_agreement"], ".3f")),
+        ("percent agreement", shown(agreement["percent_agreement"], ".1%")),
+        (f"Krippendorff's alpha ({agreement['units']} pairs)", shown(agreement["alpha"], ".3f")),
+        ("margin p05 / p50 / p95", " / ".join(shown(margin[q], ".3g") for q in ("p05", "p50", "p95"))),
+        ("pairs per prompt (mean / max)", f"{shown(per_prompt['mean'], '.2f')} / {per_prompt['max']}"),
+        ("weak pairs", str(report["weak"]["pairs"])),
+    ):
+        headline.add_row(figure, value)
+    out.print(headline)
+    groups = Table(title=f"length bias ({unit}; ties left out)")
+    groups.add_column("group", no_wrap=True)
+    for col in ("pairs", "chosen longer", "mean chosen", "mean rejected", "corr with margin"):
+        groups.add_column(col, justify="right")
+    for facet in ("source", "domain"):
+        for name, f in length[f"by_{facet}"].items():
+            groups.add_row(
+                f"{facet} {name}",
+                str(f["pairs"]),
+                shown(f["chosen_longer_share"], ".1%"),
+                shown(f["mean_chosen"], ".1f"),
+                shown(f["mean_rejected"], ".1f"),
+                shown(f["margin_correlation"], "+.3f"),
+            )
+    out.print(groups)
+    if agreement["units"] or agreement["pairs_with_agreement"]:
+        lowest = set(agreement["lowest"])
+        categories = Table(title="agreement by category (domain, else source); * lowest alpha")
+        for col in ("category", "pairs", "units", "mean pair agreement", "percent agreement", "alpha"):
+            categories.add_column(col, justify="left" if col == "category" else "right")
+        for name, c in agreement["by_category"].items():
+            categories.add_row(
+                name + (" *" if name in lowest else ""),
+                str(c["pairs"]),
+                str(c["units"]),
+                shown(c["mean_pair_agreement"], ".3f"),
+                shown(c["percent_agreement"], ".1%"),
+                shown(c["alpha"], ".3f"),
+            )
+        out.print(categories)
+    if report["position"]:
+        position = Table(title="position: verdicts for the first-shown response (a)")
+        for col in ("reviewer", "picked a", "picked b", "ties", "share a"):
+            position.add_column(col, justify="left" if col == "reviewer" else "right")
+        for reviewer, p in report["position"].items():
+            counts = (str(p[k]) for k in ("picked_a", "picked_b", "ties"))
+            position.add_row(reviewer, *counts, shown(p["share_a"], ".1%"))
+        out.print(position)
+    weak = Table(title="weak pairs")
+    for col in ("kind", "pairs", "examples"):
+        weak.add_column(col, justify="right" if col == "pairs" else "left")
+    for kind, w in report["weak"].items():
+        if isinstance(w, dict):
+            weak.add_row(kind.replace("_", " "), str(w["count"]), " ".join(w["examples"]))
+    out.print(weak)
+    for note in report["notes"]:
+        console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+    for warning in report["warnings"]:
+        console.print(f"warning: {warning}", style="yellow", markup=False, highlight=False, soft_wrap=True)

@@ -12,6 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
+from tunelake.audit import AUDITS
 from tunelake.ingest.adapters import ADAPTERS
 from tunelake.schema import Regime
 from tunelake.shift import OverFilter
@@ -193,12 +194,23 @@ class Engine(_Strict):
         return self.workers or os.cpu_count() or 1
 
 
+# `audits:` holds each audit's settings (when it warns); every audit runs on every build.
+Audits = create_model(
+    "Audits",
+    __base__=_Strict,
+    **{audit.name: (audit.Config, Field(default_factory=audit.Config, description=audit.about)) for audit in AUDITS},
+)
+
+
 class Recipe(_Strict):
     lake: Path = Field(description="Directory of the lake (Delta tables, manifests, exports), relative to the recipe.")
     sources: list[Source] = Field(min_length=1, max_length=255, description="The raw inputs.")
     silver: Silver = Field(default_factory=Silver, description="Validation limits.")
     gold: Gold = Field(default_factory=Gold, description="Splits and exports.")
     engine: Engine = Field(default_factory=Engine, description="How row-local stages run.")
+    audits: Audits = Field(
+        default_factory=Audits, description="When the audits in the build manifest's `audits` warn (see the README)."
+    )
     stages: list[dict[str, Any]] = Field(
         default_factory=list,
         description="Your own stages, run before the built-in ones in this order: each entry names a stage class "
@@ -365,6 +377,9 @@ gold:
 
 engine:
   workers: 0                       # 0 = one process per CPU core
+
+# audits:                          # run on every build, in the manifest's `audits`; `tunelake audit preference`
+#   preference: {{max_longer_skew: 0.1, max_position_skew: 0.1, min_pairs: 30}}   # warn beyond 50% +- these
 """
 
 
