@@ -36,9 +36,9 @@ from tokenizers import Tokenizer
 
 from tunelake import tables
 from tunelake.audit.agreement import Coincidences, coincidences
+from tunelake.schema import Reason
 
 VOTES = ("chosen", "rejected", "tie")  # a vote in pair_reviews, oriented to the kept record's chosen side
-TIE_REASON = "tie"  # the ledger reason of a pair silver.preference dropped as a tie
 # The annotations silver.preference adds, and what a pair without them is taken to have: one vote, label 1.0.
 PAIR_COLUMNS = {
     "pair_label": "1.0::double",
@@ -231,7 +231,7 @@ def _ties(con: duckdb.DuckDBPyConnection, files: TableFiles, pairs: int) -> dict
     dropped = 0
     if ledger:
         query = "select count(*) from read_parquet($files) where action = 'drop' and reason = $reason"
-        dropped = con.execute(query, {"files": ledger, "reason": TIE_REASON}).fetchall()[0][0]
+        dropped = con.execute(query, {"files": ledger, "reason": Reason.tie.value}).fetchall()[0][0]
     return {"kept_soft": kept, "dropped": dropped, "rate": _ratio(kept + dropped, pairs + dropped)}
 
 

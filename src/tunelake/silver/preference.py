@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 from pydantic import Field, field_validator
 
 from tunelake.gold.split import unit
+from tunelake.ingest.adapters.pairs import RatingsPolicy
 from tunelake.schema import Regime
 from tunelake.silver.identify import content_hashes
 from tunelake.silver.ngrams import normalize, words
@@ -46,14 +47,10 @@ _RATED = "('rated', 'ranked')"  # the kinds of pair made from ratings or ranks (
 _NOTES_SCHEMA = pa.schema([pa.field("_ord", pa.int64()), PAIR_LABEL, PAIR_AGREEMENT, PAIR_VOTES, PAIR_REVIEWS])
 
 
-class PairsFromRatings(StageConfig):
-    """How pairs of rated or ranked responses are chosen among all of a prompt's pairs."""
+class PairsFromRatings(RatingsPolicy):
+    """How pairs of rated or ranked responses are chosen among all of a prompt's pairs (`aggregate`, inherited, is
+    applied as the adapters make the pairs: a change re-reads the rated sources)."""
 
-    aggregate: Literal["mean", "median", "min", "max"] = Field(
-        "mean",
-        description="How a response's ratings (per aspect and/or per reviewer) make its score; used as the "
-        "adapters make the pairs, so a change re-reads the rated sources.",
-    )
     strategy: Literal["best_vs_worst", "best_vs_random_lower", "all_pairs"] = Field(
         "best_vs_random_lower",
         description="Per prompt: the best response against the worst, against a seeded random lower-rated one, "
