@@ -219,7 +219,8 @@ class Reason(StrEnum):
     empty_file = "empty_file"
     # Pairs made of ratings, ranks or judgments (ingest/adapters/rated.py, judged.py, oasst2.py).
     missing_rating = "missing_rating"  # a pair with a response that has no usable rating; the row's others go on
-    no_pair = "no_pair"  # a row with fewer than two rated (ranked) responses: no pair can be made of it
+    no_pair = "no_pair"  # a row with fewer than two rated responses: no pair can be made of it
+    no_ranked_replies = "no_ranked_replies"  # an OASST2 tree with no two ranked replies to one message (dropped)
     invalid_verdict = "invalid_verdict"  # a judgment with no verdict, or one out of range or contradicting itself
     deleted_message = "deleted_message"  # a pair with a message its source marks deleted (in a side or the prompt)
     failed_review = "failed_review"  # a pair with a message whose review failed in its source (OASST2 review_result)
@@ -262,3 +263,13 @@ class Rejected(Exception):
     def __init__(self, reason: Reason, field: str | None, detail: str):
         super().__init__(f"{reason.value}: {field + ': ' if field else ''}{detail}")
         self.reason, self.field, self.detail = reason, field, detail
+
+
+class NoRecord(Exception):
+    """A row read correctly that gives no record of its regime (an OASST2 tree with no two ranked replies to one
+    message holds no preference pair): dropped in the ledger with a reason code, not quarantined, as nothing in it
+    is wrong."""
+
+    def __init__(self, reason: Reason, detail: str):
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason, self.detail = reason, detail

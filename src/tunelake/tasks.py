@@ -158,8 +158,11 @@ def run_canonicalize(task: CanonicalizeTask) -> CanonicalizeDone:
     made = result.counts["bronze"] + result.counts["siblings"]  # a row that gives n records counts n
     ingest = StageCount(STAGE, STAGE_VERSION, "ingest", made, result.candidates.num_rows)
     ingest.quarantined.update(result.quarantine["reason"].to_pylist())
+    empty = result.ledger.filter(pc.equal(result.ledger["action"], "drop"))  # rows that gave no record
+    ingest.dropped.update(empty["reason"].to_pylist())
     ingest.seconds = time.perf_counter() - started
     verdicts = Verdicts([result.quarantine], [result.ledger])
+    verdicts.per_source[task.plan.source.name, "dropped"] += empty.num_rows
     kept, counts = run_row_stages(
         result.candidates, task.pass_.stages, task.pass_.addresses, task.run_id, verdicts, result.bronze
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.ingest.pairs_support import made, real_rows, text
-from tunelake.schema import Reason, Rejected
+from tunelake.schema import NoRecord, Reason, Rejected
 
 TREES = real_rows("oasst2_ranked_sample.jsonl")
 
@@ -69,10 +69,10 @@ def test_equal_ranks_are_a_tie():
     assert text(pairs[0]["chosen"]) == tree["prompt"]["replies"][0]["text"]  # input order
 
 
-def test_a_tree_without_ranked_siblings_gives_no_pair():
-    with pytest.raises(Rejected) as info:
+def test_a_tree_without_ranked_siblings_gives_no_record_and_is_not_quarantined():
+    with pytest.raises(NoRecord) as info:
         made(TREES[0], "oasst2_tree")
-    assert info.value.reason == Reason.no_pair
+    assert info.value.reason == Reason.no_ranked_replies
 
 
 def test_seven_ranked_siblings_give_twenty_one_pairs():

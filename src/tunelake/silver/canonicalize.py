@@ -32,7 +32,18 @@ from tunelake.ingest.adapters.arrow import constant, json_string
 from tunelake.ingest.adapters.messages import EXTRA, json_text, optional_text
 from tunelake.ingest.adapters.pairs import RatingsPolicy
 from tunelake.ingest.readers import RawChunk
-from tunelake.schema import BRONZE, LEDGER, QUARANTINE, RECORD, Reason, Regime, Rejected, quarantine_ledger, table_of
+from tunelake.schema import (
+    BRONZE,
+    LEDGER,
+    QUARANTINE,
+    RECORD,
+    NoRecord,
+    Reason,
+    Regime,
+    Rejected,
+    quarantine_ledger,
+    table_of,
+)
 from tunelake.silver.identify import encode_lists, prompt_ids, record_ids
 from tunelake.silver.normalize import normalize
 from tunelake.silver.turns import MESSAGE_LISTS
@@ -203,6 +214,7 @@ def _canonicalize(chunk: RawChunk, plan: FilePlan, run_id: str) -> ChunkResult:
     parts, at, subs = [], [], []  # adapted batches, and the bronze index and sub of each of their records
     rejected: list[tuple[int, int | None, Rejected]] = []  # (bronze index, sub (None: the whole row), why)
     rejected_siblings = 0  # records beyond a row's first that its adapter rejected (not among `subs`)
+    empty: list[tuple[int, NoRecord]] = []  # (bronze index, why) of rows that give no record: dropped
     whole = _columnar(chunk.data, plan, len(raws)) if len(raws) == len(lines) else None
     if whole is not None and whole[1].all():  # the common case: nothing left for the per-row path
         adapted, at, subs = whole[0], np.arange(len(raws)), np.zeros(len(raws), np.int64)
@@ -219,6 +231,9 @@ def _canonicalize(chunk: RawChunk, plan: FilePlan, run_id: str) -> ChunkResult:
                 made = adapt(_parse(raws[k].removesuffix(b"\r")), plan)
             except Rejected as r:
                 rejected.append((k, None, r))
+                continue
+            except NoRecord as r:
+                empty.append((k, r))
                 continue
             for sub, item in enumerate(made):
                 if isinstance(item, Rejected):  # one record of the row: it keeps its sub, the others go on
@@ -291,6 +306,18 @@ def _canonicalize(chunk: RawChunk, plan: FilePlan, run_id: str) -> ChunkResult:
             detail=kept_changes[modified].tolist(),
             run_id=run_id,
         ),
+        table_of(
+            LEDGER,
+            len(empty),
+            source=source.name,
+            file=chunk.file,
+            row=rows[[k for k, _ in empty]].tolist(),
+            stage=STAGE,
+            action="drop",
+            reason=[r.reason.value for _, r in empty],
+            detail=[r.detail for _, r in empty],
+            run_id=run_id,
+        ),
     ]
     return ChunkResult(
         bronze=table_of(BRONZE, len(bronze["row"]), source=source.name, file=chunk.file, **bronze),
@@ -299,9 +326,10 @@ def _canonicalize(chunk: RawChunk, plan: FilePlan, run_id: str) -> ChunkResult:
         ledger=by_row(pa.concat_tables(ledger)),
         counts={
             "bronze": len(bronze["row"]),
-            # Records beyond the first that rows gave: bronze + siblings = candidates + quarantined.
+            # Records beyond the first that rows gave: bronze + siblings = candidates + quarantined + dropped.
             "siblings": int((subs > 0).sum()) + rejected_siblings,
             "quarantined": len(rejected),
+            "dropped": len(empty),
             "candidates": candidates.num_rows,
         },
     )

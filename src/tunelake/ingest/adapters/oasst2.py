@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from tunelake.ingest.adapters import Adapter
 from tunelake.ingest.adapters.messages import message
 from tunelake.ingest.adapters.pairs import pair_meta, same_response
-from tunelake.schema import Reason, Regime, Rejected
+from tunelake.schema import NoRecord, Reason, Regime, Rejected
 
 _ROLES = {"prompter": "user", "assistant": "assistant"}
 # A reply's facts kept beside its rank: what reviewers said of it.
@@ -105,7 +105,7 @@ def oasst2_tree(row: dict, regime: Regime) -> list[dict | Rejected]:
                 }
             )
     if not out:
-        raise Rejected(Reason.no_pair, "prompt", "the tree has no two ranked assistant replies to the same message")
+        raise NoRecord(Reason.no_ranked_replies, "the tree has no two ranked assistant replies to the same message")
     return out
 
 
