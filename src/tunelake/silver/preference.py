@@ -5,10 +5,10 @@ judgments one pair each, ranked siblings all theirs), with `chosen` the side the
 in `meta.pair` (kind, tie, margin, reviewers, ...). Over all of them this step, in order:
 1. votes: the records of one pair (the same prompt and the same two responses, in either orientation: several
    reviewers' judgments, or two rows rating the same responses) are one pair. The majority of their votes decides
-   it; agreement is the majority's share. Below `min_agreement` the pair is dropped (`low_agreement`); a majority for
-   neither side (a tie verdict, or as many votes each way) is a tie. One record stays for the pair, the earliest whose
-   orientation is the majority's; the others are dropped as `judgment_merged:<kept id>`, their votes in its
-   `pair_reviews`.
+   it; agreement is the majority's share. One record stays for the pair, the earliest whose orientation is the
+   majority's; the others are dropped as `judgment_merged:<kept id>`, their votes in its `pair_reviews`. Below
+   `min_agreement` the pair is dropped (`low_agreement`); a majority for neither side (a tie verdict, or as many
+   votes each way) is a tie.
 2. ties: dropped (`tie`), or kept soft with `pair_label` 0.5. Never given a random winner.
 3. pairs from ratings (rated and ranked pairs): below `min_margin` dropped (`low_margin`); then per prompt the
    strategy keeps best vs worst, best vs a seeded random lower one, or all (`pair_not_selected` for the rest).
@@ -128,10 +128,10 @@ class Preference(GlobalStage):
             }
             con.register("places", pa.table({"_ord": keys["_ord"], **places}))
             con.execute("create table dropped (_ord bigint, id varchar, reason varchar, detail varchar)")
+            _drop(con, _MERGED)  # from here on, a record is a pair with all its votes
             _drop(con, _LOW_AGREEMENT.format(min_agreement=config.min_agreement))
             if config.ties == "drop":
                 _drop(con, _TIES)
-            _drop(con, _MERGED)
             _drop(con, _LOW_MARGIN.format(min_margin=ratings.min_margin, rated=_RATED))
             if ratings.strategy != "all_pairs":
                 order = "score_rejected asc" if ratings.strategy == "best_vs_worst" else "lower_place asc"
@@ -239,7 +239,7 @@ from live where winner is null
 """
 _MERGED = """
 select _ord, id, 'judgment_merged:' || rep_id,
-       printf('one of %d votes on this pair, kept as %s; this vote: %s', votes, rep_id,
+       printf('one of %d votes on this pair, which stands as %s; this vote: %s', votes, rep_id,
               case when tie then 'tie' when chosen_key = rep_chosen then 'chosen' else 'rejected' end)
 from live where not rep
 """
