@@ -41,7 +41,9 @@ class Source(_Strict):
         description="File path or glob, relative to the recipe file. jsonl(.gz/.zst), json, parquet, csv."
     )
     format: str = Field("auto", description=f"'auto' or one of: {', '.join(sorted(ADAPTERS))}.")
-    regime: Regime | None = Field(None, description="sft | preference | rl. Optional when the format implies it.")
+    regime: Regime | None = Field(
+        None, description="sft | preference | rl | kto. Optional when the format implies it."
+    )
     license: str | None = Field(
         description="License of the data (e.g. mit, cc-by-4.0). null only if every record has its own `license`."
     )

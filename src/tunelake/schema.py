@@ -12,6 +12,9 @@ class Regime(StrEnum):
     sft = "sft"
     preference = "preference"
     rl = "rl"
+    # Unpaired binary feedback (KTO): a prompt and one completion, in `chosen` when it is desirable and in `rejected`
+    # when it is not. The preference regime's own projection for trainers that learn from single labelled answers.
+    kto = "kto"
 
 
 ROLES = ("system", "user", "assistant", "tool")

@@ -163,7 +163,7 @@ def test_hh_rlhf_empty_last_reply_is_quarantined_as_empty_response():
 
 def test_hh_rlhf_sample_chunk_keeps_fourteen_rows_and_quarantines_six_with_reasons():
     result = canonicalize(chunk(real_rows("hh_rlhf_harmless_sample.jsonl")), plan("hh_rlhf"), "run-1")
-    assert result.counts == {"bronze": 20, "siblings": 0, "quarantined": 6, "candidates": 14}
+    assert result.counts == {"bronze": 20, "siblings": 0, "quarantined": 6, "dropped": 0, "candidates": 14}
     quarantined = result.quarantine.to_pydict()
     assert list(zip(quarantined["row"], quarantined["reason"], strict=True)) == [
         (15, "empty_response"),
@@ -749,7 +749,7 @@ def test_generic_rl_non_string_domain_is_quarantined_not_a_crash_of_the_chunk():
         {"prompt": "What is 3 + 3?", "answer": "6", "verifier": "numeric", "domain": "math"},
     ]
     result = canonicalize(chunk(rows), plan("rl"), "run-1")
-    assert result.counts == {"bronze": 2, "siblings": 0, "quarantined": 1, "candidates": 1}
+    assert result.counts == {"bronze": 2, "siblings": 0, "quarantined": 1, "dropped": 0, "candidates": 1}
     assert result.quarantine.to_pydict()["reason"] == ["wrong_type"]
     assert result.quarantine.to_pydict()["field"] == ["domain"]
 

@@ -282,7 +282,7 @@ def test_a_row_with_many_keys_goes_row_by_row_without_a_column_per_key(monkeypat
         chunk = _chunk(rows)
         assert stage._columnar(chunk.data, plan, len(rows)) is None
         result = canonicalize(chunk, plan, "run")
-        assert result.counts == {"bronze": 11, "siblings": 0, "quarantined": 0, "candidates": 11}
+        assert result.counts == {"bronze": 11, "siblings": 0, "quarantined": 0, "dropped": 0, "candidates": 11}
         assert orjson.loads(result.candidates["meta"][at].as_py()) == many
     assert widths and max(widths) == 3  # only ever the three fields Alpaca reads: never one column per key
 

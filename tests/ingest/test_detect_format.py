@@ -84,11 +84,9 @@ def test_real_file_of_no_known_format_is_unknown_format_naming_the_fields_seen(f
     assert str(error) == f"no known format fits; fields seen: {fields}"
 
 
-def test_kto_file_is_not_auto_detected_as_sft():
+def test_kto_file_is_detected_as_kto_feedback_never_as_sft():
     # Read as OpenAI-messages SFT, the label=false rows (undesirable answers) would become training targets.
-    error = detection_error(real_rows("kto_en_demo_sample.jsonl"))
-    assert error.reason == Reason.unknown_format
-    assert str(error) == "no known format fits; fields seen: label, messages"
+    assert detect_format(real_rows("kto_en_demo_sample.jsonl")).name == "messages_kto"
 
 
 def test_rows_fitting_two_unrelated_formats_are_ambiguous_naming_both_and_the_fields():

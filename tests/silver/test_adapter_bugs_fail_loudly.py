@@ -35,13 +35,13 @@ def test_a_bug_inside_an_adapter_propagates_out_of_canonicalize(monkeypatch, fmt
 
 def test_a_value_nested_deeper_than_orjson_writes_is_kept_in_meta():
     result = canonicalize(_nested(300), plan("alpaca"), "run-1")  # orjson reads 1024 levels but writes 254
-    assert result.counts == {"bronze": 1, "siblings": 0, "quarantined": 0, "candidates": 1}
+    assert result.counts == {"bronze": 1, "siblings": 0, "quarantined": 0, "dropped": 0, "candidates": 1}
     assert result.candidates["meta"][0].as_py() == '{"tree":' + "[" * 300 + "]" * 300 + "}"
 
 
 def test_a_value_nested_too_deep_to_write_back_is_quarantined_not_a_crash():
     result = canonicalize(_nested(1020), plan("alpaca"), "run-1")
-    assert result.counts == {"bronze": 1, "siblings": 0, "quarantined": 1, "candidates": 0}
+    assert result.counts == {"bronze": 1, "siblings": 0, "quarantined": 1, "dropped": 0, "candidates": 0}
     assert result.quarantine.select(["reason", "field", "detail"]).to_pylist() == [
         {"reason": "invalid_json", "field": "meta", "detail": "nested too deep to write back as JSON"}
     ]

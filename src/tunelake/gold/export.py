@@ -38,6 +38,7 @@ MESSAGE_COLUMNS = {
     Regime.sft: ("messages",),
     Regime.preference: ("prompt", "chosen", "rejected"),
     Regime.rl: ("prompt",),
+    Regime.kto: ("prompt", "chosen", "rejected"),
 }
 OPTIONAL_FIELDS = tuple(f for f in MESSAGE_FIELDS if f not in ("role", "content"))
 
@@ -111,13 +112,18 @@ def _indexed(files: list[str], schema: pa.Schema) -> pa.RecordBatchReader:
     return pa.RecordBatchReader.from_batches(with_index, batches())
 
 
-def _messages(column: str, used: set[str]) -> str:
-    """A DuckDB expression for a message-list column, keeping role, content and the optional fields in use."""
+def _messages(column: str, used: set[str], name: str | None = None) -> str:
+    """A DuckDB expression for a message-list column, keeping role, content and the optional fields in use, named
+    `name` (default: the column's own)."""
+    return f"{_message_list(column, used)} as {name or column}"
+
+
+def _message_list(column: str, used: set[str]) -> str:
     fields = ["'role': m.role", "'content': m.content"]
     for name in OPTIONAL_FIELDS:
         if name in used:
             fields.append(f"'{name}': json(m.{name})" if name == "tool_calls" else f"'{name}': m.{name}")
-    return f"list_transform({column}, lambda m: {{{', '.join(fields)}}}) as {column}"
+    return f"list_transform({column}, lambda m: {{{', '.join(fields)}}})"
 
 
 def _select(regime: Regime, split: str, used: dict[str, set[str]], tools: bool) -> str:
@@ -127,6 +133,10 @@ def _select(regime: Regime, split: str, used: dict[str, set[str]], tools: bool) 
     if regime == Regime.preference:
         sides = ", ".join(_messages(c, used[c]) for c in MESSAGE_COLUMNS[regime])
         return f"select id, {sides}, score_chosen, score_rejected from gold"
+    if regime == Regime.kto:  # TRL's unpaired format: the completion, and whether it is desirable
+        side = used["chosen"] | used["rejected"]
+        completion = f"coalesce({_message_list('chosen', side)}, {_message_list('rejected', side)}) as completion"
+        return f"select id, {_messages('prompt', used['prompt'])}, {completion}, chosen is not null as label from gold"
     return f"""
         select source as data_source, {_messages("prompt", used["prompt"])}, coalesce(domain, 'general') as ability,
                {{'style': 'rule',

@@ -23,6 +23,7 @@ REGIME_COLUMNS = {
     Regime.sft: ("messages", "tools"),
     Regime.preference: ("prompt", "chosen", "rejected", "score_chosen", "score_rejected"),
     Regime.rl: ("prompt", "answer", "verifier", "verifier_config"),
+    Regime.kto: ("prompt", "chosen", "rejected"),  # one side set: the completion, and by its side its label
 }
 
 

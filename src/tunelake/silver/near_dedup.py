@@ -103,7 +103,9 @@ def compared_texts(batch: pa.RecordBatch) -> dict[str, pa.Array]:
     """What a record is compared on (see PARTS): an SFT conversation's contents, an RL prompt's, a preference
     pair's prompt, chosen and rejected; null where a part does not apply."""
     regime = batch["regime"]
-    sft, preference = pc.equal(regime, Regime.sft.value), pc.equal(regime, Regime.preference.value)
+    sft = pc.equal(regime, Regime.sft.value)
+    # A KTO record is compared as a pair is: prompt and both sides (one of them empty; the label is which).
+    preference = pc.is_in(regime, pa.array([Regime.preference.value, Regime.kto.value]))
     text = pc.if_else(sft, Turns.of(batch["messages"]).text(), Turns.of(batch["prompt"]).text())
     none = pa.nulls(batch.num_rows, pa.string())
     return {

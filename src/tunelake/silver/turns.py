@@ -15,9 +15,9 @@ import pyarrow.compute as pc
 from tunelake.schema import MESSAGE, MESSAGE_FIELDS
 
 MESSAGE_LISTS = ("messages", "prompt", "chosen", "rejected")
-# Where what a model is trained to say lives, per regime: a pair's rejected side is what it teaches against, and an
-# RL record has no response (its gold answer is checked, not imitated).
-TRAINED_RESPONSES = (("messages", "sft"), ("chosen", "preference"))
+# Where what a model is trained to say lives, per regime: a pair's rejected side (and an undesirable KTO completion)
+# is what it teaches against, and an RL record has no response (its gold answer is checked, not imitated).
+TRAINED_RESPONSES = (("messages", ("sft",)), ("chosen", ("preference", "kto")))
 
 
 @dataclass(frozen=True)
@@ -85,8 +85,8 @@ class Turns:
 
 @dataclass(frozen=True)
 class Responses:
-    """Every response a model is trained to say in a batch: SFT assistant turns, a pair's chosen assistant turns
-    (but for turns that only call a tool)."""
+    """Every response a model is trained to say in a batch: SFT assistant turns, a pair's chosen assistant turns, a
+    desirable KTO completion's (but for turns that only call a tool)."""
 
     texts: pa.StringArray  # each response's content ("" where null), in record order, then turn order
     record: np.ndarray  # the record each belongs to
@@ -95,8 +95,8 @@ class Responses:
     @classmethod
     def of(cls, batch: pa.RecordBatch) -> Responses:
         texts, records, positions = [], [], []
-        for column, regime in TRAINED_RESPONSES:
-            in_regime = pc.equal(batch["regime"], regime).to_numpy(zero_copy_only=False)
+        for column, regimes in TRAINED_RESPONSES:
+            in_regime = pc.is_in(batch["regime"], pa.array(regimes)).to_numpy(zero_copy_only=False)
             if not in_regime.any():
                 continue
             turns = Turns.of(batch[column])

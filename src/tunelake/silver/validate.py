@@ -108,7 +108,7 @@ def validate(batch: pa.RecordBatch, max_chars: int, lists: dict[str, pa.Array]) 
     batch's encoded message lists (identify.encode_lists)."""
     turns = {key: Turns.of(batch[key]) for key in MESSAGE_LISTS}
     regime = batch["regime"]
-    sft, preference, rl = (_bools(pc.equal(regime, r.value)) for r in Regime)
+    sft, preference, rl, kto = (_bools(pc.equal(regime, r.value)) for r in Regime)
     problems = _Problems()
 
     msgs = turns["messages"]
@@ -128,30 +128,45 @@ def validate(batch: pa.RecordBatch, max_chars: int, lists: dict[str, pa.Array]) 
 
     prompt = turns["prompt"]
     no_prompt = lambda r: Rejected(Reason.missing_field, "prompt", "expected at least one prompt message")  # noqa: E731
-    problems.add((preference | rl) & (prompt.lengths == 0), no_prompt)
-    problems.turns(prompt, "prompt", preference | rl)
+    problems.add((preference | rl | kto) & (prompt.lengths == 0), no_prompt)
+    problems.turns(prompt, "prompt", preference | rl | kto)
+    # A KTO record's one completion: in chosen (desirable) or rejected (undesirable), never both, never neither.
+    given = {side: turns[side].lengths > 0 for side in ("chosen", "rejected")}
+    problems.add(
+        kto & given["chosen"] & given["rejected"],
+        lambda r: Rejected(
+            Reason.wrong_type,
+            "rejected",
+            "a KTO record holds one completion: in chosen when desirable, in rejected when not; both are given",
+        ),
+    )
+    problems.add(
+        kto & ~given["chosen"] & ~given["rejected"],
+        lambda r: Rejected(Reason.empty_response, "chosen", "a KTO record needs its completion"),
+    )
     for side in ("chosen", "rejected"):
         response = turns[side]
+        responds = preference | (kto & given[side])  # the records whose `side` is a response to check
         said = response.any(~(_blank(response.fields["content"]) & _blank(response.fields["tool_calls"])))
         problems.add(
-            preference & ~said, lambda r, side=side: Rejected(Reason.empty_response, side, "the response is empty")
+            responds & ~said, lambda r, side=side: Rejected(Reason.empty_response, side, "the response is empty")
         )
-        problems.turns(response, side, preference)
+        problems.turns(response, side, responds)
         codes = _codes(response)
         # A response is what the policy generates: a user or system turn in it would be trained on.
         first = response.first((codes != ASSISTANT) & (codes != TOOL))
         problems.add(
-            preference & (first >= 0),
+            responds & (first >= 0),
             lambda r, side=side, first=first, response=response: Rejected(
                 Reason.bad_role_order,
                 f"{side}[{response.position[first[r]]}].role",
                 "a response holds only assistant turns",
             ),
         )
-        problems.order(prompt, f"prompt+{side}", preference, then=response)
+        problems.order(prompt, f"prompt+{side}", responds, then=response)
         last_role = _last_role(response, codes)
         problems.add(
-            preference & (last_role != ASSISTANT),
+            responds & (last_role != ASSISTANT),
             lambda r, side=side, last_role=last_role: Rejected(
                 Reason.last_turn_not_assistant, side, f"ends with {ROLES[last_role[r]]}"
             ),

@@ -370,27 +370,9 @@ def preference_example(
     settings: MaskSettings,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(prompt_ids, chosen_ids, rejected_ids): the prompt rendered once, each response as its continuation."""
-    prompt_msgs = template_messages(prompt)
-    responses = {"chosen": template_messages(chosen), "rejected": template_messages(rejected)}
-    for name, msgs in (("prompt", prompt_msgs), *responses.items()):
-        reject_control_text(tok, message_texts(msgs), name)
-    prompt_text = _render(template, prompt_msgs, None, generation_prompt=True)
-    require_rendered(template, prompt_text, prompt_msgs, "prompt")
-    sides = []
-    for name, response in responses.items():
-        text = _render(template, prompt_msgs + response, None)
-        if not text.startswith(prompt_text):
-            raise Rejected(Reason.template_not_prefix_stable, name, "the prompt renders differently before a response")
-        require_rendered(template, text[len(prompt_text) :], response, name)
-        ((ids, offsets),) = tok.encode([text])
-        boundary = len(prompt_text)
-        straddle = (offsets[:, 0] < boundary) & (offsets[:, 1] > boundary)
-        if straddle.any():
-            s, e = offsets[np.flatnonzero(straddle)[0]]
-            raise Rejected(Reason.mask_overruns_turn, name, f"token {text[s:e]!r} crosses the prompt/response edge")
-        cut = int(np.searchsorted(offsets[:, 0], boundary))
-        sides.append((ids[:cut], ids[cut:]))
-    (p_chosen, chosen_ids), (p_rejected, rejected_ids) = sides
+    prompt_msgs, prompt_text = _prompt(template, tok, prompt)
+    p_chosen, chosen_ids = _continuation(template, tok, prompt_msgs, prompt_text, chosen, "chosen")
+    p_rejected, rejected_ids = _continuation(template, tok, prompt_msgs, prompt_text, rejected, "rejected")
     if not np.array_equal(p_chosen, p_rejected):
         raise Rejected(Reason.template_not_prefix_stable, "prompt", "the prompt tokenizes differently per response")
     if np.array_equal(chosen_ids, rejected_ids):
@@ -398,3 +380,54 @@ def preference_example(
     if len(p_chosen) + max(len(chosen_ids), len(rejected_ids)) > settings.max_length:
         raise Rejected(Reason.overlong, None, f"prompt + response exceed max_length {settings.max_length}")
     return p_chosen, chosen_ids, rejected_ids
+
+
+def completion_example(
+    template: ChatTemplate,
+    tok: TextTokenizer,
+    prompt: list[dict],
+    completion: list[dict],
+    side: str,
+    settings: MaskSettings,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(prompt_ids, completion_ids) of a KTO record: its one completion (in `side`) as the prompt's continuation."""
+    prompt_msgs, prompt_text = _prompt(template, tok, prompt)
+    p, ids = _continuation(template, tok, prompt_msgs, prompt_text, completion, side)
+    if len(p) + len(ids) > settings.max_length:
+        raise Rejected(Reason.overlong, None, f"prompt + completion exceed max_length {settings.max_length}")
+    return p, ids
+
+
+def _prompt(template: ChatTemplate, tok: TextTokenizer, prompt: list[dict]) -> tuple[list[dict], str]:
+    """The prompt's messages as the template takes them, and its render up to the generation prompt."""
+    prompt_msgs = template_messages(prompt)
+    reject_control_text(tok, message_texts(prompt_msgs), "prompt")
+    prompt_text = _render(template, prompt_msgs, None, generation_prompt=True)
+    require_rendered(template, prompt_text, prompt_msgs, "prompt")
+    return prompt_msgs, prompt_text
+
+
+def _continuation(
+    template: ChatTemplate,
+    tok: TextTokenizer,
+    prompt_msgs: list[dict],
+    prompt_text: str,
+    response: list[dict],
+    name: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(prompt ids, response ids): the prompt and the response (`name`) rendered together, cut where the prompt's
+    render ends; a token across that edge, or a prompt that renders otherwise before the response, is rejected."""
+    response = template_messages(response)
+    reject_control_text(tok, message_texts(response), name)
+    text = _render(template, prompt_msgs + response, None)
+    if not text.startswith(prompt_text):
+        raise Rejected(Reason.template_not_prefix_stable, name, "the prompt renders differently before a response")
+    require_rendered(template, text[len(prompt_text) :], response, name)
+    ((ids, offsets),) = tok.encode([text])
+    boundary = len(prompt_text)
+    straddle = (offsets[:, 0] < boundary) & (offsets[:, 1] > boundary)
+    if straddle.any():
+        s, e = offsets[np.flatnonzero(straddle)[0]]
+        raise Rejected(Reason.mask_overruns_turn, name, f"token {text[s:e]!r} crosses the prompt/response edge")
+    cut = int(np.searchsorted(offsets[:, 0], boundary))
+    return ids[:cut], ids[cut:]

@@ -19,6 +19,7 @@ import pyarrow as pa
 from tunelake import tables
 from tunelake.gold.tokenize.masks import (
     MaskSettings,
+    completion_example,
     fit_length,
     preference_example,
     prompt_ids,
@@ -62,6 +63,16 @@ TOKENIZED = {
             ("answer", pa.string()),
             ("verifier", pa.string()),
             ("verifier_config", pa.string()),
+        ]
+    ),
+    Regime.kto: pa.schema(
+        [
+            ("id", pa.string()),
+            ("prompt_input_ids", IDS),
+            ("completion_input_ids", IDS),
+            ("prompt_length", pa.int32()),
+            ("completion_length", pa.int32()),
+            ("label", pa.bool_()),
         ]
     ),
 }
@@ -124,6 +135,18 @@ def _preference(template, tok, row: dict, settings: MaskSettings) -> dict:
     }
 
 
+def _kto(template, tok, row: dict, settings: MaskSettings) -> dict:
+    side = "chosen" if row["chosen"] else "rejected"  # validation keeps exactly one
+    p, c = completion_example(template, tok, row["prompt"], row[side], side, settings)
+    return {
+        "prompt_input_ids": p,
+        "completion_input_ids": c,
+        "prompt_length": len(p),
+        "completion_length": len(c),
+        "label": side == "chosen",
+    }
+
+
 def _rl(template, tok, row: dict, settings: MaskSettings) -> dict:
     p = prompt_ids(template, tok, row["prompt"], settings)
     return {
@@ -177,7 +200,7 @@ def tokenize_rows(
                 out["labels"].append(result[1])
         out |= _sft_columns(out["input_ids"], out["labels"])
     else:
-        example = _preference if regime == Regime.preference else _rl
+        example = {Regime.preference: _preference, Regime.kto: _kto, Regime.rl: _rl}[regime]
         for row in table.to_pylist():
             values = _attempt(row["id"], rejects, lambda row=row: example(template, tok, row, settings))
             if values is not None:

@@ -31,9 +31,17 @@ class Adapter:
 
 
 def _registry() -> dict[str, Adapter]:
-    from tunelake.ingest.adapters import judged, oasst2, preference, rated, rl, sft
+    from tunelake.ingest.adapters import judged, kto, oasst2, preference, rated, rl, sft
 
-    adapters = [*sft.ADAPTERS, *preference.ADAPTERS, *rated.ADAPTERS, *judged.ADAPTERS, *oasst2.ADAPTERS, *rl.ADAPTERS]
+    adapters = [
+        *sft.ADAPTERS,
+        *preference.ADAPTERS,
+        *rated.ADAPTERS,
+        *judged.ADAPTERS,
+        *oasst2.ADAPTERS,
+        *kto.ADAPTERS,
+        *rl.ADAPTERS,
+    ]
     return {a.name: a for a in adapters}
 
 
