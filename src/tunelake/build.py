@@ -253,7 +253,7 @@ def build(recipe: Recipe, recipe_sha256: str, progress: Progress | None = None) 
                 run.will_commit(tables.LEDGER_NAME, LEDGER)
                 _stage_reports(run, chain)
                 _audits(run)
-                exports = _export(run, engine)
+                exports = _export(run, engine, chain)
             # Nothing is committed until every stage has succeeded and the counts reconcile. The pool has shut down
             # by now: the commits and the manifest follow each other closely, and the manifest's peak memory counts
             # the reaped workers.
@@ -596,7 +596,8 @@ def _publish(run: _Run, engine: Engine, windows: list[Window], segs: list[Segmen
     pass_ = Pass(index, rows, (), run.addresses)
     silver = silver_schema(chain)
     stage_gold = bool(run.recipe.gold.export)
-    settings = publish_settings(silver, run.recipe.gold.split, rows, stage_gold)
+    gold = {regime: gold_schema(regime, chain) for regime in Regime}
+    settings = publish_settings(silver, gold, run.recipe.gold.split, rows, stage_gold)
     tasks = (
         CachedPublish(
             PublishTask(
@@ -607,6 +608,7 @@ def _publish(run: _Run, engine: Engine, windows: list[Window], segs: list[Segmen
                 w,
                 pass_,
                 silver,
+                gold,
                 run.recipe.gold.split,
                 stage_gold,
             ),
@@ -625,7 +627,7 @@ def _publish(run: _Run, engine: Engine, windows: list[Window], segs: list[Segmen
     run.will_commit(tables.RECORDS, silver)
     for regime, _split, table in tables.gold_tables():
         run.gold[table] = sum(p.rows for p in run.parts.get(table, []))
-        run.will_commit(table, gold_schema(regime))
+        run.will_commit(table, gold_schema(regime, chain))
     run.timed("publish", sum(run.counts[s.name]["silver"] for s in run.recipe.sources), started)
     run.passes["publish"].update(windows=len(windows), reused_windows=sum(done.reused for done in run.windows))
 
@@ -796,7 +798,7 @@ def _top_reasons(run: _Run, source: str, n: int = 3) -> str:
     return ", ".join(f"{reason} ({count})" for reason, count in found.most_common(n))
 
 
-def _export(run: _Run, engine: Engine) -> Path:
+def _export(run: _Run, engine: Engine, chain: list) -> Path:
     """Every gold table exported into staging; they replace the lake's exports once all commits are done."""
     started = time.perf_counter()
     staging = run.lake.root / tables.staged(run.run_id, "exports")
@@ -805,7 +807,7 @@ def _export(run: _Run, engine: Engine) -> Path:
     tasks = [
         ExportTask(
             run.staged_files(gold_staging(run.run_id, table)),
-            gold_schema(regime),
+            gold_schema(regime, chain),
             regime,
             split,
             staging,

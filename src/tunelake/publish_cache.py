@@ -37,12 +37,15 @@ ENTRY = "entry.json"
 VERSION = "1"  # bump when publish makes other outputs of the same window and settings
 
 
-def publish_settings(silver: pa.Schema, split: Split, stages: tuple[RowLocalStage, ...], stage_gold: bool) -> bytes:
+def publish_settings(
+    silver: pa.Schema, gold: dict[str, pa.Schema], split: Split, stages: tuple[RowLocalStage, ...], stage_gold: bool
+) -> bytes:
     """Everything besides a window's rows, decisions and annotations that decides what publish makes of it."""
     what = {
         "publish": VERSION,
         "tunelake": __version__,
         "silver": hashlib.sha256(silver.serialize()).hexdigest(),
+        "gold": {str(regime): hashlib.sha256(schema.serialize()).hexdigest() for regime, schema in gold.items()},
         "split": split.model_dump(mode="json"),
         "stages": [s.describe() for s in stages],
         "stage_gold": stage_gold,

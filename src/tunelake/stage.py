@@ -93,6 +93,9 @@ class Stage:
     adds: ClassVar[tuple[pa.Field, ...]] = ()  # columns it adds (row-local) or annotates (global); kept in silver
     requires: ClassVar[dict[str, str]] = {}  # importable module -> the command that installs it
     reads_tables: ClassVar[tuple[str, ...]] = ()  # published lake tables a global step reads (tables.py names)
+    # Of the columns it adds, those a regime's gold tables and exports keep as well (regime value -> names), where a
+    # trainer needs them (a pair's soft label); the others stay in silver.
+    gold_columns: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def __init__(self, config: StageConfig | None = None):
         self.config = config if config is not None else self.Config()

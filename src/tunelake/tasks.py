@@ -20,7 +20,6 @@ import pyarrow.parquet as pq
 from tunelake import tables
 from tunelake.address import Addresses
 from tunelake.engine.parts import Part, part_name, read_arrow, write_arrow, write_part
-from tunelake.gold.project import gold_schema
 from tunelake.gold.split import assign_splits
 from tunelake.gold.tokenize.masks import MaskSettings
 from tunelake.gold.tokenize.pack import PackStats, pack
@@ -248,6 +247,7 @@ class PublishTask:
     window: Window
     pass_: Pass  # the last segment's row-local stages
     silver: pa.Schema  # the canonical schema plus the columns the chain's stages add
+    gold: dict[Regime, pa.Schema]  # each regime's gold columns (gold_schema)
     split: Split
     stage_gold: bool  # whether exports will stream the gold rows (the recipe asks for some)
 
@@ -299,7 +299,7 @@ def run_publish(task: PublishTask, notes: list[pa.Table]) -> PublishDone:
         in_regime = pc.equal(gold["regime"], regime.value)
         for split in SPLITS:
             table = tables.gold(regime, split)
-            rows = gold.filter(pc.and_(in_regime, pc.equal(gold_splits, split))).select(gold_schema(regime).names)
+            rows = gold.filter(pc.and_(in_regime, pc.equal(gold_splits, split))).select(task.gold[regime].names)
             parts.append(write_part(task.root, table, name, rows, GOLD_ROW_GROUP))
             if task.stage_gold:
                 parts.append(write_arrow(task.root, gold_staging(task.run_id, table), name, rows))

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import orjson
 import pyarrow.compute as pc
+import pytest
 
 from tests.conftest import FIXTURES, run_build, write_recipe
 from tunelake.recipe import load_recipe
 from tunelake.schema import Reason
+from tunelake.silver.preference import PreferenceConfig
 
 HH = FIXTURES / "real" / "hh_rlhf_harmless_sample.jsonl"
 
@@ -174,3 +176,29 @@ def test_a_build_with_no_preference_record_publishes_the_pair_columns_empty(tmp_
     assert records.num_rows and set(records["regime"].to_pylist()) == {"sft"}
     assert records["pair_label"].null_count == records["pair_reviews"].null_count == records.num_rows
     assert "preference" not in manifest.get("reports", {})
+
+
+def test_a_soft_tie_reaches_gold_and_the_export_with_its_label_and_a_warning(tmp_path):
+    rows = [judged("What is 2 + 2?", "4", "Four", "tie", "r1"), *rated("Pick one.", {"Yes.": 5, "No.": 1})]
+    gold = {"split": {"validation": 0.0, "test": 0.0}, "export": ["jsonl"]}
+    tmp_path.mkdir(exist_ok=True)
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    source = {"name": "pairs", "path": str(path), "format": "trl_preference", "license": "mit", "origin": "human"}
+    silver = {"preference": {"ties": "keep_soft"}}
+    manifest, lake = run_build(write_recipe(tmp_path, [source], silver=silver, gold=gold))
+    in_gold = lake.read("gold/preference/train", ["pair_label", "pair_votes", "pair_strategy"]).to_pylist()
+    assert sorted(in_gold, key=lambda r: r["pair_label"]) == [
+        {"pair_label": 0.5, "pair_votes": 1, "pair_strategy": None},
+        {"pair_label": 1.0, "pair_votes": 1, "pair_strategy": "best_vs_random_lower"},
+    ]
+    exported = [
+        json.loads(line) for line in (tmp_path / "lake/exports/preference/train.jsonl").read_text().splitlines()
+    ]
+    assert sorted(r["pair_label"] for r in exported) == [0.5, 1.0]
+    assert "trains each as a win" in manifest["reports"]["preference"]["warnings"][0]
+
+
+def test_the_per_prompt_cap_is_refused_here_and_pointed_to_prompt_groups():
+    with pytest.raises(ValueError, match="move it there"):
+        PreferenceConfig.model_validate({"max_pairs_per_prompt": 4})

@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tunelake.engine.parts import read_arrow
+from tunelake.gold.project import gold_schema
 from tunelake.schema import MESSAGE_FIELDS, Regime
 
 # Parquet row groups of about this many bytes, and at most MAX_ROW_GROUP rows: a writer holds a whole row group
@@ -126,17 +127,21 @@ def _message_list(column: str, used: set[str]) -> str:
     return f"list_transform({column}, lambda m: {{{', '.join(fields)}}})"
 
 
-def _select(regime: Regime, split: str, used: dict[str, set[str]], tools: bool) -> str:
+def _select(regime: Regime, split: str, used: dict[str, set[str]], tools: bool, carried: list[str]) -> str:
+    """The export's query; `carried` are the columns stages carry into this regime's gold (Stage.gold_columns),
+    exported as they are after the format's own."""
+    extra = "".join(f", {name}" for name in carried)
     if regime == Regime.sft:
         messages = _messages("messages", used["messages"])
-        return f"select id, {messages}{', json(tools) as tools' if tools else ''} from gold"
+        return f"select id, {messages}{', json(tools) as tools' if tools else ''}{extra} from gold"
     if regime == Regime.preference:
         sides = ", ".join(_messages(c, used[c]) for c in MESSAGE_COLUMNS[regime])
-        return f"select id, {sides}, score_chosen, score_rejected from gold"
+        return f"select id, {sides}, score_chosen, score_rejected{extra} from gold"
     if regime == Regime.kto:  # TRL's unpaired format: the completion, and whether it is desirable
         side = used["chosen"] | used["rejected"]
         completion = f"coalesce({_message_list('chosen', side)}, {_message_list('rejected', side)}) as completion"
-        return f"select id, {_messages('prompt', used['prompt'])}, {completion}, chosen is not null as label from gold"
+        prompt = _messages("prompt", used["prompt"])
+        return f"select id, {prompt}, {completion}, chosen is not null as label{extra} from gold"
     return f"""
         select source as data_source, {_messages("prompt", used["prompt"])}, coalesce(domain, 'general') as ability,
                {{'style': 'rule',
@@ -144,7 +149,7 @@ def _select(regime: Regime, split: str, used: dict[str, set[str]], tools: bool) 
                  as reward_model,
                {{'split': '{split}', 'index': _index, 'id': id, 'answer': answer,
                  'verifier': verifier, 'verifier_config': verifier_config, 'difficulty': difficulty}} as extra_info
-        from gold"""
+       {extra} from gold"""
 
 
 @dataclass(frozen=True)
@@ -174,7 +179,8 @@ def run_export(task: ExportTask) -> Path | None:
     folder = out_dir / regime.value
     folder.mkdir(parents=True, exist_ok=True)
     path, tmp = folder / f"{split}.{fmt}", folder / f".{split}.{fmt}.tmp"
-    query = _select(regime, split, used, tools)
+    carried = [name for name in task.schema.names if name not in gold_schema(regime).names]
+    query = _select(regime, split, used, tools, carried)
     if fmt == "jsonl":
         target = str(tmp).replace("'", "''")  # a SQL string literal: quotes in the lake's path are doubled
         con.execute(f"copy ({query}) to '{target}' (format json)")

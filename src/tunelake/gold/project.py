@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pyarrow as pa
 
 from tunelake.schema import RECORD, Regime
@@ -27,6 +29,9 @@ REGIME_COLUMNS = {
 }
 
 
-def gold_schema(regime: Regime) -> pa.Schema:
+def gold_schema(regime: Regime, chain: Sequence = ()) -> pa.Schema:
+    """A regime's gold columns: the canonical ones it uses, then those the chain's stages add and carry into its
+    gold (Stage.gold_columns)."""
     names = COMMON[:5] + REGIME_COLUMNS[regime] + COMMON[5:]
-    return pa.schema([RECORD.field(n) for n in names])
+    carried = [f for stage in chain for f in stage.adds if f.name in stage.gold_columns.get(regime.value, ())]
+    return pa.schema([RECORD.field(n) for n in names] + carried)

@@ -29,7 +29,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from tunelake.gold.split import unit
 from tunelake.ingest.adapters.pairs import RatingsPolicy
@@ -43,8 +43,11 @@ PAIR_LABEL = pa.field("pair_label", pa.float64())
 PAIR_AGREEMENT = pa.field("pair_agreement", pa.float64())
 PAIR_VOTES = pa.field("pair_votes", pa.int32())
 PAIR_REVIEWS = pa.field("pair_reviews", pa.string())  # JSON: [{reviewer, vote: chosen | rejected | tie}, ...]
+PAIR_STRATEGY = pa.field("pair_strategy", pa.string())  # what chose a pair from ratings (null for other pairs)
 _RATED = "('rated', 'ranked')"  # the kinds of pair made from ratings or ranks (meta.pair.kind)
-_NOTES_SCHEMA = pa.schema([pa.field("_ord", pa.int64()), PAIR_LABEL, PAIR_AGREEMENT, PAIR_VOTES, PAIR_REVIEWS])
+_NOTES_SCHEMA = pa.schema(
+    [pa.field("_ord", pa.int64()), PAIR_LABEL, PAIR_AGREEMENT, PAIR_VOTES, PAIR_REVIEWS, PAIR_STRATEGY]
+)
 
 
 class PairsFromRatings(RatingsPolicy):
@@ -82,6 +85,16 @@ class PreferenceConfig(StageConfig):
         "'chosen is longer' holds for half the pairs of unequal length.",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _cap_lives_in_prompt_groups(cls, data: object) -> object:
+        if isinstance(data, dict) and "max_pairs_per_prompt" in data:
+            raise ValueError(
+                "max_pairs_per_prompt is set under silver.prompt_groups, which counts a prompt and its "
+                "near-identical rewordings as one prompt: move it there"
+            )
+        return data
+
     @field_validator("length_balance", mode="before")
     @classmethod
     def _off(cls, value: object) -> object:
@@ -92,7 +105,9 @@ class Preference(GlobalStage):
     name = "preference"
     Config = PreferenceConfig
     reads = ("regime", "prompt_id", "chosen", "rejected", "score_chosen", "score_rejected", "meta")
-    adds = (PAIR_LABEL, PAIR_AGREEMENT, PAIR_VOTES, PAIR_REVIEWS)
+    adds = (PAIR_LABEL, PAIR_AGREEMENT, PAIR_VOTES, PAIR_REVIEWS, PAIR_STRATEGY)
+    # A soft tie's label must reach the trainer: a pair exported without it reads as a win for its chosen side.
+    gold_columns = {Regime.preference.value: ("pair_label", "pair_agreement", "pair_votes", "pair_strategy")}
 
     def columns(self, batch: pa.RecordBatch) -> dict[str, pa.Array]:
         """Per preference record: its prompt, a key per side (the hash of its normalised text), each side's words
@@ -139,7 +154,7 @@ class Preference(GlobalStage):
             if config.length_balance == "downsample":
                 _drop(con, _LENGTH_BALANCE)
             dropped = con.sql("select * from dropped order by _ord").to_arrow_table()
-            notes = con.sql(_NOTES).to_arrow_table()
+            notes = con.sql(_NOTES.format(rated=_RATED, strategy=ratings.strategy)).to_arrow_table()
             [figures] = con.sql(_TALLY).fetchall()
         decisions = drops(dropped["_ord"], dropped["id"], dropped["reason"], dropped["detail"])
         tally = Tally({(key,): int(n or 0) for key, n in zip(_TALLIED, figures, strict=True)})
@@ -163,6 +178,11 @@ class Preference(GlobalStage):
         agreement = (
             f", majority share {report['majority_share']:.2f} over {multi:,} judged more than once" if multi else ""
         )
+        if report["ties_kept_soft"]:
+            report["warnings"] = [
+                f"{report['ties_kept_soft']:,} ties are kept with pair_label 0.5 in gold/preference and its exports: "
+                "a trainer that ignores pair_label (TRL's DPO does) trains each as a win for its chosen side"
+            ]
         report["summary"] = (
             f"{distinct:,} distinct pairs of {report['pairs']:,} records{agreement}; tie rate {report['tie_rate']:.2%}"
         )
@@ -283,12 +303,13 @@ select live._ord,
        case when winner is null then 0.5 else 1.0 end as pair_label,
        case when votes > 1 then agreement end as pair_agreement,
        votes as pair_votes,
-       reviews as pair_reviews
+       reviews as pair_reviews,
+       case when kind in {rated} and winner is not null then '{strategy}' end as pair_strategy
 from live join (
     select prompt_id, lo, hi,
-           to_json(list({'reviewer': reviewer,
-                         'vote': case when tie then 'tie' when chosen_key = rep_chosen then 'chosen' else 'rejected'
-                                 end} order by _ord))::varchar as reviews
+           to_json(list({{'reviewer': reviewer,
+                          'vote': case when tie then 'tie' when chosen_key = rep_chosen then 'chosen' else 'rejected'
+                                  end}} order by _ord))::varchar as reviews
     from voted group by prompt_id, lo, hi
 ) using (prompt_id, lo, hi)
 order by live._ord
