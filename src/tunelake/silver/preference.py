@@ -35,7 +35,7 @@ from tunelake.gold.split import unit
 from tunelake.ingest.adapters.pairs import RatingsPolicy
 from tunelake.schema import Regime
 from tunelake.silver.identify import content_hashes
-from tunelake.silver.ngrams import normalize, words
+from tunelake.silver.ngrams import normalize
 from tunelake.silver.turns import Turns
 from tunelake.stage import Decisions, GlobalStage, StageConfig, StagedRows, Tally, drops
 
@@ -121,7 +121,9 @@ class Preference(GlobalStage):
             text = Turns.of(rows[side]).text()
             spaced = pc.utf8_trim_whitespace(pc.replace_substring_regex(normalize(text), r"\s+", " "))
             columns[f"{side}_key"] = _scatter(content_hashes(spaced), at, n)
-            columns[f"{side}_words"] = _scatter(pc.list_value_length(words(text)).cast(pa.int64()), at, n)
+            # Words as the preference audit counts them (runs of non-space), so a balanced set audits at 50%.
+            spaced_words = pc.list_value_length(pc.utf8_split_whitespace(text)).cast(pa.int64())
+            columns[f"{side}_words"] = _scatter(spaced_words, at, n)
         for name in ("prompt_id", "score_chosen", "score_rejected", "meta"):
             columns[name] = _scatter(rows[name], at, n)
         return columns
