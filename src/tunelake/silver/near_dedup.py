@@ -86,6 +86,7 @@ class NearDedup(GlobalStage):
                 sets = [stack.enter_context(lsh.ShingleSets(con, "staged", records, rows.scratch, c)) for c in SETS]
             with rows.connect(memory_limit) as con:
                 edges, similarity = lsh.verified_edges(con, "staged", records, self.config, sets)
+            del sets  # their sizes and bitmaps (48 bytes a row a part): not needed past verification
         with rows.connect(memory_limit) as con:  # every record's id, as it streams (no join or sort in DuckDB)
             read = con.sql("select _ord, id from staged").to_arrow_reader(lsh.ROWS).read_all()
         by_ord = np.argsort(read["_ord"].to_numpy())
