@@ -302,9 +302,13 @@ class PairSet:
         return found
 
     def add(self, pairs: np.ndarray) -> None:
+        """Add pairs the set does not hold (each once)."""
         self.runs.append(np.sort(self._keys(pairs)))
         if 4 * sum(len(r) for r in self.runs[1:]) > len(self.runs[0]):
-            self.runs = [np.unique(np.concatenate(self.runs))]
+            merged = np.concatenate(self.runs)
+            self.runs = []  # the runs are not held beside the merged one while it is sorted
+            merged.sort()  # in place: the runs are disjoint, so no np.unique (a sorted copy and a mask beside it)
+            self.runs = [merged]
 
 
 def _blocks(bands: Iterator[np.ndarray], keep) -> Iterator[np.ndarray]:
