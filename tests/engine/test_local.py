@@ -45,8 +45,9 @@ def test_a_call_runs_alone_the_pool_stopped_and_started_again_after():
         alone = engine.run(_pid)
         assert alone != os.getpid() and alone not in workers
         assert not _live(workers)  # stopped for the call: none of them idles beside it
+        assert engine.run(_pid) != alone  # each call a fresh process: none starts with another's heap
         again = set(engine.map(_pid, range(8)))
-        assert again and not again & workers and alone not in again
+        assert again and not again & workers and alone not in again and not _live({alone})
         assert engine.run(_square, 7) == 49
 
 
