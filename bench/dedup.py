@@ -21,10 +21,10 @@ Sides, each in its own process on the same corpus, alternating run by run:
 - tunelake: the near_dedup stage (threshold 0.8, 5-grams, 128 permutations, its bands) the way a build runs it:
   the texts are canonical RL records (one user turn), in chunks of --chunk records on a LocalEngine of 2 spawned
   workers; each chunk goes through NearDedup.columns and is staged as Parquet as tasks._stage_out does; then
-  NearDedup.run over the staged files on the pool, with the build's DuckDB memory limit. Its reported pairs are
-  the verified edges (read from inside the stage) and the dropped -> kept pairs of its decisions; its clusters
-  are its cluster_id annotations. (A build also runs prompt_groups, on by default, over the prompts: work the
-  peers do not do, not timed here.)
+  NearDedup.run over the staged files in a process of its own (engine.run), with the build's DuckDB memory limit.
+  Its reported pairs are the verified edges (read from inside the stage) and the dropped -> kept pairs of its
+  decisions; its clusters are its cluster_id annotations. (A build also runs prompt_groups, on by default, over
+  the prompts: work the peers do not do, not timed here.)
 - datasketch: MinHash(num_perm=128) per text (update_batch over the shingles, shingled in Python as above), then
   MinHashLSH(threshold=0.8) with its own band choice: insert all, query all; the pairs into a union-find.
 - rensa: RMinHash.from_token_sets (128 permutations) over the same shingles, RMinHashLSH(threshold=0.8,

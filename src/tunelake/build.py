@@ -477,8 +477,9 @@ class StepDone:
 
 
 def _run_step(step: GlobalStage, rows: StagedRows, root: Path, run_id: str, name: str, count: StageCount) -> StepDone:
-    """A global step, where it runs (on the pool, when there is one: its working memory never joins the parent's):
-    its decisions become ledger and quarantine parts (named `name`) and its annotations a part, written here."""
+    """A global step, where it runs (in a process of its own when there is a pool: its working memory never joins the
+    parent's): its decisions become ledger and quarantine parts (named `name`) and its annotations a part, written
+    here."""
     decided = step.run(rows, GLOBAL_MEMORY) if rows.files else Decisions(DECISIONS.empty_table())
     give_back_memory()  # what the step's work took, before its verdicts are made
     verdicts = global_verdicts(step, decided, rows.addresses, run_id, count)

@@ -273,7 +273,10 @@ def global_verdicts(
     source = addresses.of(table["_ord"])[0]
     for action, key, counter in (("drop", "dropped", count.dropped), ("quarantine", "quarantined", count.quarantined)):
         mine = pc.equal(table["action"], action)
-        rows, sources = table.filter(mine), source.filter(mine)
+        if pc.all(mine).as_py():  # one action for all (a step that only drops): no copy of the decisions
+            rows, sources = table, source
+        else:
+            rows, sources = table.filter(mine), source.filter(mine)
         if not rows.num_rows:
             continue
         if action == "drop":

@@ -151,6 +151,7 @@ def verified_edges(
             found = np.minimum(found, part.jaccard(block))
         edges.append(block[found >= config.threshold].astype(np.int32))  # half the memory of int64 pairs
         similarity.append(found[found >= config.threshold])
+    seen = None  # its pairs (~5M at 1M templated records): not held through the concatenation and sort
     edges, similarity = np.concatenate(edges), np.concatenate(similarity)
     order = np.lexsort((edges[:, 1], edges[:, 0]))
     return edges[order], similarity[order]
@@ -194,7 +195,7 @@ class ShingleSets:
     ):
         os.makedirs(scratch, exist_ok=True)
         fd, self.path = tempfile.mkstemp(suffix=".shingles", dir=scratch)
-        self.start = np.zeros(len(nodes), np.int64)  # where each node's set begins in the file, in hashes
+        self.start = np.zeros(len(nodes), np.int64)  # where each node's set begins in the file, in hashes (0: none)
         self.counts = np.zeros(len(nodes), np.int64)
         self.bitmaps = np.zeros((len(nodes), minhash.BITMAP_WORDS), np.uint64)
         node_of, written = _node_of(nodes), 0
@@ -205,9 +206,12 @@ class ShingleSets:
                 offsets = np.zeros(len(lengths) + 1, np.int64)
                 np.cumsum(lengths, out=offsets[1:])
                 sets = Grams(offsets, pc.list_flatten(batch[column]).to_numpy())
-                self.start[node] = written + offsets[:-1]
-                self.counts[node] = lengths
-                self.bitmaps[node] = minhash.bitmaps(sets)
+                # Only the nodes with a set are written: the pages of the others (all of a part no row of a
+                # regime has, e.g. a preference pair's responses in SFT rows) are never touched, so never resident.
+                has = np.flatnonzero(lengths)
+                self.start[node[has]] = written + offsets[has]
+                self.counts[node[has]] = lengths[has]
+                self.bitmaps[node[has]] = minhash.bitmaps(sets)[has]
                 sets.hashes.tofile(out)
                 written += len(sets.hashes)
 
@@ -298,9 +302,13 @@ class PairSet:
         return found
 
     def add(self, pairs: np.ndarray) -> None:
+        """Add pairs the set does not hold (each once)."""
         self.runs.append(np.sort(self._keys(pairs)))
         if 4 * sum(len(r) for r in self.runs[1:]) > len(self.runs[0]):
-            self.runs = [np.unique(np.concatenate(self.runs))]
+            merged = np.concatenate(self.runs)
+            self.runs = []  # the runs are not held beside the merged one while it is sorted
+            merged.sort()  # in place: the runs are disjoint, so no np.unique (a sorted copy and a mask beside it)
+            self.runs = [merged]
 
 
 def _blocks(bands: Iterator[np.ndarray], keep) -> Iterator[np.ndarray]:

@@ -86,16 +86,25 @@ class NearDedup(GlobalStage):
                 sets = [stack.enter_context(lsh.ShingleSets(con, "staged", records, rows.scratch, c)) for c in SETS]
             with rows.connect(memory_limit) as con:
                 edges, similarity = lsh.verified_edges(con, "staged", records, self.config, sets)
+            del sets  # their sizes and bitmaps (48 bytes a row a part): not needed past verification
         with rows.connect(memory_limit) as con:  # every record's id, as it streams (no join or sort in DuckDB)
             read = con.sql("select _ord, id from staged").to_arrow_reader(lsh.ROWS).read_all()
         by_ord = np.argsort(read["_ord"].to_numpy())
         ords, ids = read["_ord"].to_numpy()[by_ord], read["id"].take(pa.array(by_ord)).combine_chunks()
         del read
-        dropped, cluster_of = _near_duplicates(records, edges, similarity, ords, ids)
+        dropped, kept, jaccards, cluster_of = _near_duplicates(records, edges, similarity, ords)
+        del edges, similarity  # not held while the decisions' strings, the step's largest part, are made
         # Every record's cluster: its own id when it has no near-duplicate.
         notes = pa.table({"_ord": ords, CLUSTER_ID.name: ids.take(pa.array(cluster_of))})
-        detail = pc.binary_join_element_wise(dropped["detail"], rows.addresses.name(dropped["kept_ord"]), "")
-        decisions = drops(dropped["_ord"], dropped["id"], dropped["reason"], detail)
+        detail = pc.binary_join_element_wise(
+            "jaccard ",
+            pc.cast(pc.round(pa.array(jaccards), 3), pa.string()),
+            " with the kept ",
+            rows.addresses.name(pa.array(ords[kept])),
+            "",
+        )
+        reason = pc.binary_join_element_wise(f"{Reason.near_duplicate.value}:", ids.take(pa.array(kept)), "")
+        decisions = drops(pa.array(ords[dropped]), ids.take(pa.array(dropped)), reason, detail)
         return Decisions(decisions, notes.cast(pa.schema([pa.field("_ord", pa.int64()), CLUSTER_ID])))
 
 
@@ -135,36 +144,21 @@ def salted_grams(grams: list[Grams]) -> Grams:
 
 
 def _near_duplicates(
-    records: np.ndarray, edges: np.ndarray, similarity: np.ndarray, ords: np.ndarray, ids: pa.Array
-) -> tuple[pa.Table, np.ndarray]:
-    """The records dropped (`_ord`, id, reason, detail, kept_ord), and for each record (`ords`, sorted, whose ids are
-    `ids`) the position of its cluster's kept record among them, from the verified edges (sorted) between the
-    records (`_ord`s in policy order)."""
+    records: np.ndarray, edges: np.ndarray, similarity: np.ndarray, ords: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """From the verified edges (sorted) between the records (`_ord`s in policy order), and all records' `_ord`s
+    (`ords`, sorted): the positions in `ords` of the records dropped and of the kept record each is dropped for,
+    their Jaccards, and each record's cluster as the position of its kept record."""
     involved = np.unique(edges)  # from here on, ranks among the records on some edge (still in policy order)
-    nodes, ranked = records[involved], np.searchsorted(involved, edges).astype(edges.dtype)
-    del edges  # ranked, in the same (sorted) order, replaces it
-    at = np.searchsorted(ords, nodes)  # each ranked record's position in ords and ids
-    kept, dropped_for = minhash.greedy_keep(len(nodes), ranked)
-    label = minhash.components(len(nodes), ranked)  # a component's label is its best rank: a kept record
+    ranked = np.searchsorted(involved, edges).astype(edges.dtype)
+    at = np.searchsorted(ords, records[involved])  # each ranked record's position in ords
+    kept, dropped_for = minhash.greedy_keep(len(involved), ranked)
+    label = minhash.components(len(involved), ranked)  # a component's label is its best rank: a kept record
     cluster_of = np.arange(len(ords))
     cluster_of[at] = at[label]
     dropped = np.flatnonzero(~kept)
     kept_rank = dropped_for[dropped]
     # The Jaccard of each dropped record with the kept one it names: their edge's (ranks kept the edges sorted).
-    edge_keys = ranked[:, 0].astype(np.int64) * len(nodes) + ranked[:, 1]
-    jaccards = similarity[np.searchsorted(edge_keys, kept_rank * len(nodes) + dropped)]
-    detail = pc.binary_join_element_wise(
-        "jaccard ", pc.cast(pc.round(pa.array(jaccards), 3), pa.string()), " with the kept ", ""
-    )
-    dropped_rows = pa.table(
-        {
-            "_ord": nodes[dropped],
-            "id": ids.take(pa.array(at[dropped])),
-            "reason": pc.binary_join_element_wise(
-                f"{Reason.near_duplicate.value}:", ids.take(pa.array(at[kept_rank])), ""
-            ),
-            "detail": detail,
-            "kept_ord": nodes[kept_rank],
-        }
-    )
-    return dropped_rows, cluster_of
+    edge_keys = ranked[:, 0].astype(np.int64) * len(involved) + ranked[:, 1]
+    jaccards = similarity[np.searchsorted(edge_keys, kept_rank * len(involved) + dropped)]
+    return at[dropped], at[kept_rank], jaccards, cluster_of
