@@ -21,7 +21,8 @@ Sides, each in its own process on the same corpus, alternating run by run:
 - tunelake: the near_dedup stage (threshold 0.8, 5-grams, 128 permutations, its bands) the way a build runs it:
   the texts are canonical RL records (one user turn), in chunks of --chunk records on a LocalEngine of 2 spawned
   workers; each chunk goes through NearDedup.columns and is staged as Parquet as tasks._stage_out does; then
-  NearDedup.run over the staged files in a process of its own (engine.run), with the build's DuckDB memory limit.
+  NearDedup.run over the staged files as a build runs it (engine.run: on the pool, or alone from
+  build.ALONE_ROWS records), with the build's DuckDB memory limit.
   Its reported pairs are the verified edges (read from inside the stage) and the dropped -> kept pairs of its
   decisions; its clusters are its cluster_id annotations. (A build also runs prompt_groups, on by default, over
   the prompts: work the peers do not do, not timed here.)
@@ -452,6 +453,7 @@ def _run_task(step, rows) -> tuple:
 
 def _tunelake_child(folder: str, out: str, workers: int) -> None:
     from tunelake.address import Addresses
+    from tunelake.build import ALONE_ROWS
     from tunelake.engine.local import LocalEngine
     from tunelake.silver.near_dedup import NearDedup, NearDedupConfig
 
@@ -469,7 +471,8 @@ def _tunelake_child(folder: str, out: str, workers: int) -> None:
         rows = StagedRows(
             [s[0] for s in staged], addresses, step.name, np.empty(0, np.int64), {}, str(root / "scratch")
         )
-        decided, edges, run_times = engine.run(_run_task, step, rows)
+        alone = sum(rows for _, rows, _ in staged) >= ALONE_ROWS  # as a build decides (build._global)
+        decided, edges, run_times = engine.run(_run_task, step, rows, alone=alone)
         run_done = time.perf_counter()
     finished = time.perf_counter()
     column_times: dict[str, float] = defaultdict(float)

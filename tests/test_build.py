@@ -46,6 +46,19 @@ def test_same_inputs_give_identical_gold_in_two_lakes(tmp_path, example_sources)
     assert gold_digest(lake_a) == gold_digest(lake_b)
 
 
+def test_global_steps_run_alone_give_the_same_lake(tmp_path, example_sources, monkeypatch):
+    """A large global step runs in a process of its own (build.ALONE_ROWS); where it runs changes no output."""
+    lakes = []
+    for name, alone_rows in (("pool", 10**9), ("alone", 0)):
+        monkeypatch.setattr(build_module, "ALONE_ROWS", alone_rows)
+        (tmp_path / name).mkdir()
+        silver = {"near_dedup": {}, "prompt_groups": {}}
+        lakes.append(run_build(write_recipe(tmp_path / name, example_sources, silver=silver, engine={"workers": 2})))
+    (_, pool), (_, alone) = lakes
+    assert gold_digest(pool) == gold_digest(alone)
+    assert pool.read("silver/records").equals(alone.read("silver/records"))
+
+
 def test_publishing_in_small_windows_writes_the_same_lake(tmp_path, example_sources, monkeypatch):
     """Publish takes windows of staged parts; where the windows fall changes the files, never the content."""
     engine = {"workers": 1, "chunk_bytes": 20_000}

@@ -477,8 +477,8 @@ class StepDone:
 
 
 def _run_step(step: GlobalStage, rows: StagedRows, root: Path, run_id: str, name: str, count: StageCount) -> StepDone:
-    """A global step, where it runs (in a process of its own when there is a pool: its working memory never joins the
-    parent's): its decisions become ledger and quarantine parts (named `name`) and its annotations a part, written
+    """A global step, where it runs (on the pool when there is one, alone when large: its working memory never joins
+    the parent's): its decisions become ledger and quarantine parts (named `name`) and its annotations a part, written
     here."""
     decided = step.run(rows, GLOBAL_MEMORY) if rows.files else Decisions(DECISIONS.empty_table())
     give_back_memory()  # what the step's work took, before its verdicts are made
@@ -507,6 +507,11 @@ def _global_steps(
     return removed, annotations
 
 
+# A global step over at least this many records runs alone (Engine.run): at 1M records its peak beside two idle
+# workers' ~200 MiB each was over the build's 1 GiB; on small inputs the ~2 s of fresh processes would be most of it.
+ALONE_ROWS = 250_000
+
+
 def _global(
     run: _Run,
     engine: Engine,
@@ -527,7 +532,8 @@ def _global(
     count.records_in = sum(s.part.rows for s in staged) - len(removed)
     name = part_name(run.run_id, global_step(index), position)
     args = (step, rows, run.lake.root, run.run_id, name, count)
-    done = engine.run(_run_step, *args) if rows.files else _run_step(*args)
+    alone = count.records_in >= ALONE_ROWS
+    done = engine.run(_run_step, *args, alone=alone) if rows.files else _run_step(*args)
     run.add(done.parts)
     done.count.seconds = time.perf_counter() - started
     run.tally(PassDone([], None, [done.count], done.per_source))

@@ -39,16 +39,17 @@ def _live(pids: set[int]) -> set[int]:
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc to see which processes live")
-def test_a_call_runs_alone_the_pool_stopped_and_started_again_after():
+def test_a_call_alone_runs_with_the_pool_stopped_and_started_again_after():
     with LocalEngine(2) as engine:
         workers = set(engine.map(_pid, range(8)))
-        alone = engine.run(_pid)
+        assert engine.run(_pid) in workers  # a call that need not be alone runs on the pool
+        alone = engine.run(_pid, alone=True)
         assert alone != os.getpid() and alone not in workers
         assert not _live(workers)  # stopped for the call: none of them idles beside it
-        assert engine.run(_pid) != alone  # each call a fresh process: none starts with another's heap
+        assert engine.run(_pid, alone=True) != alone  # each call a fresh process: none starts with another's heap
         again = set(engine.map(_pid, range(8)))
         assert again and not again & workers and alone not in again and not _live({alone})
-        assert engine.run(_square, 7) == 49
+        assert engine.run(_square, 7, alone=True) == 49
 
 
 def test_one_worker_runs_calls_here():

@@ -65,17 +65,25 @@ class LocalEngine:
         while pending:
             yield pending.popleft().result()
 
-    def run(self, fn: Callable[..., R], *args: object) -> R:
-        """fn(*args) in a fresh process of its own when there is a pool, else here. The pool's workers are stopped
-        first (the next map starts them again): idle through the call, each would hold its heap and libraries (~200
-        MiB at 1M records) beside the call's peak. A fresh process costs ~1 s to start, but starts with no earlier
-        call's heap (a process that ran one global step held ~45 MiB more after it)."""
+    def run(self, fn: Callable[..., R], *args: object, alone: bool = False) -> R:
+        """fn(*args) on the pool when there is one, else here. `alone`: in a fresh process of its own, the pool's
+        workers stopped first (the next map starts them again): idle through the call, each would hold its heap and
+        libraries (~200 MiB at 1M records) beside the call's peak. A fresh process costs ~1 s to start (and the pool
+        as much again after), but starts with no earlier call's heap (one that ran a global step held ~45 MiB more
+        after it)."""
         if self.workers <= 1:
             return fn(*args)
+        if not alone:
+            (result,) = self.map(partial(_call, fn), [args])
+            return result
         give_back_memory()
         self._stop()
-        with _spawned(1) as alone:
-            return alone.submit(fn, *args).result()
+        with _spawned(1) as process:
+            return process.submit(fn, *args).result()
+
+
+def _call(fn: Callable[..., R], args: tuple) -> R:
+    return fn(*args)
 
 
 def _spawned(workers: int) -> ProcessPoolExecutor:

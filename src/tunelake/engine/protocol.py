@@ -17,6 +17,7 @@ class Engine(Protocol):
         """fn over items, results in input order, with a bounded number in flight."""
         ...
 
-    def run(self, fn: Callable[..., R], *args: object) -> R:
-        """One call, where the data is (a global step): its working memory never joins the caller's."""
+    def run(self, fn: Callable[..., R], *args: object, alone: bool = False) -> R:
+        """One call, where the data is (a global step): its working memory never joins the caller's; `alone`: with
+        nothing else of the build's beside it (a large step, whose peak must not meet idle workers')."""
         ...
