@@ -54,7 +54,7 @@ CANDIDATE = RECORD.append(pa.field("_ord", pa.int64(), nullable=False))
 # A record as the adapters make it: everything but the ids, which are hashes of the normalised content.
 ADAPTED = pa.schema([f for f in RECORD if f.name not in ("id", "prompt_id")])
 STAGE = "canonicalize"
-STAGE_VERSION = "2"  # bump when canonical records change for the same input
+STAGE_VERSION = "3"  # bump when canonical records change for the same input
 BOM = b"\xef\xbb\xbf"
 # Canonical fields a raw row may give directly, whatever its format.
 _PASSTHROUGH = ("license", "lang", "created_at")
