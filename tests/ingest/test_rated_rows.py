@@ -156,3 +156,14 @@ def test_a_group_over_64_pairs_is_quarantined_loudly(tmp_path):
     (row,) = lake.query("select row, reason, detail from q", q="silver/quarantine")
     assert row[:2] == (1, "wrong_type") and "66 records" in row[2]
     assert manifest["counts"]["big"]["silver"] == 1
+
+
+def test_a_bad_row_quarantines_its_group_at_its_first_row_naming_the_row_and_field(tmp_path):
+    rows = _rows("a", [1, 2]) + _rows("b", [3, 4]) + _rows("c", [5, 6])
+    del rows[3]["response"]  # row 4, in group b (rows 3-4)
+    rows[4]["model"] = ["not", "text"]  # row 5, in group c (rows 5-6)
+    manifest, lake = _build(tmp_path, {"bad": _write(tmp_path / "bad.jsonl", rows)})
+    quarantined = lake.query("select row, sub, reason, field from q order by row", q="silver/quarantine")
+    assert quarantined == [(3, None, "missing_field", "rows[4].response"), (5, None, "wrong_type", "rows[5].model")]
+    c = manifest["counts"]["bad"]
+    assert (c["silver"], c["quarantined"], c["dropped"]) == (1, 2, 3)
