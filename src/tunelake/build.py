@@ -17,6 +17,8 @@ previous version, and re-running it gives the same result.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import resource
 import time
 from collections import Counter, defaultdict
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import duckdb
 import jinja2
 import numpy as np
 import pyarrow as pa
@@ -45,9 +48,9 @@ from tunelake.gold.project import gold_schema
 from tunelake.gold.tokenize.pack import PackStats, pack_windows, part_size
 from tunelake.gold.tokenize.stage import PACKED, TOKENIZED, TokenizePlan, plan_tokenize
 from tunelake.gold.tokenize.template import TemplateError
-from tunelake.ingest.adapters import FormatError, detect_format
+from tunelake.ingest.adapters import ADAPTERS, FormatError, detect_format, line_group_key
 from tunelake.ingest.adapters.pairs import ratings_policy
-from tunelake.ingest.readers import FileReport, RawChunk, expand, read_chunks
+from tunelake.ingest.readers import FileReport, RawChunk, expand, grouped_chunks, read_chunks
 from tunelake.lake import Lake, new_run_id
 from tunelake.publish_cache import (
     CachedPublish,
@@ -92,6 +95,7 @@ from tunelake.tasks import (
     columns_table,
     global_step,
     gold_staging,
+    group_runs_table,
     pass_step,
     publish_step,
     run_canonicalize,
@@ -108,6 +112,10 @@ DETECT_SAMPLE = 200  # rows parsed from the start of a file to detect its format
 PUBLISH_ROWS = 16_384
 PUBLISH_CHUNKS = 4
 GLOBAL_MEMORY = "256MB"  # DuckDB's working memory in a global step, in one worker
+
+
+class UnsortedGroups(RuntimeError):
+    """A file of a grouped format (rated_rows) whose rows of one key are not all next to each other."""
 
 
 class QuarantineRateExceeded(RuntimeError):
@@ -311,11 +319,17 @@ def _chunks(
         ratings_policy(run.recipe),
     )
     report = run.reports[path] = FileReport(path)
-    file_plan = None
-    for chunk in read_chunks(path, report, run.recipe.engine.chunk_bytes):
-        if file_plan is None:
-            file_plan = _file_plan(plan, file_index, source.format, chunk)
-            run.formats[path] = file_plan.adapter or file_plan.format_error[0].value
+    chunks = read_chunks(path, report, run.recipe.engine.chunk_bytes)
+    first = next(chunks, None)
+    if first is None:
+        return
+    file_plan = _file_plan(plan, file_index, source.format, first)
+    run.formats[path] = file_plan.adapter or file_plan.format_error[0].value
+    chunks = itertools.chain([first], chunks)
+    adapter = ADAPTERS[file_plan.adapter] if file_plan.adapter else None
+    if adapter and adapter.group_by:  # the rows of one group are adapted together: never cut between them
+        chunks = grouped_chunks(chunks, functools.partial(line_group_key, adapter))
+    for chunk in chunks:
         yield chunk, file_plan
 
 
@@ -352,6 +366,7 @@ def _ingest(run: _Run, engine: Engine, segment: Segment) -> list[Staged]:
         if done.fresh:
             run.fresh[done.file].append(done)
     run.progress.finish()
+    _refuse_split_groups(run)
     run.shas = {path: run.shas[path] or run.reports[path].sha256 for path in run.shas}
     _keys(run, segment, run.shas)
     for part, (file, chunk) in zip(staged, origins, strict=True):
@@ -363,6 +378,33 @@ def _ingest(run: _Run, engine: Engine, segment: Segment) -> list[Staged]:
     run.will_commit(tables.QUARANTINED, QUARANTINE)
     run.timed("canonicalize", sum(c["bronze"] for c in run.counts.values()), started)
     return staged
+
+
+def _refuse_split_groups(run: _Run) -> None:
+    """A grouped format's file whose key comes back after its run ended (the file is not sorted by it) fails the
+    build: its groups were adapted in pieces, so its pairs and aggregates would be wrong. Read with DuckDB from the
+    runs canonicalize staged (one row per run), so memory stays flat whatever the number of groups."""
+    files = run.staged_files(group_runs_table(run.run_id))
+    if not files:
+        return
+    with duckdb.connect(config={"memory_limit": GLOBAL_MEMORY, "threads": 1}) as db:
+        found = db.execute(
+            """select source, file, any_value(key_field), any_value(key),
+                      list(first_row || '-' || last_row order by first_row), count(*) over () as keys
+               from read_parquet($files) group by source, file, key_hash having count(*) > 1
+               order by source, file, min(first_row) limit 3""",
+            {"files": files},
+        ).fetchall()
+    if not found:
+        return
+    source, file, by, key, where, keys = found[0]
+    examples = "; ".join(f"{r[2]} {r[3][:60]} in rows {', '.join(r[4][:4])}" for r in found)
+    raise UnsortedGroups(
+        f"source {source!r}: {file} is not sorted by {by}: the rows of one {by} must be next to each other (they are "
+        f"one group, whose pairs are made together), but {keys} {by} values come back after other rows ({examples}). "
+        f"Sort the file by {by} (e.g. with DuckDB: COPY (SELECT * FROM read_json('{file}') ORDER BY {by}) TO "
+        f"'sorted.jsonl'). Nothing was published."
+    )
 
 
 def _cache_keys(run: _Run, segment: Segment) -> None:

@@ -200,8 +200,25 @@ def explain(
         console.print(f"[red]No ledger entry for {record} in the last build.[/red]")
         raise typer.Exit(1)
     _print_entries(rows)
+    _print_groups(lk, rows)
     for record_id in dict.fromkeys(r[0] for r in rows if r[0]):
         _print_cluster(lk, record_id)
+
+
+def _print_groups(lk: Lake, rows: list[tuple]) -> None:
+    """For a row of a grouped format (rated_rows), what became of its group: the entries of the group's first row,
+    where the pairs its ratings went into are recorded."""
+    firsts = {(r[1], r[2], int(r[7].split(":", 1)[1])) for r in rows if (r[7] or "").startswith("grouped_into:")}
+    for source, file, row in sorted(firsts):
+        out.print(f"its group's pairs, at row {row}:", highlight=False)
+        _print_entries(
+            lk.query(
+                "select id, source, file, row, sub, stage, action, reason, detail from l where source = $source "
+                "and file = $file and row = $row order by sub nulls first",
+                {"source": source, "file": file, "row": row},
+                l="ledger",
+            )
+        )
 
 
 def _print_cluster(lk: Lake, record_id: str) -> None:

@@ -249,10 +249,15 @@ def quarantined(
     return quarantine
 
 
-def _tally(by_reason: Counter, per_source: Counter, action: str, reasons: pa.Array, sources: pa.Array) -> None:
+def count_reasons(by_reason: Counter, reasons: pa.Array) -> None:
+    """Count reasons by their code: `near_duplicate_of:<id>` counts as near_duplicate_of."""
     codes = pc.list_element(pc.split_pattern(reasons, ":", max_splits=1), 0)
     for item in pc.value_counts(codes).to_pylist():
         by_reason[item["values"]] += item["counts"]
+
+
+def _tally(by_reason: Counter, per_source: Counter, action: str, reasons: pa.Array, sources: pa.Array) -> None:
+    count_reasons(by_reason, reasons)
     for item in pc.value_counts(sources).to_pylist():
         per_source[(item["values"], action)] += item["counts"]
 

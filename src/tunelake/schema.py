@@ -223,6 +223,9 @@ class Reason(StrEnum):
     # Pairs made of ratings, ranks or judgments (ingest/adapters/rated.py, judged.py, oasst2.py).
     missing_rating = "missing_rating"  # a pair with a response that has no usable rating; the row's others go on
     no_pair = "no_pair"  # a row with fewer than two rated responses: no pair can be made of it
+    # written as grouped_into:<row>: a row of a grouped format (rated_rows) whose ratings are in the pairs of its
+    # group, recorded at the group's first row (dropped: nothing in it is wrong)
+    grouped_into = "grouped_into"
     no_ranked_replies = "no_ranked_replies"  # an OASST2 tree with no two ranked replies to one message (dropped)
     invalid_verdict = "invalid_verdict"  # a judgment with no verdict, or one out of range or contradicting itself
     deleted_message = "deleted_message"  # a pair with a message its source marks deleted (in a side or the prompt)

@@ -26,7 +26,7 @@ from tunelake.gold.tokenize.pack import PackStats, pack
 from tunelake.gold.tokenize.stage import PACKED, TokenizerSpec, tokenize_rows
 from tunelake.ingest.readers import RawChunk
 from tunelake.recipe import Split
-from tunelake.runner import StageCount, Verdicts, run_row_stages
+from tunelake.runner import StageCount, Verdicts, count_reasons, run_row_stages
 from tunelake.schema import TOKENIZE_QUARANTINE, Regime, quarantine_ledger, table_of
 from tunelake.silver.canonicalize import STAGE, STAGE_VERSION, FilePlan, by_row, canonicalize
 from tunelake.stage import GROUP_ID, MIX_COPIES, PINNED_SPLIT, GlobalStage, RowLocalStage
@@ -59,6 +59,12 @@ def publish_step(segments: int) -> int:
 def candidates_table(run_id: str, pass_: int) -> str:
     """Where a row-local pass stages its kept candidate records (Arrow), for the next pass or publish."""
     return tables.staged(run_id, f"candidates-{pass_}")
+
+
+def group_runs_table(run_id: str) -> str:
+    """Where canonicalize stages, per chunk of a grouped format, its runs of rows (canonicalize.GROUP_RUNS): the
+    build reads them back to refuse a file whose key comes back after its run ended."""
+    return tables.staged(run_id, "group-runs")
 
 
 def columns_table(run_id: str, pass_: int) -> str:
@@ -158,7 +164,7 @@ def run_canonicalize(task: CanonicalizeTask) -> CanonicalizeDone:
     ingest = StageCount(STAGE, STAGE_VERSION, "ingest", made, result.candidates.num_rows)
     ingest.quarantined.update(result.quarantine["reason"].to_pylist())
     empty = result.ledger.filter(pc.equal(result.ledger["action"], "drop"))  # rows that gave no record
-    ingest.dropped.update(empty["reason"].to_pylist())
+    count_reasons(ingest.dropped, empty["reason"])  # grouped_into:<row> counts as grouped_into
     ingest.seconds = time.perf_counter() - started
     verdicts = Verdicts([result.quarantine], [result.ledger])
     verdicts.per_source[task.plan.source.name, "dropped"] += empty.num_rows
@@ -173,6 +179,8 @@ def run_canonicalize(task: CanonicalizeTask) -> CanonicalizeDone:
         write_part(task.root, tables.QUARANTINED, name, quarantine),
         write_part(task.root, tables.LEDGER_NAME, name, by_row(ledger) if counts else ledger),
     ]
+    if result.groups is not None:
+        parts.append(write_part(task.root, group_runs_table(task.run_id), name, result.groups))
     staged = _stage_out(task.root, task.run_id, task.pass_, name, kept, counts)
     done = CanonicalizeDone([p for p in parts if p], staged, [ingest, *counts], verdicts.per_source)
     done.source, done.file, done.counts = source, task.chunk.file, result.counts

@@ -16,7 +16,7 @@ import itertools
 import re
 import zlib
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,6 +127,46 @@ def read_chunks(
         yield from _text_chunks(path, kind, compression, report, chunk_bytes, max_row_bytes)
     if report.rows == 0 and not report.issues:
         report.issues.append((Reason.empty_file, "the file holds no rows"))
+
+
+def grouped_chunks(
+    chunks: Iterator[RawChunk], key_of: Callable[[bytes], bytes | None], max_run_bytes: int = MAX_ROW_BYTES
+) -> Iterator[RawChunk]:
+    """Chunks of a grouped format's file, cut only where the group key changes: each chunk's trailing run of rows
+    with its last key is held back and starts the next chunk, so a run of consecutive rows with one key is always in
+    one chunk. Only the lines of that run (and the one before it) are parsed, from the end (key_of: a line's key,
+    None for a line with none: it stays with the run around it). A run longer than max_run_bytes is cut where the
+    chunk ends, as it cannot be held: the build then finds its key twice and refuses the file."""
+    held: RawChunk | None = None
+    for chunk in chunks:
+        if held is not None:
+            chunk = RawChunk(chunk.file, held.first_row, held.data + chunk.data)
+        cut = _last_run_start(chunk.data, key_of)
+        if cut == 0 and len(chunk.data) <= max_run_bytes:
+            held = chunk
+            continue
+        cut = cut or len(chunk.data)
+        head, tail = chunk.data[:cut], chunk.data[cut:]
+        held = RawChunk(chunk.file, chunk.first_row + head.count(b"\n"), tail) if tail else None
+        yield RawChunk(chunk.file, chunk.first_row, head)
+    if held is not None:
+        yield held
+
+
+def _last_run_start(data: bytes, key_of: Callable[[bytes], bytes | None]) -> int:
+    """The offset of the first line of the data's trailing run of rows with one key (0: the whole data is one run);
+    len(data) when no line has a key."""
+    last, end = None, len(data)
+    while end > 0:
+        start = data.rfind(b"\n", 0, end - 1) + 1  # the line data[start:end], its newline included
+        line = data[start:end].rstrip(b"\r\n")
+        key = key_of(line) if line.strip() else None
+        if key is not None:
+            if last is not None and key != last:
+                return end
+            last = key
+        end = start
+    return 0 if last is not None else len(data)
 
 
 def _compression(path: str, named: str, report: FileReport) -> str:

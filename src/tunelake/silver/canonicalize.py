@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from tunelake.address import MAX_SUB, ordinals
-from tunelake.ingest.adapters import ADAPTERS
+from tunelake.ingest.adapters import ADAPTERS, group_key
 from tunelake.ingest.adapters.arrow import constant, json_string
 from tunelake.ingest.adapters.messages import EXTRA, json_text, optional_text
 from tunelake.ingest.adapters.pairs import RatingsPolicy
@@ -54,7 +54,7 @@ CANDIDATE = RECORD.append(pa.field("_ord", pa.int64(), nullable=False))
 # A record as the adapters make it: everything but the ids, which are hashes of the normalised content.
 ADAPTED = pa.schema([f for f in RECORD if f.name not in ("id", "prompt_id")])
 STAGE = "canonicalize"
-STAGE_VERSION = "2"  # bump when canonical records change for the same input
+STAGE_VERSION = "3"  # bump when canonical records change for the same input
 BOM = b"\xef\xbb\xbf"
 # Canonical fields a raw row may give directly, whatever its format.
 _PASSTHROUGH = ("license", "lang", "created_at")
@@ -89,6 +89,8 @@ class ChunkResult:
     quarantine: pa.RecordBatch
     ledger: pa.RecordBatch
     counts: dict[str, int] = field(default_factory=dict)
+    groups: pa.Table | None = None  # a grouped format's runs of rows (GROUP_RUNS), for the build's check that no
+    # key comes back after its run ended (an unsorted file)
 
 
 def adapt(obj: object, plan: FilePlan) -> list[dict | Rejected]:
@@ -109,6 +111,27 @@ def _adapt(obj: dict, plan: FilePlan) -> list[dict | Rejected]:
     if missing:
         raise Rejected(Reason.missing_field, missing[0], f"the {adapter.name} format needs {', '.join(missing)}")
     made = adapter.convert(obj, regime, plan.source.ratings) if adapter.ratings else adapter.convert(obj, regime)
+    return _finished(made, obj, plan, adapter, regime)
+
+
+def adapt_group(rows: list[tuple[int, dict]], plan: FilePlan) -> list[dict | Rejected]:
+    """A grouped format's run of rows with one key, as (row number, parsed row) -> the group's records, as adapt
+    gives a row's; raises Rejected for a group that gives none. The group's meta holds the fields every row has
+    the same value in (the prompt's source, its id); fields that differ per row are the adapter's to read."""
+    adapter = ADAPTERS[plan.adapter]
+    for number, row in rows:
+        missing = sorted(adapter.required - row.keys())
+        if missing:
+            detail = f"the {adapter.name} format needs {', '.join(missing)}"
+            raise Rejected(Reason.missing_field, f"rows[{number}].{missing[0]}", detail)
+    first = rows[0][1]
+    common = {k: v for k, v in first.items() if all(k in row and row[k] == v for _, row in rows[1:])}
+    regime = plan.source.regime or adapter.regimes[0]
+    made = adapter.convert(rows, regime, plan.source.ratings) if adapter.ratings else adapter.convert(rows, regime)
+    return _finished(made, common, plan, adapter, regime)
+
+
+def _finished(made: dict | list, obj: dict, plan: FilePlan, adapter, regime: Regime) -> list[dict | Rejected]:
     records = made if isinstance(made, list) else [made]
     if len(records) > MAX_SUB:
         raise Rejected(
@@ -214,7 +237,8 @@ def _canonicalize(chunk: RawChunk, plan: FilePlan, run_id: str) -> ChunkResult:
     parts, at, subs = [], [], []  # adapted batches, and the bronze index and sub of each of their records
     rejected: list[tuple[int, int | None, Rejected]] = []  # (bronze index, sub (None: the whole row), why)
     rejected_siblings = 0  # records beyond a row's first that its adapter rejected (not among `subs`)
-    empty: list[tuple[int, NoRecord]] = []  # (bronze index, why) of rows that give no record: dropped
+    empty: list[tuple[int, str, str]] = []  # (bronze index, reason, detail) of rows that give no record: dropped
+    runs: list[tuple[str, bytes, int, int]] = []  # a grouped format's runs: (key field, key, first row, last row)
     whole = _columnar(chunk.data, plan, len(raws)) if len(raws) == len(lines) else None
     if whole is not None and whole[1].all():  # the common case: nothing left for the per-row path
         adapted, at, subs = whole[0], np.arange(len(raws)), np.zeros(len(raws), np.int64)
@@ -226,14 +250,19 @@ def _canonicalize(chunk: RawChunk, plan: FilePlan, run_id: str) -> ChunkResult:
             subs.append(np.zeros(int(handled.sum()), np.int64))
         one_by_one = range(len(raws)) if whole is None else np.flatnonzero(~whole[1]).tolist()
         records, record_at, record_sub = [], [], []
-        for k in one_by_one:
-            try:
-                made = adapt(_parse(raws[k].removesuffix(b"\r")), plan)
-            except Rejected as r:
-                rejected.append((k, None, r))
+        if plan.adapter and not plan.format_error and ADAPTERS[plan.adapter].group_by:
+            outcomes = _group_outcomes(raws, bronze["row"], plan, runs)
+        else:
+            outcomes = ((k, _outcome(raws[k], plan)) for k in one_by_one)
+        for k, made in outcomes:
+            if isinstance(made, Rejected):
+                rejected.append((k, None, made))
                 continue
-            except NoRecord as r:
-                empty.append((k, r))
+            if isinstance(made, NoRecord):
+                empty.append((k, made.reason.value, made.detail))
+                continue
+            if isinstance(made, _Grouped):
+                empty.append((k, f"{Reason.grouped_into.value}:{made.row}", made.detail))
                 continue
             for sub, item in enumerate(made):
                 if isinstance(item, Rejected):  # one record of the row: it keeps its sub, the others go on
@@ -311,11 +340,11 @@ def _canonicalize(chunk: RawChunk, plan: FilePlan, run_id: str) -> ChunkResult:
             len(empty),
             source=source.name,
             file=chunk.file,
-            row=rows[[k for k, _ in empty]].tolist(),
+            row=rows[[k for k, _, _ in empty]].tolist(),
             stage=STAGE,
             action="drop",
-            reason=[r.reason.value for _, r in empty],
-            detail=[r.detail for _, r in empty],
+            reason=[reason for _, reason, _ in empty],
+            detail=[detail for _, _, detail in empty],
             run_id=run_id,
         ),
     ]
@@ -324,6 +353,7 @@ def _canonicalize(chunk: RawChunk, plan: FilePlan, run_id: str) -> ChunkResult:
         candidates=candidates,
         quarantine=quarantine,
         ledger=by_row(pa.concat_tables(ledger)),
+        groups=_runs_table(source.name, chunk.file, runs),
         counts={
             "bronze": len(bronze["row"]),
             # Records beyond the first that rows gave: bronze + siblings = candidates + quarantined + dropped.
@@ -332,6 +362,107 @@ def _canonicalize(chunk: RawChunk, plan: FilePlan, run_id: str) -> ChunkResult:
             "dropped": len(empty),
             "candidates": candidates.num_rows,
         },
+    )
+
+
+def _outcome(raw: bytes, plan: FilePlan) -> list[dict | Rejected] | Rejected | NoRecord:
+    try:
+        return adapt(_parse(raw.removesuffix(b"\r")), plan)
+    except (Rejected, NoRecord) as r:
+        return r
+
+
+@dataclass(frozen=True)
+class _Grouped:
+    """A row of a grouped format that is not its group's first: its ratings are in the pairs recorded there."""
+
+    row: int  # the group's first row, where its pairs are addressed
+    detail: str
+
+
+def _group_outcomes(
+    raws: list[bytes], rows: list[int], plan: FilePlan, runs: list[tuple[str, bytes, int, int]]
+) -> Iterator[tuple[int, list[dict | Rejected] | Rejected | NoRecord | _Grouped]]:
+    """A grouped format's chunk, by bronze index: each run of consecutive rows with one key adapted as one group
+    (see adapt_group), its records at its first row and every other row of it _Grouped there; a row that is not a
+    JSON object with a key is quarantined alone and does not end the run around it (the reader cuts the same way,
+    see readers.grouped_chunks). Each run is added to `runs`."""
+    adapter = ADAPTERS[plan.adapter]
+    run: list[tuple[int, dict]] = []
+    key = None
+    for k, raw in enumerate(raws):
+        try:
+            obj = _parse(raw.removesuffix(b"\r"))
+        except Rejected as r:
+            yield k, r
+            continue
+        found = group_key(adapter, obj) if isinstance(obj, dict) else None
+        if found is None:
+            yield k, _outcome(raw, plan) if not isinstance(obj, dict) else _keyless(adapter)
+            continue
+        if run and found != key:
+            yield from _group(run, key, rows, plan, runs)
+            run = []
+        key = found
+        run.append((k, obj))
+    if run:
+        yield from _group(run, key, rows, plan, runs)
+
+
+def _keyless(adapter) -> Rejected:
+    fields = " or ".join(adapter.group_by)
+    return Rejected(
+        Reason.missing_field, adapter.group_by[-1], f"a {adapter.name} row needs {fields}: the rows of one are a group"
+    )
+
+
+def _group(
+    run: list[tuple[int, dict]], key: tuple[str, bytes], rows: list[int], plan: FilePlan, runs: list
+) -> Iterator[tuple[int, list[dict | Rejected] | Rejected | NoRecord | _Grouped]]:
+    numbered = [(rows[k], obj) for k, obj in run]
+    first, last = numbered[0][0], numbered[-1][0]
+    runs.append((key[0], key[1], first, last))
+    try:
+        made = adapt_group(numbered, plan)
+    except (Rejected, NoRecord) as r:
+        made = r
+    yield run[0][0], made
+    shown = key[1].decode(errors="replace")
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    detail = f"{key[0]} {shown}: rows {first}-{last} are one group; its pairs are recorded at row {first}"
+    for k, _ in run[1:]:
+        yield k, _Grouped(first, detail)
+
+
+# A grouped format's runs of rows, per chunk: the key (a hash of its JSON, and the start of it to show) and its rows.
+GROUP_RUNS = pa.schema(
+    [
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("file", pa.string(), nullable=False),
+        pa.field("key_field", pa.string(), nullable=False),
+        pa.field("key_hash", pa.binary(16), nullable=False),
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("first_row", pa.int64(), nullable=False),
+        pa.field("last_row", pa.int64(), nullable=False),
+    ]
+)
+
+
+def _runs_table(source: str, file: str, runs: list[tuple[str, bytes, int, int]]) -> pa.Table | None:
+    if not runs:
+        return None
+    by, keys, first, last = zip(*runs, strict=True)
+    return pa.table(
+        {
+            "source": [source] * len(runs),
+            "file": [file] * len(runs),
+            "key_field": by,
+            "key_hash": [hashlib.blake2b(k, digest_size=16).digest() for k in keys],
+            "key": [k[:200].decode(errors="replace") for k in keys],
+            "first_row": first,
+            "last_row": last,
+        },
+        schema=GROUP_RUNS,
     )
 
 

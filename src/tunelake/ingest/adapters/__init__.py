@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import orjson
+
 from tunelake.ingest.adapters.arrow import Columnar
 from tunelake.schema import Reason, Regime, Rejected
 
@@ -25,18 +27,40 @@ class Adapter:
     matches: Callable[[dict], bool] = lambda row: True
     columnar: Columnar | None = None  # the same conversion for a whole parsed chunk, where the format allows it
     ratings: bool = False  # convert combines ratings: it takes the source's pairs.RatingsPolicy as a third argument
+    # A grouped format (one row per rated response): the rows of one prompt are a group, keyed by the first of these
+    # fields a row has. Each run of consecutive rows with one key is one unit: the reader never cuts a chunk inside
+    # it, and convert takes the run's (row number, row) pairs instead of one row.
+    group_by: tuple[str, ...] = ()
 
     def fits(self, row: dict) -> bool:
         return self.required <= row.keys() and self.matches(row)
 
 
+def group_key(adapter: Adapter, row: dict) -> tuple[str, bytes] | None:
+    """The field a row of a grouped format is grouped by and its value as JSON (keys sorted, so a prompt given as
+    messages groups whatever order their keys are in); None when the row has none of the adapter's group_by."""
+    field = next((f for f in adapter.group_by if row.get(f) is not None), None)
+    return None if field is None else (field, orjson.dumps(row[field], option=orjson.OPT_SORT_KEYS))
+
+
+def line_group_key(adapter: Adapter, line: bytes) -> bytes | None:
+    """group_key of a raw line, None where the line is not a JSON object or has no key (the reader's cut points)."""
+    try:
+        row = orjson.loads(line.removeprefix(b"\xef\xbb\xbf"))
+    except orjson.JSONDecodeError:
+        return None
+    found = group_key(adapter, row) if isinstance(row, dict) else None
+    return None if found is None else found[1]
+
+
 def _registry() -> dict[str, Adapter]:
-    from tunelake.ingest.adapters import judged, kto, oasst2, preference, rated, rl, sft
+    from tunelake.ingest.adapters import judged, kto, oasst2, preference, rated, rated_rows, rl, sft
 
     adapters = [
         *sft.ADAPTERS,
         *preference.ADAPTERS,
         *rated.ADAPTERS,
+        *rated_rows.ADAPTERS,
         *judged.ADAPTERS,
         *oasst2.ADAPTERS,
         *kto.ADAPTERS,

@@ -30,12 +30,16 @@ _RATING_KEYS = ("ratings", "annotations", "fine-grained_score", "overall_score")
 
 
 @dataclass(frozen=True)
-class _Response:
+class RatedResponse:
+    """One response of a prompt with its ratings: what the wide form reads from a completion and the long form
+    (rated_rows.py) gathers from the rows of one response."""
+
     side: list[dict]
     model: str | None
     given: object  # the ratings as the source gave them
     score: float | None  # their aggregate; None when none is usable
     field: str  # where the ratings were read from
+    reviewers: tuple[str, ...] = ()  # who rated it, where the source says
 
 
 def _leaves(value: object) -> Iterator[object]:
@@ -49,7 +53,14 @@ def _leaves(value: object) -> Iterator[object]:
         yield value
 
 
-def _response(completion: object, where: str, policy: RatingsPolicy) -> _Response:
+def aggregate_of(given: object, policy: RatingsPolicy) -> float | None:
+    """The aggregate of every usable rating in `given` (a number, or nested objects and lists of them); None when
+    there is none."""
+    scores = [s for s in map(rating_value, _leaves(given)) if s is not None]
+    return combine(scores, policy.aggregate) if scores else None
+
+
+def _response(completion: object, where: str, policy: RatingsPolicy) -> RatedResponse:
     if not isinstance(completion, dict):
         raise Rejected(Reason.wrong_type, where, f"expected a completion object, got {type(completion).__name__}")
     model = completion.get("model")
@@ -60,12 +71,10 @@ def _response(completion: object, where: str, policy: RatingsPolicy) -> _Respons
     given = completion.get(key)
     if key == "annotations" and isinstance(given, dict):  # {aspect: {Rating, Rationale, ...}}: the ratings only
         given = {aspect: v.get("Rating") if isinstance(v, dict) else v for aspect, v in given.items()}
-    scores = [s for s in map(rating_value, _leaves(given)) if s is not None]
-    score = combine(scores, policy.aggregate) if scores else None
-    return _Response(side, model, given, score, f"{where}.{key}")
+    return RatedResponse(side, model, given, aggregate_of(given, policy), f"{where}.{key}")
 
 
-def _pair(prompt: list[dict], a: _Response, b: _Response, rated: int, policy: RatingsPolicy) -> dict:
+def _pair(prompt: list[dict], a: RatedResponse, b: RatedResponse, rated: int, policy: RatingsPolicy) -> dict:
     tie = abs(a.score - b.score) <= TIE_EPSILON or same_response(a.side, b.side)
     chosen, rejected = (b, a) if b.score - a.score > TIE_EPSILON else (a, b)
     meta = pair_meta(
@@ -75,6 +84,7 @@ def _pair(prompt: list[dict], a: _Response, b: _Response, rated: int, policy: Ra
         aggregate=policy.aggregate,
         ratings={"chosen": chosen.given, "rejected": rejected.given},
         models=(chosen.model, rejected.model),
+        reviewers=sorted(set(a.reviewers) | set(b.reviewers)),
         candidates=rated,
     )
     return {
@@ -93,12 +103,20 @@ def rated_completions(row: dict, regime: Regime, policy: RatingsPolicy) -> list[
     prompt = prompt_messages(row.get(key), key)
     completions = list_field(row, "completions")
     responses = [_response(c, f"completions[{i}]", policy) for i, c in enumerate(completions)]
+    return every_pair(prompt, responses, policy, "completions")
+
+
+def every_pair(
+    prompt: list[dict], responses: list[RatedResponse], policy: RatingsPolicy, where: str
+) -> list[dict | Rejected]:
+    """Every pair of a prompt's responses, in input order, each oriented by the aggregates (a Rejected for a pair
+    with an unrated side); raises Rejected (no_pair) when fewer than two responses are rated."""
     rated = sum(r.score is not None for r in responses)
     if rated < 2:
         unrated = ", ".join(r.field for r in responses if r.score is None) or "none"
         raise Rejected(
             Reason.no_pair,
-            "completions",
+            where,
             f"{rated} of {len(responses)} responses have a usable rating (a number, or one written as text); a pair "
             f"needs two. Without one: {unrated}",
         )
