@@ -227,7 +227,7 @@ def test_a_source_mostly_quarantined_fails_the_build_naming_its_top_reasons(tmp_
     rows = ['{"instruction": "Say hi", "output": "Hi!"}', "{not json", "[1]", '{"instruction": "x", "output": ""}']
     data.write_text("\n".join(rows) + "\n")
     source = {"name": "a", "path": str(data), "license": "mit", "origin": "human"}
-    with pytest.raises(QuarantineRateExceeded, match=r"source 'a': 3 of 4 rows quarantined \(75%") as e:
+    with pytest.raises(QuarantineRateExceeded, match=r"source 'a': 3 of 4 records quarantined \(75%") as e:
         run_build(write_recipe(tmp_path, [source]))
     for reason in ("invalid_json (1)", "wrong_type (1)", "empty_turn (1)"):
         assert reason in str(e.value)

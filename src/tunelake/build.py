@@ -825,15 +825,17 @@ def _reconcile(run: _Run) -> None:
 
 
 def _check_quarantine_rates(run: _Run) -> None:
-    """A source that lost more than silver.max_quarantine_rate of its rows to quarantine fails the build."""
+    """A source that lost more than silver.max_quarantine_rate of its records to quarantine fails the build. Records,
+    not rows: a row that gives several records (rated completions' pairs) may lose one of them alone."""
     limit = run.recipe.silver.max_quarantine_rate
     for source in run.recipe.sources:
         c = run.counts[source.name]
-        if c["bronze"] and c["quarantined"] / c["bronze"] > limit:
+        made = c["bronze"] + c["siblings"]
+        if made and c["quarantined"] / made > limit:
             top = _top_reasons(run, source.name)
             raise QuarantineRateExceeded(
-                f"source {source.name!r}: {c['quarantined']} of {c['bronze']} rows quarantined "
-                f"({c['quarantined'] / c['bronze']:.0%}, above silver.max_quarantine_rate = {limit:g}); top reasons: "
+                f"source {source.name!r}: {c['quarantined']} of {made} records quarantined "
+                f"({c['quarantined'] / made:.0%}, above silver.max_quarantine_rate = {limit:g}); top reasons: "
                 f"{top}. Nothing was published. Fix the source or its format, or raise the limit in the recipe."
             )
 

@@ -88,8 +88,8 @@ class _SilverLimits(_Strict):
         0.5,
         ge=0,
         le=1,
-        description="A source whose share of quarantined rows is above this fails the build, naming the top "
-        "reasons: a regression must not ship as quarantined data.",
+        description="A source whose share of quarantined records (rows, and the further records rows give) is above "
+        "this fails the build, naming the top reasons: a regression must not ship as quarantined data.",
     )
     over_filter: OverFilter = Field(
         default_factory=OverFilter,

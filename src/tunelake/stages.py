@@ -36,12 +36,13 @@ from tunelake.stage import GlobalStage, MissingDependency, RowLocalStage, Stage
 # section path -> class, in the order they run. A new built-in stage is one module and one line here.
 BUILTIN: dict[str, type[Stage]] = {
     "silver.decontaminate": Decontaminate,
+    # Before the gates, which judge a pair's chosen side only and so would drop one reviewer's vote and not the
+    # other's; before exact_dedup, as two reviewers' equal verdicts are equal records and each is a vote.
+    "silver.preference": Preference,
     "silver.quality.pii": Pii,  # before the gates and dedup: they see redacted text, and the ids it gives
     "silver.quality.lang": Lang,
     "silver.quality.heuristics": Heuristics,
     "silver.quality.refusal": Refusal,
-    # Before exact_dedup: two reviewers' equal verdicts are equal records, and each is a vote.
-    "silver.preference": Preference,
     "silver.exact_dedup": ExactDedup,
     "silver.near_dedup": NearDedup,
     # After near_dedup, so clusters measure the templating left once near-duplicates are gone; before prompt

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.ingest.pairs_support import made, real_rows, text
-from tunelake.schema import Reason, Rejected
+from tunelake.schema import NoRecord, Reason, Rejected
 
 COT = real_rows("alpaca_eval_cot_sample.jsonl")
 WEIGHTED = real_rows("alpaca_eval_weighted_sample.jsonl")
@@ -17,16 +17,19 @@ def _pair(row: dict, fmt: str) -> dict:
     return record
 
 
+IDENTICAL = (4, 8, 9)  # the fixture's three 1.5 verdicts: both outputs are the same text ("Test", ...)
+
+
 def test_alpaca_eval_cot_judge_orientation_and_its_three_ties():
-    pairs = [_pair(r, "alpaca_eval")["meta"]["pair"] for r in COT]
-    # preference 1.0 x3, 1.5 (identical outputs "Test"), 1.0, 2.0 x3, 1.5 x2 (shared rows 1-3, 196, 200, ...).
-    assert [p["chosen_position"] for p in pairs] == ["a", "a", "a", "a", "a", "b", "b", "b", "a", "a"]
-    assert [p["tie"] for p in pairs] == [False] * 4 + [True] + [False] * 3 + [True, True]
-    assert sum(p["tie"] for p in pairs) == 3
-    assert [p["winner"] for p in pairs][4:6] == ["tie", "b"]
-    tie = pairs[4]
-    assert tie["probability"] == 0.5 and tie["margin"] is None and tie["kind"] == "judged"
-    won_b = pairs[5]
+    # preference 1.0 x4, 1.5 (identical outputs "Test"), 2.0 x3, 1.5 x2 (identical too).
+    for i in IDENTICAL:  # the same text twice: a tie whatever the verdict, and no pair in it
+        with pytest.raises(NoRecord) as identical:
+            _pair(COT[i], "alpaca_eval")
+        assert identical.value.reason == Reason.tie
+    pairs = [_pair(r, "alpaca_eval")["meta"]["pair"] for i, r in enumerate(COT) if i not in IDENTICAL]
+    assert [p["chosen_position"] for p in pairs] == ["a", "a", "a", "a", "b", "b", "b"]
+    assert [p["winner"] for p in pairs] == ["a"] * 4 + ["b"] * 3 and not any(p["tie"] for p in pairs)
+    won_b = pairs[4]
     assert won_b["models"] == {"chosen": "alpaca-7b", "rejected": "gpt4_1106_preview"}
     assert won_b["reviewers"] == ["alpaca_eval_cot_gpt4_turbo_fn"] and won_b["probability"] == 1.0
     assert won_b["reason"] == COT[5]["raw_completion"]["concise_explanation"]
@@ -40,17 +43,17 @@ def test_alpaca_eval_b_win_puts_output_2_as_chosen():
 
 
 def test_alpaca_eval_weighted_judge_gives_probabilities_of_the_chosen():
-    pairs = [_pair(r, "alpaca_eval")["meta"]["pair"] for r in WEIGHTED]
+    kept = [i for i in range(len(WEIGHTED)) if i not in IDENTICAL]
+    pairs = {i: _pair(WEIGHTED[i], "alpaca_eval")["meta"]["pair"] for i in kept}
     # Shared row 196: preference 1.637 -> output_2 wins with P = 0.637; row 215: 1.3416 -> output_1, P = 0.658.
     assert pairs[3]["chosen_position"] == "b"
     assert pairs[3]["probability"] == pytest.approx(WEIGHTED[3]["preference"] - 1)
     assert pairs[5]["chosen_position"] == "a"
     assert pairs[5]["probability"] == pytest.approx(2 - WEIGHTED[5]["preference"])
-    assert all(p["probability"] >= 0.5 for p in pairs) and sum(p["tie"] for p in pairs) == 3
+    assert all(p["probability"] >= 0.5 and not p["tie"] for p in pairs.values())
     # The two judges judge the same pairs and disagree on two of them (rows 196 and 215).
-    cot = [_pair(r, "alpaca_eval")["meta"]["pair"]["chosen_position"] for r in COT]
-    weighted = [p["chosen_position"] for p in pairs]
-    assert [i for i, (a, b) in enumerate(zip(cot, weighted, strict=True)) if a != b] == [3, 5]
+    cot = {i: _pair(COT[i], "alpaca_eval")["meta"]["pair"]["chosen_position"] for i in kept}
+    assert [i for i in kept if cot[i] != pairs[i]["chosen_position"]] == [3, 5]
 
 
 def test_alpaca_eval_integer_preference_is_a_verdict_without_probability():
@@ -97,8 +100,9 @@ def test_generic_judgment_models_follow_the_chosen_side():
 
 
 def test_identical_responses_are_a_tie_whatever_the_verdict():
-    pair = _pair(_judgment(response_b="  paris. ", winner="b"), "judged_pair")["meta"]["pair"]
-    assert pair["tie"] is True and pair["chosen_position"] == "a" and pair["winner"] == "b"
+    with pytest.raises(NoRecord) as info:  # the same text but for case and spacing
+        _pair(_judgment(response_b="  paris. ", winner="b"), "judged_pair")
+    assert info.value.reason == Reason.tie and "verdict 'b'" in info.value.detail
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ from tokenizers import Tokenizer
 
 from tests.conftest import FIXTURES, TOKENIZERS, run_build, write_recipe
 from tests.ingest.test_adapters import record, rejection
+from tunelake.ingest.adapters import detect_format
 from tunelake.schema import Reason
 from tunelake.silver.canonicalize import adapted_batch, canonical_batch
 
@@ -80,3 +81,10 @@ def test_a_kto_build_exports_trl_unpaired_rows_and_tokenizes_the_completion(tmp_
         assert completion.startswith(row["messages"][-1]["content"]) and completion.rstrip().endswith("<|im_end|>")
         prompt = tok.decode(example["prompt_input_ids"], skip_special_tokens=False)
         assert row["messages"][0]["content"] in prompt and prompt.endswith("<|im_start|>assistant\n")
+
+
+def test_a_kto_chat_whose_label_is_not_a_boolean_is_never_read_as_sft():
+    rows = [{**row, "label": int(row["label"])} for row in ROWS]  # 1 / 0: detected as KTO, then quarantined
+    assert detect_format(rows).name == "messages_kto"
+    error = rejection(rows[1], "messages_kto")
+    assert (error.reason, error.field) == (Reason.wrong_type, "label")

@@ -51,15 +51,18 @@ def test_build_reconciles_and_explain_names_the_pairs_row_and_sub(tmp_path):
     reasons = Counter(lake.query("select source, reason from q", q="silver/quarantine"))
     assert reasons[("ultrafeedback", "missing_rating")] == 2 and reasons[("ultrafeedback", "no_pair")] == 1
     assert reasons[("oasst2", "deleted_message")] == 6 and ("oasst2", "no_ranked_replies") not in reasons
-    # The three tied alpaca_eval pairs have identical sides: validation quarantines them for each judge.
-    assert reasons[("alpaca_eval_cot", "chosen_equals_rejected")] == 3
+    # The three tied alpaca_eval judgments have the same text on both sides: no pair in them, dropped as ties.
+    assert not any(reason == "chosen_equals_rejected" for _, reason in reasons)
+    dropped = Counter(lake.query("select source, stage, reason from l where action = 'drop'", l="ledger"))
+    for judge in ("alpaca_eval_cot", "alpaca_eval_weighted"):
+        assert dropped[(judge, "canonicalize", "tie")] == 3
     # The weighted judge agrees with the cot judge on 5 of the 7 other pairs: the same records, dropped as
     # duplicates (merging votes is silver.preference's work).
-    dropped = lake.query("select source, reason from l where action = 'drop'", l="ledger")
-    assert Counter(s for s, _ in dropped if s != "oasst2") == {"alpaca_eval_weighted": 5}
+    duplicates = Counter(s for (s, stage, _), n in dropped.items() for _ in range(n) if stage == "exact_dedup")
+    assert duplicates == {"alpaca_eval_weighted": 5}
     # Two trees with no two ranked replies to one message hold no pair: dropped by canonicalize, not quarantined.
-    assert Counter(r for s, r in dropped if s == "oasst2") == {"no_ranked_replies": 2}
-    assert manifest["stages"]["canonicalize"]["dropped"] == {"no_ranked_replies": 2}
+    assert dropped[("oasst2", "canonicalize", "no_ranked_replies")] == 2
+    assert manifest["stages"]["canonicalize"]["dropped"] == {"no_ranked_replies": 2, "tie": 6}
 
     records = lake.read("silver/records", ["id", "source", "meta", "score_chosen"]).to_pylist()
     pair_of = {r["id"]: json.loads(r["meta"]).get("pair") for r in records}

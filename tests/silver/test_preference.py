@@ -202,3 +202,37 @@ def test_a_soft_tie_reaches_gold_and_the_export_with_its_label_and_a_warning(tmp
 def test_the_per_prompt_cap_is_refused_here_and_pointed_to_prompt_groups():
     with pytest.raises(ValueError, match="move it there"):
         PreferenceConfig.model_validate({"max_pairs_per_prompt": 4})
+
+
+def test_pairs_are_keyed_by_their_whole_prompt_and_sides_by_case_and_spacing_only(tmp_path):
+    # Three questions that open alike (one conversation's branches): each its own pair, never votes on one.
+    opening = [{"role": "user", "content": "Describe the Earth."}, {"role": "assistant", "content": "A planet."}]
+    rows = [
+        {**judged("", "Yes.", "No.", "b", f"r{i}"), "prompt": [*opening, {"role": "user", "content": question}]}
+        for i, question in enumerate(["Is it flat?", "Is it round?", "Is it wet?"])
+    ]
+    # Sides that differ by a sign only are two responses, not a tie.
+    rows.append(judged("Solve x + 3 = 0.", "x = -3", "x = 3", "a", "r9"))
+    _, records, drops = build(tmp_path, rows)
+    assert drops == [] and len(records) == 4 and all(r["pair_votes"] == 1 for r in records)
+
+
+def test_equal_scores_are_a_tie_and_a_soft_tie_is_no_choice_of_a_strategy(tmp_path):
+    plain = {"prompt": "Pick.", "chosen": "A.", "rejected": "B.", "score_chosen": 8, "score_rejected": 8}
+    rows = [plain, *rated("Rain?", {"Yes.": 3, "No.": 3, "Maybe.": 3}), *rated("Snow?", {"Cold.": 5, "Hot.": 1})]
+    _, records, drops = build(tmp_path, rows, ties="keep_soft", pairs_from_ratings={"strategy": "best_vs_worst"})
+    assert sorted((r["chosen"][0]["content"], r["pair_label"]) for r in records) == [("A.", 0.5), ("Cold.", 1.0)]
+    assert Counter(d["reason"] for d in drops) == {"pair_not_selected": 3}
+    assert all("a tie has none" in d["detail"] for d in drops)
+
+
+def test_a_split_vote_dropped_for_agreement_is_not_counted_as_a_tie_and_merged_votes_name_the_row(tmp_path):
+    prompt = "Tea or coffee?"
+    rows = [judged(prompt, "Tea.", "Coffee.", "a", "r1"), judged(prompt, "Tea.", "Coffee.", "b", "r2")]
+    rows += [judged("Up or down?", "Up.", "Down.", "a", f"s{i}") for i in range(2)]  # equal votes, equal ids
+    manifest, records, drops = build(tmp_path, rows, ties="keep_soft")
+    report = manifest["reports"]["preference"]
+    assert report["ties"] == 0 and "warnings" not in report
+    merged = [d for d in drops if d["reason"].startswith("judgment_merged")]
+    assert len(merged) == 2 and all(d["detail"].endswith(("pairs.jsonl:1", "pairs.jsonl:3")) for d in merged)
+    assert [r["chosen"][0]["content"] for r in records] == ["Up."]

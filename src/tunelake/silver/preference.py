@@ -34,8 +34,7 @@ from pydantic import Field, field_validator, model_validator
 from tunelake.gold.split import unit
 from tunelake.ingest.adapters.pairs import RatingsPolicy
 from tunelake.schema import Regime
-from tunelake.silver.identify import content_hashes
-from tunelake.silver.ngrams import normalize
+from tunelake.silver.identify import content_hashes, encode_messages
 from tunelake.silver.turns import Turns
 from tunelake.stage import Decisions, GlobalStage, StageConfig, StagedRows, Tally, drops
 
@@ -103,28 +102,33 @@ class PreferenceConfig(StageConfig):
 
 class Preference(GlobalStage):
     name = "preference"
+    # 2: pairs keyed by their whole prompt (not its opening turn) and sides by case and spacing only (not
+    # punctuation); words counted as the audit counts them
+    version = "2"
     Config = PreferenceConfig
-    reads = ("regime", "prompt_id", "chosen", "rejected", "score_chosen", "score_rejected", "meta")
+    reads = ("regime", "prompt", "chosen", "rejected", "score_chosen", "score_rejected", "meta")
     adds = (PAIR_LABEL, PAIR_AGREEMENT, PAIR_VOTES, PAIR_REVIEWS, PAIR_STRATEGY)
     # A soft tie's label must reach the trainer: a pair exported without it reads as a win for its chosen side.
     gold_columns = {Regime.preference.value: ("pair_label", "pair_agreement", "pair_votes", "pair_strategy")}
 
     def columns(self, batch: pa.RecordBatch) -> dict[str, pa.Array]:
-        """Per preference record: its prompt, a key per side (the hash of its normalised text), each side's words
-        and score, and its meta (where `pair` is); null for other regimes."""
+        """Per preference record: a key of its whole prompt (the prompt_id of splits is its opening turn only, which
+        two branches of one conversation share), a key per side (its text with case and runs of spaces ignored, as
+        the adapters' ties are: punctuation and signs count), each side's words and score, and its meta (where
+        `pair` is); null for other regimes."""
         n = batch.num_rows
         pref = pc.equal(batch["regime"], Regime.preference.value).fill_null(False)
         at = np.flatnonzero(pref.to_numpy(zero_copy_only=False))
         rows = batch.take(pa.array(at))
-        columns = {"pref": pref}
+        columns = {"pref": pref, "prompt_key": _scatter(content_hashes(encode_messages(rows["prompt"])), at, n)}
         for side in ("chosen", "rejected"):
             text = Turns.of(rows[side]).text()
-            spaced = pc.utf8_trim_whitespace(pc.replace_substring_regex(normalize(text), r"\s+", " "))
+            spaced = pc.utf8_trim_whitespace(pc.replace_substring_regex(pc.utf8_lower(text), r"\s+", " "))
             columns[f"{side}_key"] = _scatter(content_hashes(spaced), at, n)
             # Words as the preference audit counts them (runs of non-space), so a balanced set audits at 50%.
             spaced_words = pc.list_value_length(pc.utf8_split_whitespace(text)).cast(pa.int64())
             columns[f"{side}_words"] = _scatter(spaced_words, at, n)
-        for name in ("prompt_id", "score_chosen", "score_rejected", "meta"):
+        for name in ("score_chosen", "score_rejected", "meta"):
             columns[name] = _scatter(rows[name], at, n)
         return columns
 
@@ -144,7 +148,9 @@ class Preference(GlobalStage):
                 "place": unit(keys["id"].combine_chunks(), ratings.seed),
             }
             con.register("places", pa.table({"_ord": keys["_ord"], **places}))
-            con.execute("create table dropped (_ord bigint, id varchar, reason varchar, detail varchar)")
+            con.execute(
+                "create table dropped (_ord bigint, id varchar, reason varchar, detail varchar, kept_ord bigint)"
+            )
             _drop(con, _MERGED)  # from here on, a record is a pair with all its votes
             _drop(con, _LOW_AGREEMENT.format(min_agreement=config.min_agreement))
             if config.ties == "drop":
@@ -158,7 +164,13 @@ class Preference(GlobalStage):
             dropped = con.sql("select * from dropped order by _ord").to_arrow_table()
             notes = con.sql(_NOTES.format(rated=_RATED, strategy=ratings.strategy)).to_arrow_table()
             [figures] = con.sql(_TALLY).fetchall()
-        decisions = drops(dropped["_ord"], dropped["id"], dropped["reason"], dropped["detail"])
+        # A merged vote's detail ends with the address of the record its pair stands as (two equal votes share an id).
+        merged = pc.is_valid(dropped["kept_ord"])
+        named = pc.binary_join_element_wise(
+            dropped["detail"], rows.addresses.name(dropped["kept_ord"].fill_null(0)), ""
+        )
+        detail = pc.if_else(merged, named, dropped["detail"])
+        decisions = drops(dropped["_ord"], dropped["id"], dropped["reason"], detail)
         tally = Tally({(key,): int(n or 0) for key, n in zip(_TALLIED, figures, strict=True)})
         return Decisions(decisions, notes.cast(_NOTES_SCHEMA), Tally({k: v for k, v in tally.items() if v}))
 
@@ -199,19 +211,19 @@ def _scatter(values: pa.Array, at: np.ndarray, n: int) -> pa.Array:
 
 
 def _drop(con: duckdb.DuckDBPyConnection, query: str) -> None:
-    """Drop the live pairs `query` selects (as _ord, id, reason, detail)."""
+    """Drop the live pairs `query` selects (as _ord, id, reason, detail and, for a merged vote, kept_ord)."""
     con.execute(f"create or replace temp table batch as {query}")
-    con.execute("insert into dropped select * from batch")
+    con.execute("insert into dropped by name select * from batch")
     con.execute("delete from live where _ord in (select _ord from batch)")
 
 
 # Every preference record, its pair's facts (meta.pair) and its unordered pair (prompt, lo, hi).
 _PAIRS = """
 create table pairs as
-select _ord, id, prompt_id, chosen_key, rejected_key, chosen_words, rejected_words, score_chosen, score_rejected,
+select _ord, id, prompt_key, chosen_key, rejected_key, chosen_words, rejected_words, score_chosen, score_rejected,
        coalesce(json_extract_string(meta, '$.pair.kind'), 'plain') as kind,
        coalesce(try_cast(json_extract_string(meta, '$.pair.tie') as boolean), false) or chosen_key = rejected_key
-           as tie,
+           or coalesce(abs(score_chosen - score_rejected) <= 1e-9, false) as tie,
        coalesce(try_cast(json_extract_string(meta, '$.pair.margin') as double), score_chosen - score_rejected)
            as margin,
        nullif(array_to_string(json_extract_string(meta, '$.pair.reviewers[*]'), ','), '') as reviewer,
@@ -228,7 +240,7 @@ with counted as (
            sum((not tie and chosen_key = lo)::int) over u as for_lo,
            sum((not tie and chosen_key = hi)::int) over u as for_hi,
            sum(tie::int) over u as for_tie
-    from pairs window u as (partition by prompt_id, lo, hi)
+    from pairs window u as (partition by prompt_key, lo, hi)
 ), won as (
     select *,
            case when for_lo > greatest(for_hi, for_tie) then lo when for_hi > greatest(for_lo, for_tie) then hi end
@@ -240,33 +252,37 @@ with counted as (
 )
 select *,
        first_value(_ord) over u = _ord as rep,
+       first_value(_ord) over u as rep_ord,
        first_value(id) over u as rep_id,
        first_value(chosen_key) over u as rep_chosen
-from ranked window u as (partition by prompt_id, lo, hi order by agrees desc, _ord
+from ranked window u as (partition by prompt_key, lo, hi order by agrees desc, _ord
                          rows between unbounded preceding and unbounded following);
 create table live as select * from voted;
 """
 _LOW_AGREEMENT = """
-select _ord, id, 'low_agreement',
+select _ord, id, 'low_agreement' as reason,
        printf('%d of %d votes agree (%.3f); min_agreement is {min_agreement}',
-              greatest(for_lo, for_hi, for_tie), votes, agreement)
+              greatest(for_lo, for_hi, for_tie), votes, agreement) as detail
 from live where votes > 1 and agreement < {min_agreement}
 """
 _TIES = """
-select _ord, id, 'tie',
-       case when votes = 1 then 'the source rates the two responses alike'
-            else printf('no majority: %d and %d votes for either response, %d for a tie', for_lo, for_hi, for_tie)
-       end
+select _ord, id, 'tie' as reason,
+       case when votes > 1
+            then printf('no majority: %d and %d votes for either response, %d for a tie', for_lo, for_hi, for_tie)
+            when chosen_key = rejected_key then 'the two responses are the same text but for case and spacing'
+            else 'the source cannot tell the two responses apart (a tie verdict, or equal scores)'
+       end as detail
 from live where winner is null
 """
 _MERGED = """
-select _ord, id, 'judgment_merged:' || rep_id,
-       printf('one of %d votes on this pair, which stands as %s; this vote: %s', votes, rep_id,
-              case when tie then 'tie' when chosen_key = rep_chosen then 'chosen' else 'rejected' end)
+select _ord, id, 'judgment_merged:' || rep_id as reason,
+       printf('one of %d votes on this pair; this vote: %s; the pair stands as the record of ', votes,
+              case when tie then 'tie' when chosen_key = rep_chosen then 'chosen' else 'rejected' end) as detail,
+       rep_ord as kept_ord
 from live where not rep
 """
 _LOW_MARGIN = """
-select _ord, id, 'low_margin', printf('margin %.4g is below min_margin {min_margin}', margin)
+select _ord, id, 'low_margin' as reason, printf('margin %.4g is below min_margin {min_margin}', margin) as detail
 from live where kind in {rated} and winner is not null and margin < {min_margin}
 """
 # Per prompt, among its pairs from ratings, the best response (the highest score any chosen side has) against
@@ -275,14 +291,18 @@ _NOT_SELECTED = """
 with rated as (
     select live.*, lower_place from live join places using (_ord) where kind in {rated} and winner is not null
 ), best as (
-    select prompt_id, first(chosen_key order by score_chosen desc nulls last, chosen_key) as best
-    from rated group by prompt_id
+    select prompt_key, first(chosen_key order by score_chosen desc nulls last, chosen_key) as best
+    from rated group by prompt_key
 ), kept as (
-    select prompt_id, first(_ord order by {order}, _ord) as kept_ord, first(id order by {order}, _ord) as kept_id
-    from rated join best using (prompt_id) where chosen_key = best group by prompt_id
+    select prompt_key, first(_ord order by {order}, _ord) as kept_ord, first(id order by {order}, _ord) as kept_id
+    from rated join best using (prompt_key) where chosen_key = best group by prompt_key
 )
-select rated._ord, rated.id, 'pair_not_selected', printf('{strategy} kept %s for this prompt', kept_id)
-from rated join kept using (prompt_id) where rated._ord != kept_ord
+select rated._ord, rated.id, 'pair_not_selected' as reason,
+       printf('{strategy} kept %s for this prompt', kept_id) as detail
+from rated join kept using (prompt_key) where rated._ord != kept_ord
+union all  -- a soft tie has no better side: the strategy, which keeps a better response against a lower, keeps none
+select _ord, id, 'pair_not_selected' as reason, '{strategy} keeps a better response against a lower; a tie has none'
+from live where kind in {rated} and winner is null
 """
 # Pairs of unequal length (ties kept soft aside): the side with more pairs (chosen longer, or shorter) loses the
 # excess, the smallest places first.
@@ -295,8 +315,9 @@ with sided as (
 ), ranked as (
     select *, row_number() over (partition by side order by place, _ord) as nth from sided
 )
-select _ord, id, 'length_balance',
+select _ord, id, 'length_balance' as reason,
        printf('chosen is longer in %d pairs and shorter in %d; thinned to as many each way', longer, shorter)
+           as detail
 from ranked, sides
 where side = case when longer > shorter then 1 else -1 end and nth <= abs(longer - shorter)
 """
@@ -308,17 +329,18 @@ select live._ord,
        reviews as pair_reviews,
        case when kind in {rated} and winner is not null then '{strategy}' end as pair_strategy
 from live join (
-    select prompt_id, lo, hi,
+    select prompt_key, lo, hi,
            to_json(list({{'reviewer': reviewer,
                           'vote': case when tie then 'tie' when chosen_key = rep_chosen then 'chosen' else 'rejected'
                                   end}} order by _ord))::varchar as reviews
-    from voted group by prompt_id, lo, hi
-) using (prompt_id, lo, hi)
+    from voted group by prompt_key, lo, hi
+) using (prompt_key, lo, hi)
 order by live._ord
 """
 _TALLIED = ("pairs", "distinct", "multi", "multi_votes", "majority_votes", "ties")
 _TALLY = """
 select sum(votes), count(*), count(*) filter (where votes > 1), sum(votes) filter (where votes > 1),
-       sum(greatest(for_lo, for_hi, for_tie)) filter (where votes > 1), count(*) filter (where winner is null)
+       sum(greatest(for_lo, for_hi, for_tie)) filter (where votes > 1),
+       count(*) filter (where winner is null and _ord not in (select _ord from dropped where reason = 'low_agreement'))
 from voted where rep
 """

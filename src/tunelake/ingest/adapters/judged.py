@@ -12,7 +12,7 @@ import math
 from tunelake.ingest.adapters import Adapter
 from tunelake.ingest.adapters.messages import optional_text
 from tunelake.ingest.adapters.pairs import pair_meta, prompt_messages, response_messages, same_response
-from tunelake.schema import Reason, Regime, Rejected
+from tunelake.schema import NoRecord, Reason, Regime, Rejected
 
 _WINNERS = ("a", "b", "tie")
 
@@ -26,8 +26,12 @@ def _judged_pair(
     models: tuple[str | None, str | None],
     **facts: object,
 ) -> dict:
-    """The pair oriented by the verdict: `winner` by position, p_b = P(b is better) where the judge gave one."""
-    tie = winner == "tie" or same_response(*sides)
+    """The pair oriented by the verdict: `winner` by position, p_b = P(b is better) where the judge gave one. Two
+    responses that are the same text (but for case and spacing) are a tie whatever the verdict, and hold nothing to
+    learn: no record, dropped as `tie` (validation would take identical sides for a broken pair)."""
+    if same_response(*sides):
+        raise NoRecord(Reason.tie, f"the two responses are the same text (verdict {winner!r}): a tie")
+    tie = winner == "tie"
     b_wins = winner == "b" and not tie
     chosen, rejected = (sides[1], sides[0]) if b_wins else sides
     probability = None if p_b is None else (p_b if b_wins else 1.0 - p_b)

@@ -56,6 +56,5 @@ ADAPTERS = [
         frozenset({"messages", "label"}),
         messages_kto,
         frozenset({"messages", "label"}),
-        matches=lambda r: isinstance(r["label"], bool),
     ),
 ]
