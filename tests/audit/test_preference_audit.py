@@ -59,8 +59,16 @@ def record(
         "pair_label": label,
         "pair_agreement": majority / len(votes) if len(votes) > 1 else None,
         "pair_votes": len(votes),
-        "pair_reviews": json.dumps([{"reviewer": r, "vote": v} for r, v in votes]),
+        "pair_reviews": json.dumps([{"reviewer": r, "vote": v, "picked": _picked(pair, v)} for r, v in votes]),
     }
+
+
+def _picked(pair: dict | None, vote: str) -> str | None:
+    """The position a vote preferred, as the step writes it: the kept chosen's, or the other for a vote against."""
+    shown = (pair or {}).get("chosen_position")
+    if shown is None:
+        return None
+    return {"chosen": shown, "rejected": "b" if shown == "a" else "a", "tie": "tie"}[vote]
 
 
 def audit(tmp_path: Path, records: list[dict], config=CONFIG, ledger: list[dict] | None = None, tokenizer=None):

@@ -14,7 +14,7 @@ import orjson
 import pyarrow.compute as pc
 import pytest
 
-from tests.conftest import FIXTURES, run_build, write_recipe
+from tests.conftest import FIXTURES, TOKENIZERS, run_build, write_recipe
 from tunelake.recipe import load_recipe
 from tunelake.schema import Reason
 from tunelake.silver.preference import PreferenceConfig
@@ -25,7 +25,9 @@ HH = FIXTURES / "real" / "hh_rlhf_harmless_sample.jsonl"
 def judged(prompt: str, a: str, b: str, winner: str, reviewer: str) -> dict:
     """One reviewer's verdict on (a, b), oriented as the judgment adapters orient it."""
     chosen, rejected = (b, a) if winner == "b" else (a, b)
+    position = "b" if winner == "b" else "a"
     pair = {"kind": "judged", "tie": winner == "tie", "winner": winner, "reviewers": [reviewer]}
+    pair["chosen_position"] = position
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected, "pair": pair}
 
 
@@ -74,10 +76,11 @@ def test_a_split_three_reviewer_vote_keeps_the_majority_with_its_agreement_and_e
     assert kept["chosen"][0]["content"] == "Red."
     assert abs(kept["pair_agreement"] - 2 / 3) < 1e-9 and kept["pair_votes"] == 3 and kept["pair_label"] == 1.0
     votes = json.loads(kept["pair_reviews"])
+    # Each vote keeps the position it preferred as it was shown: r2 saw the pair the other way round.
     assert votes == [
-        {"reviewer": "r1", "vote": "chosen"},
-        {"reviewer": "r2", "vote": "chosen"},
-        {"reviewer": "r3", "vote": "rejected"},
+        {"reviewer": "r1", "vote": "chosen", "picked": "a"},
+        {"reviewer": "r2", "vote": "chosen", "picked": "b"},
+        {"reviewer": "r3", "vote": "rejected", "picked": "b"},
     ]
     assert sorted(d["reason"] for d in drops) == [f"judgment_merged:{kept['id']}"] * 2
     report = manifest["reports"]["preference"]
@@ -155,7 +158,8 @@ def test_plain_real_pairs_pass_with_one_vote_each(tmp_path):
     assert records.num_rows and lake.query("select count(*) from l where stage = 'preference'", l="ledger") == [(0,)]
     assert pc.all(pc.equal(records["pair_votes"], 1)).as_py() and pc.all(pc.equal(records["pair_label"], 1.0)).as_py()
     assert records["pair_agreement"].null_count == records.num_rows
-    assert all(orjson.loads(v) == [{"reviewer": None, "vote": "chosen"}] for v in records["pair_reviews"].to_pylist())
+    one_vote = [{"reviewer": None, "vote": "chosen", "picked": None}]
+    assert all(orjson.loads(v) == one_vote for v in records["pair_reviews"].to_pylist())
 
 
 def test_a_bare_yaml_off_turns_length_balance_off(tmp_path):
@@ -180,7 +184,8 @@ def test_a_build_with_no_preference_record_publishes_the_pair_columns_empty(tmp_
 
 def test_a_soft_tie_reaches_gold_and_the_export_with_its_label_and_a_warning(tmp_path):
     rows = [judged("What is 2 + 2?", "4", "Four", "tie", "r1"), *rated("Pick one.", {"Yes.": 5, "No.": 1})]
-    gold = {"split": {"validation": 0.0, "test": 0.0}, "export": ["jsonl"]}
+    tokenize = {"tokenizer": str(TOKENIZERS / "qwen2.5-instruct")}
+    gold = {"split": {"validation": 0.0, "test": 0.0}, "export": ["jsonl"], "tokenize": tokenize}
     tmp_path.mkdir(exist_ok=True)
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -197,6 +202,11 @@ def test_a_soft_tie_reaches_gold_and_the_export_with_its_label_and_a_warning(tmp
     ]
     assert sorted(r["pair_label"] for r in exported) == [0.5, 1.0]
     assert "trains each as a win" in manifest["reports"]["preference"]["warnings"][0]
+    # Tokenized pairs hold no label: the soft tie is left out of them, loudly.
+    fp = manifest["tokenized"]["fingerprint"]
+    assert lake.read(f"gold/tokenized/{fp}/preference/train").num_rows == 1
+    quarantined = lake.query("select reason, field from q", q=f"gold/tokenized/{fp}/quarantine")
+    assert quarantined == [("tie", "pair_label")]
 
 
 def test_the_per_prompt_cap_is_refused_here_and_pointed_to_prompt_groups():

@@ -179,12 +179,14 @@ def _facts(
     con.execute(
         f"""
         create table votes as
-        select id as unit, category, chosen_position, coalesce(v.reviewer, '{_UNKNOWN}') as reviewer, v.vote as value
+        select id as unit, category, coalesce(v.reviewer, '{_UNKNOWN}') as reviewer, v.vote as value,
+               v.picked as picked
         from (
-            select id, category, chosen_position,
+            select id, category,
                    unnest(coalesce(
-                       from_json(pair_reviews, '[{{"reviewer": "VARCHAR", "vote": "VARCHAR"}}]'),
-                       [{{'reviewer': reviewers, 'vote': if(tie, 'tie', 'chosen')}}]
+                       from_json(pair_reviews, '[{{"reviewer": "VARCHAR", "vote": "VARCHAR", "picked": "VARCHAR"}}]'),
+                       [{{'reviewer': reviewers, 'vote': if(tie, 'tie', 'chosen'),
+                          'picked': if(tie and chosen_position is not null, 'tie', chosen_position)}}]
                    )) as v
             from facts
         )
@@ -313,18 +315,13 @@ def _reliability(matrix: Coincidences | None) -> dict:
 
 
 def _position(con: duckdb.DuckDBPyConnection) -> dict:
-    """Per reviewer: of its verdicts on pairs shown in a known order, how many picked the first-shown response."""
+    """Per reviewer: of its verdicts on pairs shown in a known order (each vote's own `picked`, from the position its
+    record's chosen side was shown in), how many picked the first-shown response."""
     rows = con.sql(
         """
-        with verdicts as (
-            select reviewer, value,
-                   case when value = 'chosen' then chosen_position
-                        when value = 'rejected' then if(chosen_position = 'a', 'b', 'a') end as picked
-            from votes where chosen_position in ('a', 'b')
-        )
         select reviewer, count(*) filter (where picked = 'a'), count(*) filter (where picked = 'b'),
-               count(*) filter (where value = 'tie')
-        from verdicts group by reviewer order by reviewer
+               count(*) filter (where picked = 'tie')
+        from votes where picked is not null group by reviewer order by reviewer
         """
     ).fetchall()
     return {

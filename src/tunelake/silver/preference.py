@@ -41,7 +41,9 @@ from tunelake.stage import Decisions, GlobalStage, StageConfig, StagedRows, Tall
 PAIR_LABEL = pa.field("pair_label", pa.float64())
 PAIR_AGREEMENT = pa.field("pair_agreement", pa.float64())
 PAIR_VOTES = pa.field("pair_votes", pa.int32())
-PAIR_REVIEWS = pa.field("pair_reviews", pa.string())  # JSON: [{reviewer, vote: chosen | rejected | tie}, ...]
+# JSON: [{reviewer, vote: chosen | rejected | tie, picked: a | b | tie (by the order it was shown in; null: not
+# known)}, ...]
+PAIR_REVIEWS = pa.field("pair_reviews", pa.string())
 PAIR_STRATEGY = pa.field("pair_strategy", pa.string())  # what chose a pair from ratings (null for other pairs)
 _RATED = "('rated', 'ranked')"  # the kinds of pair made from ratings or ranks (meta.pair.kind)
 _NOTES_SCHEMA = pa.schema(
@@ -103,7 +105,7 @@ class PreferenceConfig(StageConfig):
 class Preference(GlobalStage):
     name = "preference"
     # 2: pairs keyed by their whole prompt (not its opening turn) and sides by case and spacing only (not
-    # punctuation); words counted as the audit counts them
+    # punctuation); words counted as the audit counts them; each vote's shown position in pair_reviews
     version = "2"
     Config = PreferenceConfig
     reads = ("regime", "prompt", "chosen", "rejected", "score_chosen", "score_rejected", "meta")
@@ -195,7 +197,8 @@ class Preference(GlobalStage):
         if report["ties_kept_soft"]:
             report["warnings"] = [
                 f"{report['ties_kept_soft']:,} ties are kept with pair_label 0.5 in gold/preference and its exports: "
-                "a trainer that ignores pair_label (TRL's DPO does) trains each as a win for its chosen side"
+                "a trainer that ignores pair_label (TRL's DPO does) trains each as a win for its chosen side "
+                "(tokenized gold leaves them out, quarantined as tie)"
             ]
         report["summary"] = (
             f"{distinct:,} distinct pairs of {report['pairs']:,} records{agreement}; tie rate {report['tie_rate']:.2%}"
@@ -227,6 +230,7 @@ select _ord, id, prompt_key, chosen_key, rejected_key, chosen_words, rejected_wo
        coalesce(try_cast(json_extract_string(meta, '$.pair.margin') as double), score_chosen - score_rejected)
            as margin,
        nullif(array_to_string(json_extract_string(meta, '$.pair.reviewers[*]'), ','), '') as reviewer,
+       json_extract_string(meta, '$.pair.chosen_position') as position,
        least(chosen_key, rejected_key) as lo, greatest(chosen_key, rejected_key) as hi
 from staged where pref
 """
@@ -332,7 +336,9 @@ from live join (
     select prompt_key, lo, hi,
            to_json(list({{'reviewer': reviewer,
                           'vote': case when tie then 'tie' when chosen_key = rep_chosen then 'chosen' else 'rejected'
-                                  end}} order by _ord))::varchar as reviews
+                                  end,
+                          'picked': case when tie and position is not null then 'tie' else position end}}
+                         order by _ord))::varchar as reviews
     from voted group by prompt_key, lo, hi
 ) using (prompt_key, lo, hi)
 order by live._ord

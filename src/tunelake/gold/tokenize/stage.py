@@ -36,7 +36,7 @@ from tunelake.gold.tokenize.template import (
     load_template,
 )
 from tunelake.recipe import Tokenize
-from tunelake.schema import Regime, Rejected
+from tunelake.schema import Reason, Regime, Rejected
 
 IDS = pa.list_(pa.int32())
 T, K = TypeVar("T"), TypeVar("K")
@@ -124,6 +124,8 @@ def _attempt(id_: K, rejects: list[tuple[K, Rejected]], work: Callable[[], T]) -
 
 
 def _preference(template, tok, row: dict, settings: MaskSettings) -> dict:
+    if row.get("pair_label") == 0.5:  # silver.preference's soft tie: tokenized pairs carry no label
+        raise Rejected(Reason.tie, "pair_label", "a soft tie: without its label it would train as a win for chosen")
     p, c, r = preference_example(template, tok, row["prompt"], row["chosen"], row["rejected"], settings)
     return {
         "prompt_input_ids": p,
