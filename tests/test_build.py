@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import tunelake.build as build_module
+import tunelake.tasks as tasks_module
 from tests.conftest import EXAMPLES, run_build, write_recipe
 from tunelake.address import ordinal
 from tunelake.engine.parts import Part
@@ -57,6 +58,19 @@ def test_global_steps_run_alone_give_the_same_lake(tmp_path, example_sources, mo
     (_, pool), (_, alone) = lakes
     assert gold_digest(pool) == gold_digest(alone)
     assert pool.read("silver/records").equals(alone.read("silver/records"))
+
+
+def test_global_steps_columns_made_a_few_rows_at_a_time_give_the_same_lake(tmp_path, example_sources, monkeypatch):
+    """A global step's staged columns are made COLUMN_ROWS rows at a time; the slices change no output."""
+    lakes = []
+    for name, rows in (("whole", 10**9), ("slices", 7)):
+        monkeypatch.setattr(tasks_module, "COLUMN_ROWS", rows)
+        (tmp_path / name).mkdir()
+        silver = {"near_dedup": {}, "prompt_groups": {}, "diversity": {}}
+        lakes.append(run_build(write_recipe(tmp_path / name, example_sources, silver=silver, engine={"workers": 1})))
+    (_, whole), (_, slices) = lakes
+    assert gold_digest(whole) == gold_digest(slices)
+    assert whole.read("silver/records").equals(slices.read("silver/records"))
 
 
 def test_publishing_in_small_windows_writes_the_same_lake(tmp_path, example_sources, monkeypatch):

@@ -35,6 +35,8 @@ from tunelake.tables import SPLITS
 # Rows in a row group of a gold part, the unit one tokenize task reads: a publish window holds tens of thousands
 # of records, and tokenizing them at once would hold all their token ids and offsets.
 GOLD_ROW_GROUP = 2048
+# Rows a global step makes its staged columns of at once (see _step_columns).
+COLUMN_ROWS = 4096
 
 # The steps of a build, in the order their ledger parts sort: read, then canonicalize (fused with the first
 # segment's row-local stages), then two steps per later segment (the global step before it, then its row-local
@@ -125,11 +127,18 @@ def _stage_out(
         data = {"_ord": kept["_ord"], "id": kept["id"]}
         for step in pass_.steps:
             started = time.perf_counter()
-            data.update({f"{step.name}.{column}": array for column, array in step.columns(kept).items()})
+            data.update({f"{step.name}.{column}": array for column, array in _step_columns(step, kept).items()})
             counts.append(StageCount(step.name, step.version, "global", seconds=time.perf_counter() - started))
         columns = write_part(root, columns_table(run_id, pass_.index), name, pa.table(data))
     ords = kept["_ord"]
     return Staged(part, columns, ords[0].as_py(), ords[-1].as_py())
+
+
+def _step_columns(step: GlobalStage, kept: pa.RecordBatch) -> dict[str, pa.ChunkedArray]:
+    """A global step's columns of a chunk, made COLUMN_ROWS rows at a time: what a step works through to make them
+    (shingles, their sorts and hashes: several times the text) is a slice's, not the whole chunk's."""
+    slices = [step.columns(kept.slice(start, COLUMN_ROWS)) for start in range(0, max(kept.num_rows, 1), COLUMN_ROWS)]
+    return {name: pa.chunked_array([made[name] for made in slices]) for name in slices[0]}
 
 
 @dataclass(frozen=True)
