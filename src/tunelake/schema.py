@@ -35,8 +35,8 @@ ROLE_ALIASES = {
     "ipython": "tool",
 }
 
-# Verifier names an RL record may carry; their implementations arrive with the RL data plane.
-VERIFIERS = ("exact_match", "numeric", "math", "python_tests")
+# Verifier names an RL record may carry (tunelake.rl.verifiers implements them; python_tests comes with the sandbox).
+VERIFIERS = ("exact_match", "numeric", "math", "multiple_choice", "regex", "json_schema", "python_tests")
 
 # Tool calls are kept as a JSON string: their argument schemas differ per tool, a fixed struct would lose them.
 MESSAGE = pa.struct(
