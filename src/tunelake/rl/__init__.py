@@ -1,0 +1,1 @@
+"""RL prompt banks: verifiers, the code sandbox and the reward cache."""
