@@ -120,7 +120,7 @@ def fork_program(request: dict, work: str, nonce: str, out_w: int, report_w: int
     return g
 
 
-def kill_all(g: int, pid_namespace: bool) -> None:
+def kill_all(g: int) -> None:
     """SIGKILL G's process group; in a PID namespace killing G (its init) kills all the rest."""
     for kill in (os.killpg, os.kill):
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -156,8 +156,9 @@ def judge(request: dict, g: int, out_r: int, report_r: int, nonce: str) -> dict:
                 open_fds.discard(report_r)
         if pidfd in readable:
             break
-    kill_all(g, request["pid_namespace"])
+    kill_all(g)
     _, status, usage = os.wait4(g, 0)
+    reap_group(g)
     os.close(pidfd)
     os.set_blocking(report_r, False)
     try:
@@ -201,16 +202,18 @@ def serve_one(request: dict) -> dict:
         os.close(out_r)
         os.close(report_r)
         shutil.rmtree(work, ignore_errors=True)
-        reap_orphans()
 
 
-def reap_orphans() -> None:
-    """Without a PID namespace a program's orphans are reparented here (the subreaper): collect the dead ones."""
-    try:
-        while os.waitpid(-1, os.WNOHANG)[0]:
-            pass
-    except ChildProcessError:
-        pass
+def reap_group(g: int) -> None:
+    """Kill and collect what is left of G's process group (G's orphans are reparented here, the subreaper). In a PID
+    namespace nothing is left; without one, a setsid() child has left the group and outlives the run."""
+    while True:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(g, signal.SIGKILL)
+        try:
+            os.waitpid(-g, 0)
+        except ChildProcessError:
+            return
 
 
 def main() -> None:
