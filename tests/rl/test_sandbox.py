@@ -151,3 +151,10 @@ def test_output_flooding_is_cut_off_quickly():
     assert (result.passed, result.status) == (False, "failed")
     assert result.reason == "killed: output over 65536 bytes"
     assert result.seconds < SMALL.wall_seconds
+
+
+def test_a_file_over_the_size_limit_cannot_be_written():
+    limits = SMALL.model_copy(update={"file_size_bytes": 1024 * 1024})
+    result = run_tests("open('big.bin', 'wb').write(bytes(2 * 1024 * 1024))", "", limits=limits)
+    assert (result.passed, result.status) == (False, "failed")
+    assert result.reason.startswith("OSError: [Errno 27] File too large"), result.reason

@@ -138,7 +138,7 @@ def judge(request: dict, g: int, out_r: int, report_r: int, nonce: str) -> dict:
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
-            killed = f"killed: wall time over {request['wall']:g} s"
+            killed = {"status": "timeout", "reason": f"killed: wall time over {request['wall']:g} s"}
             break
         readable, _, _ = select.select([pidfd, *open_fds], [], [], left)
         if out_r in readable:
@@ -147,7 +147,7 @@ def judge(request: dict, g: int, out_r: int, report_r: int, nonce: str) -> dict:
             if not chunk:
                 open_fds.discard(out_r)
             elif output > request["output"]:
-                killed = f"killed: output over {request['output']} bytes"
+                killed = {"status": "failed", "reason": f"killed: output over {request['output']} bytes"}
                 break
         if report_r in readable:
             chunk = os.read(report_r, 65536)
@@ -167,7 +167,7 @@ def judge(request: dict, g: int, out_r: int, report_r: int, nonce: str) -> dict:
     except BlockingIOError:
         pass
     if killed:
-        return {"status": "timeout" if "wall" in killed else "failed", "reason": killed}
+        return killed
     for line in report.decode("utf-8", "replace").splitlines():
         if line.startswith(nonce):
             verdict = json.loads(line[len(nonce) :])
@@ -219,10 +219,7 @@ def reap_group(g: int) -> None:
 def main() -> None:
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     for line in sys.stdin:
-        started = time.monotonic()
-        answer = serve_one(json.loads(line))
-        answer["seconds"] = time.monotonic() - started
-        sys.stdout.write(json.dumps(answer) + "\n")
+        sys.stdout.write(json.dumps(serve_one(json.loads(line))) + "\n")
         sys.stdout.flush()
 
 
