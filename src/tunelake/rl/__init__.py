@@ -1,1 +1,1 @@
-"""The RL data plane: verifiers that score a completion against a record's gold answer, run in killable workers."""
+"""RL prompt banks: verifiers (run in killable workers), the code sandbox and the reward cache."""
