@@ -355,6 +355,7 @@ sources:
 silver:
   max_chars: 1000000               # longer records are quarantined as too_long
   near_dedup: {{threshold: 0.8}}     # drop near-duplicates (MinHash LSH, each pair verified); off unless given
+  # verified_gold: {{twice: 0.05}}    # RL gold must pass its own verifier (code: in the sandbox), else quarantined
   # preference:                    # pairs from ratings and votes; ties never given a winner; see the README
   #   pairs_from_ratings: {{aggregate: mean, strategy: best_vs_random_lower, min_margin: 0, seed: 0}}
   #   ties: drop                    # or keep_soft (pair_label 0.5)

@@ -242,6 +242,7 @@ class Reason(StrEnum):
     mix_sampled_out = "mix_sampled_out"  # written as mix_sampled_out:<group>: beyond its group's quota in gold.mix
     mix_unlisted = "mix_unlisted"  # written as mix_unlisted:<group>: a group gold.mix.ratios gives no share
     language = "language"  # written as language:<code> (outside silver.quality.lang's allow-list) or language:mixed
+    unverifiable_gold = "unverifiable_gold"  # an RL record whose gold does not pass its own verifier
     # silver.preference: which pairs a preference set holds.
     judgment_merged = "judgment_merged"  # written as judgment_merged:<id>: another vote on a pair kept as <id>
     low_agreement = "low_agreement"  # a pair's votes agree less than min_agreement

@@ -31,11 +31,13 @@ from tunelake.silver.pii import Pii
 from tunelake.silver.preference import Preference
 from tunelake.silver.prompt_groups import PromptGroups
 from tunelake.silver.refusal import Refusal
+from tunelake.silver.verified_gold import VerifiedGold
 from tunelake.stage import GlobalStage, MissingDependency, RowLocalStage, Stage
 
 # section path -> class, in the order they run. A new built-in stage is one module and one line here.
 BUILTIN: dict[str, type[Stage]] = {
     "silver.decontaminate": Decontaminate,
+    "silver.verified_gold": VerifiedGold,  # RL gold that fails its own verifier never reaches the prompt bank
     # Before the gates, which judge a pair's chosen side only and so would drop one reviewer's vote and not the
     # other's; before exact_dedup, as two reviewers' equal verdicts are equal records and each is a vote.
     "silver.preference": Preference,

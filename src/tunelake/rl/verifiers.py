@@ -9,13 +9,14 @@ from __future__ import annotations
 import orjson
 from pydantic import BaseModel, ValidationError
 
+from tunelake.rl.code_verifier import PYTHON_TESTS
 from tunelake.rl.math_verifier import MATH
 from tunelake.rl.text_verifiers import TEXT_VERIFIERS
 from tunelake.rl.verdict import Status, Verdict, Verifier
 
 __all__ = ["VERIFIERS", "ConfigError", "Status", "Verdict", "Verifier", "check", "config_of", "register"]
 
-VERIFIERS: dict[str, Verifier] = {verifier.name: verifier for verifier in (*TEXT_VERIFIERS, MATH)}
+VERIFIERS: dict[str, Verifier] = {verifier.name: verifier for verifier in (*TEXT_VERIFIERS, MATH, PYTHON_TESTS)}
 
 
 def register(verifier: Verifier) -> None:
