@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import multiprocessing
 import sqlite3
-from dataclasses import replace
 from pathlib import Path
 
 import orjson
@@ -67,12 +66,12 @@ def test_keys_differing_in_any_part_miss(tmp_path):
     inputs = inputs_of(row)
     key = reward_key("p0", "numeric", "1", inputs)
     others = [
-        replace(key, prompt_id="p1"),
-        reward_key("p0", "numeric", "1", replace(inputs, completion=inputs.completion + " ")),
-        replace(key, verifier="math"),
-        replace(key, verifier_version="2"),
-        reward_key("p0", "numeric", "1", replace(inputs, answer="19")),
-        reward_key("p0", "numeric", "1", replace(inputs, verifier_config='{"tolerance": 0.5}')),
+        key._replace(prompt_id="p1"),
+        reward_key("p0", "numeric", "1", inputs._replace(completion=inputs.completion + " ")),
+        key._replace(verifier="math"),
+        key._replace(verifier_version="2"),
+        reward_key("p0", "numeric", "1", inputs._replace(answer="19")),
+        reward_key("p0", "numeric", "1", inputs._replace(verifier_config='{"tolerance": 0.5}')),
     ]
     with RewardCache.of_lake(tmp_path) as cache:
         cache.put(key, Reward(1.0, "ok", "match"), inputs)
@@ -119,7 +118,7 @@ def test_a_reward_that_cannot_be_right_is_refused_loudly(tmp_path):
         with pytest.raises(ValueError, match="expected one of"):
             cache.put(key, Reward(1.0, "fine", ""), inputs)
         with pytest.raises(ValueError, match="does not hash"):
-            cache.put(key, Reward(1.0, "ok", ""), replace(inputs, completion="another"))
+            cache.put(key, Reward(1.0, "ok", ""), inputs._replace(completion="another"))
         assert cache.get(key) is None
 
 

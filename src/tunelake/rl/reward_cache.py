@@ -18,9 +18,8 @@ import hashlib
 import math
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import astuple, dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import orjson
 
@@ -51,8 +50,7 @@ class RewardCacheError(Exception):
     """The file is not a reward cache this version of tunelake can read."""
 
 
-@dataclass(frozen=True, slots=True)
-class RewardKey:
+class RewardKey(NamedTuple):
     prompt_id: str
     completion_sha256: str  # hex sha256 of the completion's UTF-8 bytes (`completion_sha256`)
     verifier: str
@@ -60,15 +58,13 @@ class RewardKey:
     config_sha256: str  # hex sha256 of the gold answer and the verifier config (`config_sha256`)
 
 
-@dataclass(frozen=True, slots=True)
-class Reward:
+class Reward(NamedTuple):
     score: float  # in [0, 1]
     status: str  # one of STATUSES
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class RewardInputs:
+class RewardInputs(NamedTuple):
     """What a verifier scored besides the prompt: kept so a new verifier version can score it again."""
 
     completion: str
@@ -201,7 +197,7 @@ class RewardCache:
         for start in range(0, len(keys), self._batch):
             batch = keys[start : start + self._batch]
             values = ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(batch))
-            params = [p for i, key in enumerate(batch, start) for p in (i, *astuple(key))]
+            params = [p for i, key in enumerate(batch, start) for p in (i, *key)]
             on = " AND ".join(f"r.{c} = k.{c}" for c in KEY_COLUMNS)
             query = (
                 f"WITH k(i, {_KEY_COLUMNS}) AS (VALUES {values}) "
@@ -257,7 +253,7 @@ class RewardCache:
             db.executemany(
                 f"INSERT INTO rewards ({_KEY_COLUMNS}, score, status, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT DO NOTHING",
-                ((*astuple(key), *astuple(reward)) for key, reward, _ in entries),
+                ((*key, *reward) for key, reward, _ in entries),
             )
             inserted = db.total_changes - before
             db.execute("COMMIT")
