@@ -167,6 +167,10 @@ def test_a_file_that_is_not_a_cache_is_named(tmp_path):
     db.close()
     with pytest.raises(RewardCacheError, match=f"{foreign} is an SQLite file but not a tunelake reward cache"):
         RewardCache(foreign)
+    with sqlite3.connect(foreign) as db:  # left as it was: not switched to WAL, no table added
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+        assert db.execute("SELECT name FROM sqlite_master").fetchall() == [("users",)]
+    db.close()
 
 
 def test_a_cache_of_another_schema_version_is_refused(tmp_path):

@@ -115,11 +115,15 @@ class RewardCache:
         self.raced = 0  # rewards another writer had stored first (the first writer's value is kept)
         self.disagreed = 0  # of those, how many this handle scored differently: a verifier that is not deterministic
         self.refused = 0  # infra_error results, not stored so that they are retried
+        self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         try:
-            self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
             self._open()
         except sqlite3.DatabaseError as e:
+            self._db.close()
             raise RewardCacheError(f"{self.path} is not a readable tunelake reward cache: {e}") from e
+        except RewardCacheError:
+            self._db.close()
+            raise
         # Row values in a batch query: 6 per key (its place and its five parts), within SQLite's variable limit.
         self._batch = min(4096, self._db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 6)
 
@@ -130,11 +134,16 @@ class RewardCache:
 
     def _open(self) -> None:
         db = self._db
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if tables and "schema_version" not in tables:  # checked first: a foreign file is left as it was
+            raise RewardCacheError(
+                f"{self.path} is an SQLite file but not a tunelake reward cache (no schema_version table; "
+                f"tables: {', '.join(sorted(tables))})"
+            )
         # WAL: readers never block the writer nor it them. NORMAL: a commit is not synced, so a power cut may lose
         # the last rewards, which are then scored again; the file itself stays intact.
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
-        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if not tables:
             # IMMEDIATE: processes opening a new file at once create it one after another.
             db.execute("BEGIN IMMEDIATE")
@@ -144,11 +153,6 @@ class RewardCache:
                 "INSERT INTO schema_version VALUES (?, ?) ON CONFLICT DO NOTHING", (SCHEMA_NAME, SCHEMA_VERSION)
             )
             db.execute("COMMIT")
-        elif "schema_version" not in tables:
-            raise RewardCacheError(
-                f"{self.path} is an SQLite file but not a tunelake reward cache (no schema_version table; "
-                f"tables: {', '.join(sorted(tables))})"
-            )
         row = db.execute("SELECT version FROM schema_version WHERE name = ?", (SCHEMA_NAME,)).fetchone()
         if row is None:
             raise RewardCacheError(f"{self.path} is not a tunelake reward cache (no {SCHEMA_NAME} schema version)")
