@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import sqlite3
+import threading
 from pathlib import Path
 
 import orjson
@@ -226,3 +227,24 @@ def test_concurrent_writers_keep_every_first_write(tmp_path):
     stored = {key.prompt_id: reward.reason for key, reward in zip(keys, rewards, strict=True)}
     for r in results:  # every writer was given the value the cache holds: the first writer's
         assert r["given"] == stored
+
+
+def test_opening_waits_while_another_process_makes_the_file(tmp_path):
+    # A new file another connection holds the write lock of, as while a process creates the cache's tables:
+    # switching it to WAL fails at once, without SQLite's busy handler, so opening must wait for it.
+    path = tmp_path / "rewards.sqlite"
+    maker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    maker.execute("BEGIN IMMEDIATE")
+    maker.execute("CREATE TABLE being_made (x)")
+    release = threading.Timer(0.3, maker.execute, ("ROLLBACK",))
+    release.start()
+    try:
+        inputs = inputs_of(GSM8K[0])
+        with RewardCache(path) as cache:
+            cache.put(reward_key("p", "numeric", "1", inputs), Reward(1.0, "ok", ""), inputs)
+    finally:
+        release.join()
+        maker.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    db.close()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple, Protocol
@@ -144,7 +145,7 @@ class RewardCache:
             )
         # WAL: readers never block the writer nor it them. NORMAL: a commit is not synced, so a power cut may lose
         # the last rewards, which are then scored again; the file itself stays intact.
-        db.execute("PRAGMA journal_mode=WAL")
+        self._wal()
         db.execute("PRAGMA synchronous=NORMAL")
         # Keys are hashes, so a batch's inserts land on pages all over the tables: checkpointing every 40 MiB of WAL
         # (not SQLite's 4 MiB) and a 32 MiB page cache (not 2) doubled put_many at 100k keys (bench/reward_cache.py).
@@ -167,6 +168,20 @@ class RewardCache:
                 f"{self.path} is a reward cache of schema version {row[0]}; this tunelake reads version "
                 f"{SCHEMA_VERSION} (move the file aside to start a new cache)"
             )
+
+    def _wal(self) -> None:
+        """Switch the file to WAL, waiting while another process holds it (as when several create it at once)."""
+        # SQLite answers a journal mode change on a locked file at once, without its busy handler; WAL is kept in
+        # the file, so this waits only while a new file is being made.
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def close(self) -> None:
         self._db.close()
