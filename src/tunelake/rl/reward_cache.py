@@ -1,0 +1,340 @@
+"""The reward cache: every verifier result kept by what decides it, so a hit never re-runs a verifier.
+
+A reward is keyed by (prompt_id, completion_sha256, verifier, verifier_version, config_sha256). The config hash
+covers the gold answer as well as the verifier's settings (`config_sha256`): a record's prompt_id hashes its prompt
+alone, so two records with one prompt and different golds (a corrected answer) share it. The cache is one SQLite
+file in the lake (`<lake>/_rl/rewards.sqlite`, WAL mode), shared by every process that scores: the first writer of
+a key wins and a key never changes its value. `infra_error` results are never stored: they are retried.
+
+Beside each reward it keeps what a rescore after a verifier version bump needs, content-addressed so each distinct
+text is stored once: the completion text (by its sha256) and the gold answer with the verifier config (by the
+config hash). Completions live nowhere else (rollouts are generated live, a trainer's reward function sees them
+once) and gold tables are overwritten by each build, so a reference to either could outlive what it points at.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import NamedTuple, Protocol
+
+import orjson
+
+LAKE_PATH = "_rl/rewards.sqlite"
+SCHEMA_NAME = "tunelake.reward_cache"
+SCHEMA_VERSION = 1  # bump when a table's layout or a key's meaning changes, so older files are not misread
+# Statuses a verifier returns (tunelake.rl.verifiers.Status); kept as text so this module stands alone.
+STATUSES = frozenset({"ok", "wrong", "unparsable", "timeout", "infra_error"})
+INFRA_ERROR = "infra_error"
+BUSY_TIMEOUT_S = 60.0  # a writer holds the lock for one batch; waiting this long means something is stuck
+CHECKPOINT_PAGES = 10_000  # of 4 KiB: the WAL grows to about 40 MiB before it is folded into the file
+CACHE_KIB = 32 * 1024  # SQLite's page cache per handle: a bound, whatever the file's size
+KEY_COLUMNS = ("prompt_id", "completion_sha256", "verifier", "verifier_version", "config_sha256")
+_KEY_COLUMNS = ", ".join(KEY_COLUMNS)
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS schema_version (name TEXT PRIMARY KEY, version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS rewards (
+    prompt_id TEXT NOT NULL, completion_sha256 TEXT NOT NULL, verifier TEXT NOT NULL,
+    verifier_version TEXT NOT NULL, config_sha256 TEXT NOT NULL,
+    score REAL NOT NULL, status TEXT NOT NULL, reason TEXT NOT NULL,
+    PRIMARY KEY ({_KEY_COLUMNS})
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS completions (sha256 TEXT PRIMARY KEY, text TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS configs (sha256 TEXT PRIMARY KEY, answer TEXT, verifier_config TEXT NOT NULL);
+"""
+
+
+class RewardCacheError(Exception):
+    """The file is not a reward cache this version of tunelake can read."""
+
+
+class RewardKey(NamedTuple):
+    prompt_id: str
+    completion_sha256: str  # hex sha256 of the completion's UTF-8 bytes (`completion_sha256`)
+    verifier: str
+    verifier_version: str
+    config_sha256: str  # hex sha256 of the gold answer and the verifier config (`config_sha256`)
+
+
+class Reward(NamedTuple):
+    score: float  # in [0, 1]
+    status: str  # one of STATUSES
+    reason: str
+
+
+class RewardInputs(NamedTuple):
+    """What a verifier scored besides the prompt: kept so a new verifier version can score it again."""
+
+    completion: str
+    answer: str | None  # the record's gold answer
+    verifier_config: str  # the record's verifier_config, a JSON object as text
+
+
+class Verdict(Protocol):
+    score: float
+    status: str
+    reason: str
+
+
+def completion_sha256(completion: str) -> str:
+    """The hex sha256 of a completion's UTF-8 bytes."""
+    return hashlib.sha256(completion.encode()).hexdigest()
+
+
+def config_sha256(answer: str | None, verifier_config: str) -> str:
+    """The hex sha256 of a gold answer and a verifier config; the config's key order and spacing do not count."""
+    config = orjson.loads(verifier_config or "{}")
+    if not isinstance(config, dict):
+        raise ValueError(f"verifier_config must be a JSON object, got {verifier_config[:80]!r}")
+    what = {"answer": answer, "config": config}
+    return hashlib.sha256(orjson.dumps(what, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def reward_key(prompt_id: str, verifier: str, verifier_version: str, inputs: RewardInputs) -> RewardKey:
+    """The key of scoring `inputs` for a prompt with one version of a verifier."""
+    return RewardKey(
+        prompt_id,
+        completion_sha256(inputs.completion),
+        verifier,
+        verifier_version,
+        config_sha256(inputs.answer, inputs.verifier_config),
+    )
+
+
+class RewardCache:
+    """One process's handle on the reward cache file; open one per process (a connection is not shared)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.hits = 0
+        self.misses = 0
+        self.stored = 0  # rewards this handle inserted
+        self.raced = 0  # rewards another writer had stored first (the first writer's value is kept)
+        self.disagreed = 0  # of those, how many this handle scored differently: a verifier that is not deterministic
+        self.refused = 0  # infra_error results, not stored so that they are retried
+        self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            self._open()
+        except sqlite3.DatabaseError as e:
+            self._db.close()
+            raise RewardCacheError(f"{self.path} is not a readable tunelake reward cache: {e}") from e
+        except RewardCacheError:
+            self._db.close()
+            raise
+        # Row values in a batch query: 6 per key (its place and its five parts), within SQLite's variable limit.
+        self._batch = min(4096, self._db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 6)
+
+    @classmethod
+    def of_lake(cls, lake_root: str | Path) -> RewardCache:
+        """The reward cache of the lake at `lake_root`."""
+        return cls(Path(lake_root) / LAKE_PATH)
+
+    def _open(self) -> None:
+        db = self._db
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if tables and "schema_version" not in tables:  # checked first: a foreign file is left as it was
+            raise RewardCacheError(
+                f"{self.path} is an SQLite file but not a tunelake reward cache (no schema_version table; "
+                f"tables: {', '.join(sorted(tables))})"
+            )
+        # WAL: readers never block the writer nor it them. NORMAL: a commit is not synced, so a power cut may lose
+        # the last rewards, which are then scored again; the file itself stays intact.
+        self._wal()
+        db.execute("PRAGMA synchronous=NORMAL")
+        # Keys are hashes, so a batch's inserts land on pages all over the tables: checkpointing every 40 MiB of WAL
+        # (not SQLite's 4 MiB) and a 32 MiB page cache (not 2) doubled put_many at 100k keys (bench/reward_cache.py).
+        db.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
+        db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+        if not tables:
+            # IMMEDIATE: processes opening a new file at once create it one after another.
+            db.execute("BEGIN IMMEDIATE")
+            for statement in _SCHEMA.split(";")[:-1]:  # not executescript: it would commit first
+                db.execute(statement)
+            db.execute(
+                "INSERT INTO schema_version VALUES (?, ?) ON CONFLICT DO NOTHING", (SCHEMA_NAME, SCHEMA_VERSION)
+            )
+            db.execute("COMMIT")
+        row = db.execute("SELECT version FROM schema_version WHERE name = ?", (SCHEMA_NAME,)).fetchone()
+        if row is None:
+            raise RewardCacheError(f"{self.path} is not a tunelake reward cache (no {SCHEMA_NAME} schema version)")
+        if row[0] != SCHEMA_VERSION:
+            raise RewardCacheError(
+                f"{self.path} is a reward cache of schema version {row[0]}; this tunelake reads version "
+                f"{SCHEMA_VERSION} (move the file aside to start a new cache)"
+            )
+
+    def _wal(self) -> None:
+        """Switch the file to WAL, waiting while another process holds it (as when several create it at once)."""
+        # SQLite answers a journal mode change on a locked file at once, without its busy handler; WAL is kept in
+        # the file, so this waits only while a new file is being made.
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> RewardCache:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def figures(self) -> dict[str, int | float]:
+        """This handle's counts: hits, misses, hit rate, rewards stored, raced, disagreed and refused."""
+        looked_up = self.hits + self.misses
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "hit_rate": self.hits / looked_up if looked_up else 0.0,
+            "stored": self.stored,
+            "raced": self.raced,
+            "disagreed": self.disagreed,
+            "refused": self.refused,
+        }
+
+    def get(self, key: RewardKey) -> Reward | None:
+        """The stored reward of `key`, or None."""
+        return self.get_many([key])[0]
+
+    def get_many(self, keys: Sequence[RewardKey]) -> list[Reward | None]:
+        """The stored reward of each key (None where there is none), one query per batch of keys."""
+        found = self._lookup(keys)
+        hits = sum(reward is not None for reward in found)
+        self.hits += hits
+        self.misses += len(found) - hits
+        return found
+
+    def _lookup(self, keys: Sequence[RewardKey]) -> list[Reward | None]:
+        found: list[Reward | None] = [None] * len(keys)
+        for start in range(0, len(keys), self._batch):
+            batch = keys[start : start + self._batch]
+            values = ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(batch))
+            params = [p for i, key in enumerate(batch, start) for p in (i, *key)]
+            on = " AND ".join(f"r.{c} = k.{c}" for c in KEY_COLUMNS)
+            query = (
+                f"WITH k(i, {_KEY_COLUMNS}) AS (VALUES {values}) "
+                f"SELECT k.i, r.score, r.status, r.reason FROM k JOIN rewards r ON {on}"
+            )
+            for i, score, status, reason in self._db.execute(query, params):
+                found[i] = Reward(score, status, reason)
+        return found
+
+    def put(self, key: RewardKey, reward: Reward, inputs: RewardInputs) -> Reward:
+        """Store `reward` for `key` unless the key has one; gives the reward the cache holds (the first writer's)."""
+        return self.put_many([(key, reward, inputs)])[0]
+
+    def put_many(self, entries: Iterable[tuple[RewardKey, Reward, RewardInputs]]) -> list[Reward]:
+        """Store each new reward with its inputs in one transaction; gives, per entry, the reward the cache holds.
+
+        An infra_error is not stored (it is given back as it is, to be retried); a key some writer stored first
+        keeps that writer's reward.
+        """
+        entries = list(entries)
+        kept = [(key, reward, inputs) for key, reward, inputs in entries if _checked(key, reward, inputs)]
+        self.refused += len(entries) - len(kept)
+        if not kept or self._insert(kept) == len(kept):
+            return [reward for _, reward, _ in entries]  # every one stored by this call, or refused
+        held = iter(self._lookup([key for key, _, _ in kept]))
+        given = []
+        for _, reward, _ in entries:
+            if reward.status == INFRA_ERROR:
+                given.append(reward)
+                continue
+            stored = next(held)
+            if stored != reward:
+                self.disagreed += 1
+            given.append(stored)
+        return given
+
+    def _insert(self, entries: list[tuple[RewardKey, Reward, RewardInputs]]) -> int:
+        """Insert the entries new to the cache in one transaction; gives how many rewards were new."""
+        db = self._db
+        # IMMEDIATE takes the write lock at once (waiting for it up to the busy timeout); a deferred transaction
+        # that reads first could fail busy without waiting when another writer commits in between.
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(
+                "INSERT INTO completions VALUES (?, ?) ON CONFLICT DO NOTHING",
+                ((key.completion_sha256, inputs.completion) for key, _, inputs in entries),
+            )
+            db.executemany(
+                "INSERT INTO configs VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                ((key.config_sha256, inputs.answer, inputs.verifier_config) for key, _, inputs in entries),
+            )
+            before = db.total_changes
+            db.executemany(
+                f"INSERT INTO rewards ({_KEY_COLUMNS}, score, status, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                ((*key, *reward) for key, reward, _ in entries),
+            )
+            inserted = db.total_changes - before
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self.stored += inserted
+        self.raced += len(entries) - inserted
+        return inserted
+
+    def scored_inputs(
+        self, verifier: str, verifier_version: str, batch: int = 1024
+    ) -> Iterator[list[tuple[RewardKey, Reward, RewardInputs]]]:
+        """Every reward one version of a verifier gave, with its inputs, in batches (what a rescore reads)."""
+        last: tuple = ("",) * len(KEY_COLUMNS)
+        columns = ", ".join(f"r.{c}" for c in KEY_COLUMNS)
+        while True:
+            # Keyset pages: each query is short, so writers (a rescore's own puts included) are never held up.
+            rows = self._db.execute(
+                f"SELECT {columns}, r.score, r.status, r.reason, c.text, g.answer, g.verifier_config "
+                "FROM rewards r JOIN completions c ON c.sha256 = r.completion_sha256 "
+                "JOIN configs g ON g.sha256 = r.config_sha256 "
+                f"WHERE r.verifier = ? AND r.verifier_version = ? AND ({columns}) > ({', '.join('?' * 5)}) "
+                f"ORDER BY {columns} LIMIT ?",
+                (verifier, verifier_version, *last, batch),
+            ).fetchall()
+            if not rows:
+                return
+            yield [(RewardKey(*row[:5]), Reward(*row[5:8]), RewardInputs(*row[8:])) for row in rows]
+            last = rows[-1][:5]
+
+
+def _checked(key: RewardKey, reward: Reward, inputs: RewardInputs) -> bool:
+    """Whether a reward is to be stored (not an infra_error); raises on a reward or inputs that cannot be right."""
+    if reward.status not in STATUSES:
+        raise ValueError(f"reward status {reward.status!r} for {key}: expected one of {sorted(STATUSES)}")
+    if reward.status == INFRA_ERROR:
+        return False
+    if not (isinstance(reward.score, int | float) and math.isfinite(reward.score) and 0 <= reward.score <= 1):
+        raise ValueError(f"reward score {reward.score!r} for {key}: expected a number in [0, 1]")
+    if completion_sha256(inputs.completion) != key.completion_sha256:
+        raise ValueError(f"the completion stored with {key} does not hash to its completion_sha256")
+    return True
+
+
+def score_through(
+    cache: RewardCache,
+    prompt_id: str,
+    verifier: str,
+    verifier_version: str,
+    inputs: RewardInputs,
+    score: Callable[[RewardInputs], Verdict],
+) -> Reward:
+    """The cached reward of `inputs`, scoring them with `score` (and storing its verdict) only on a miss."""
+    key = reward_key(prompt_id, verifier, verifier_version, inputs)
+    if (reward := cache.get(key)) is not None:
+        return reward
+    verdict = score(inputs)
+    return cache.put(key, Reward(float(verdict.score), str(verdict.status), verdict.reason), inputs)
