@@ -1,0 +1,61 @@
+"""The TRL reward function through TRL 1.16's own reward step (GRPOTrainer._calculate_rewards, called on a stand-in
+for the trainer's state): the RL export of real GSM8K rows, as TRL loads it, scored by the records' verifiers through
+the reward cache; a repeated step is all cache hits."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import FIXTURES, run_build, write_recipe
+from tunelake.rl.trainers import Rewards
+
+trl = pytest.importorskip("trl")
+
+
+def _grpo_rewards(reward_func, inputs: list[dict], completions: list) -> list[float]:
+    """TRL's own reward step over these rows and completions (one completion per row)."""
+    from trl.trainer.grpo_trainer import GRPOTrainer
+
+    trainer = SimpleNamespace(
+        accelerator=SimpleNamespace(device="cpu", is_main_process=True),
+        reward_funcs=[reward_func],
+        reward_processing_classes=[None],
+        reward_func_names=[reward_func.__name__],
+        state=SimpleNamespace(global_step=0),
+        args=SimpleNamespace(report_to=[]),
+        _log_completion_extra=lambda *a, **k: None,
+        _log_metric=lambda *a, **k: None,
+        environments=None,
+    )
+    prompts = [row["prompt"] for row in inputs]
+    ids = [[0] for _ in inputs]
+    return GRPOTrainer._calculate_rewards(trainer, inputs, prompts, completions, ids)[:, 0].tolist()
+
+
+def test_trl_scores_the_rl_export_through_the_verifiers_and_the_cache(tmp_path):
+    source = {
+        "name": "gsm8k",
+        "path": str(FIXTURES / "real" / "gsm8k_test_sample.jsonl"),
+        "format": "gsm8k",
+        "license": "mit",
+        "origin": "human",
+    }
+    gold = {"split": {"validation": 0.0, "test": 0.0}, "export": ["parquet"]}
+    run_build(write_recipe(tmp_path, [source], gold=gold))
+    inputs = pq.read_table(tmp_path / "lake/exports/rl/train.parquet").to_pylist()
+    answers = [row["extra_info"]["answer"] for row in inputs]
+    right = [[{"role": "assistant", "content": f"Step by step... #### {a}"}] for a in answers]
+    wrong = [[{"role": "assistant", "content": f"The answer is {int(a) + 1}."}] for a in answers]
+    rewards = Rewards(tmp_path / "lake", workers=1)
+    try:
+        function = rewards.trl()
+        assert _grpo_rewards(function, inputs, right) == [1.0] * len(inputs)
+        assert _grpo_rewards(function, inputs, wrong) == [0.0] * len(inputs)
+        before = rewards.cache.figures()["hits"]
+        assert _grpo_rewards(function, inputs, right) == [1.0] * len(inputs)
+        assert rewards.cache.figures()["hits"] - before == len(inputs)  # a repeated step never runs a verifier
+    finally:
+        rewards.close()
