@@ -59,3 +59,13 @@ def test_trl_scores_the_rl_export_through_the_verifiers_and_the_cache(tmp_path):
         assert rewards.cache.figures()["hits"] - before == len(inputs)  # a repeated step never runs a verifier
     finally:
         rewards.close()
+
+
+def test_a_worker_that_dies_gives_trl_no_reward_rather_than_0_and_is_not_cached(tmp_path):
+    rewards = Rewards(tmp_path / "lake", workers=1, plugins=["tests.rl.worker_plugins"])
+    try:
+        info = {"id": "0" * 32, "verifier": "test_exits_worker", "answer": "1", "verifier_config": None}
+        assert rewards.trl()(prompts=["q"], completions=["1"], completion_ids=[[0]], extra_info=[info]) == [None]
+        assert rewards.cache.figures()["refused"] == 1 and rewards.cache.figures()["stored"] == 0
+    finally:
+        rewards.close()

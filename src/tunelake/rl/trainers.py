@@ -9,7 +9,7 @@ a reward of 0: it is given to TRL as None, which TRL leaves out of the step (NaN
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tunelake.rl.reward_cache import INFRA_ERROR, Reward, RewardCache, RewardInputs, score_through
@@ -20,8 +20,9 @@ from tunelake.rl.verifiers import VERIFIERS
 class Rewards:
     """Cached verifier rewards for one process."""
 
-    def __init__(self, lake: str | Path, workers: int = 2, timeout_s: float = 10.0):
-        self.pool = VerifierPool(workers=workers, timeout_s=timeout_s)
+    def __init__(self, lake: str | Path, workers: int = 2, timeout_s: float = 10.0, plugins: Sequence[str] = ()):
+        """`plugins`: modules that register further verifiers (see VerifierPool)."""
+        self.pool = VerifierPool(workers=workers, timeout_s=timeout_s, plugins=plugins)
         self.cache = RewardCache.of_lake(lake)
 
     def reward(self, record_id: str, verifier: str, answer: str | None, config: str | None, completion: str) -> Reward:
