@@ -39,6 +39,8 @@ audit_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(audit_app, name="audit")
+rl_app = typer.Typer(help="The RL prompt bank's rewards: the reward cache and its verifiers.", no_args_is_help=True)
+app.add_typer(rl_app, name="rl")
 console = Console(stderr=True)
 out = Console()
 LakeOption = Annotated[Path, typer.Option("--lake", help="The lake directory (the recipe's `lake:`).")]
@@ -504,3 +506,31 @@ def _print_preference_audit(report: dict) -> None:
         console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
     for warning in report["warnings"]:
         console.print(f"warning: {warning}", style="yellow", markup=False, highlight=False, soft_wrap=True)
+
+
+@rl_app.command("rescore")
+def rl_rescore(
+    lake: LakeOption,
+    verifier: Annotated[str, typer.Option(help="The verifier whose version changed (e.g. math).")],
+    from_version: Annotated[str, typer.Option(help="The older version whose cached rewards are scored again.")],
+) -> None:
+    """Score again, with the verifier's current version, every completion its older version scored: from the inputs
+    the reward cache kept (completion, gold, config), with no model call. The old rewards stay under their version."""
+    from tunelake.rl.trainers import Rewards
+    from tunelake.rl.verifiers import VERIFIERS
+
+    if verifier not in VERIFIERS:
+        console.print(f"[red]Unknown verifier {verifier!r}: expected one of {', '.join(sorted(VERIFIERS))}.[/red]")
+        raise typer.Exit(2)
+    rewards = Rewards(lake)
+    try:
+        counts = rewards.rescore(verifier, from_version)
+    except ValueError as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from None
+    finally:
+        rewards.close()
+    console.print(
+        f"{verifier} {from_version} -> {VERIFIERS[verifier].version}: {counts['rescored']:,} rescored, "
+        f"{counts['already']:,} already scored, {counts['changed']:,} changed, {counts['infra_error']:,} infra_error"
+    )

@@ -8,8 +8,10 @@ from types import SimpleNamespace
 
 import pyarrow.parquet as pq
 import pytest
+from typer.testing import CliRunner
 
 from tests.conftest import FIXTURES, run_build, write_recipe
+from tunelake.cli import app
 from tunelake.rl.trainers import Rewards
 
 trl = pytest.importorskip("trl")
@@ -69,3 +71,28 @@ def test_a_worker_that_dies_gives_trl_no_reward_rather_than_0_and_is_not_cached(
         assert rewards.cache.figures()["refused"] == 1 and rewards.cache.figures()["stored"] == 0
     finally:
         rewards.close()
+
+
+def test_rescore_scores_an_older_versions_completions_again_from_the_cache_alone(tmp_path):
+    from tunelake.rl.reward_cache import Reward, RewardCache, RewardInputs, reward_key
+
+    # Rewards an older `numeric` gave (one of them wrongly), as the cache keeps them: no model, no dataset needed.
+    kept = [("a" * 32, "#### 18", "18", 1.0), ("b" * 32, "#### 3", "3", 0.0), ("c" * 32, "#### 7", "8", 0.0)]
+    with RewardCache.of_lake(tmp_path / "lake") as cache:
+        for prompt_id, completion, gold, score in kept:
+            inputs = RewardInputs(completion, gold, "{}")
+            status = "ok" if score else "wrong"
+            cache.put(reward_key(prompt_id, "numeric", "0", inputs), Reward(score, status, "old"), inputs)
+    result = CliRunner().invoke(
+        app, ["rl", "rescore", "--lake", str(tmp_path / "lake"), "--verifier", "numeric", "--from-version", "0"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "3 rescored, 0 already scored, 1 changed, 0 infra_error" in result.output
+    again = CliRunner().invoke(
+        app, ["rl", "rescore", "--lake", str(tmp_path / "lake"), "--verifier", "numeric", "--from-version", "0"]
+    )
+    assert "0 rescored, 3 already scored" in again.output
+    same = CliRunner().invoke(
+        app, ["rl", "rescore", "--lake", str(tmp_path / "lake"), "--verifier", "numeric", "--from-version", "1"]
+    )
+    assert same.exit_code == 2 and "nothing to score again" in same.output

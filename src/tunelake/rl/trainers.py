@@ -5,10 +5,12 @@
 epochs or runs. `Rewards.trl()` is a reward function for TRL's GRPOTrainer over the RL export (verl's layout, which
 TRL loads as a dataset: the record's verifier, config, gold and id are in `extra_info`). An `infra_error` is never
 a reward of 0: it is given to TRL as None, which TRL leaves out of the step (NaN), and it is not cached.
+`Rewards.rescore` scores again, from the inputs the cache kept, what an older version of a verifier scored.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -51,6 +53,23 @@ class Rewards:
             return rewards
 
         return tunelake_verifier
+
+    def rescore(self, verifier: str, from_version: str) -> Counter:
+        """Every completion an older version of `verifier` scored, scored again by its current version from the
+        inputs the cache kept (no model call, no dataset): counts of rescored, already scored (a hit), changed
+        (another score than before) and infra_error (left to a later rescore)."""
+        current = VERIFIERS[verifier].version
+        if from_version == current:
+            raise ValueError(f"{verifier} is at version {current} already: nothing to score again")
+        counts = Counter()
+        for batch in self.cache.scored_inputs(verifier, from_version):
+            for key, before, inputs in batch:
+                hits = self.cache.hits
+                after = self.reward(key.prompt_id, verifier, inputs.answer, inputs.verifier_config, inputs.completion)
+                counts["already" if self.cache.hits > hits else "rescored"] += 1
+                counts["changed"] += int(after.status != INFRA_ERROR and after.score != before.score)
+                counts["infra_error"] += int(after.status == INFRA_ERROR)
+        return counts
 
     def close(self) -> None:
         self.pool.close()
