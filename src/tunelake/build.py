@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import duckdb
 import jinja2
 import numpy as np
 import pyarrow as pa
@@ -73,7 +72,7 @@ from tunelake.schema import (
     quarantine_ledger,
     table_of,
 )
-from tunelake.silver.canonicalize import FilePlan, SourcePlan
+from tunelake.silver.canonicalize import FilePlan, SourcePlan, split_groups
 from tunelake.stage import DECISIONS, Decisions, GlobalStage, Stage, StagedRows
 from tunelake.tables import SPLITS
 from tunelake.tasks import (
@@ -381,30 +380,10 @@ def _ingest(run: _Run, engine: Engine, segment: Segment) -> list[Staged]:
 
 
 def _refuse_split_groups(run: _Run) -> None:
-    """A grouped format's file whose key comes back after its run ended (the file is not sorted by it) fails the
-    build: its groups were adapted in pieces, so its pairs and aggregates would be wrong. Read with DuckDB from the
-    runs canonicalize staged (one row per run), so memory stays flat whatever the number of groups."""
+    """A grouped format's file that is not sorted by its key fails the build (see canonicalize.split_groups)."""
     files = run.staged_files(group_runs_table(run.run_id))
-    if not files:
-        return
-    with duckdb.connect(config={"memory_limit": GLOBAL_MEMORY, "threads": 1}) as db:
-        found = db.execute(
-            """select source, file, any_value(key_field), any_value(key),
-                      list(first_row || '-' || last_row order by first_row), count(*) over () as keys
-               from read_parquet($files) group by source, file, key_hash having count(*) > 1
-               order by source, file, min(first_row) limit 3""",
-            {"files": files},
-        ).fetchall()
-    if not found:
-        return
-    source, file, by, key, where, keys = found[0]
-    examples = "; ".join(f"{r[2]} {r[3][:60]} in rows {', '.join(r[4][:4])}" for r in found)
-    raise UnsortedGroups(
-        f"source {source!r}: {file} is not sorted by {by}: the rows of one {by} must be next to each other (they are "
-        f"one group, whose pairs are made together), but {keys} {by} values come back after other rows ({examples}). "
-        f"Sort the file by {by} (e.g. with DuckDB: COPY (SELECT * FROM read_json('{file}') ORDER BY {by}) TO "
-        f"'sorted.jsonl'). Nothing was published."
-    )
+    if files and (problem := split_groups(files, GLOBAL_MEMORY)):
+        raise UnsortedGroups(problem)
 
 
 def _cache_keys(run: _Run, segment: Segment) -> None:

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import duckdb
 import numpy as np
 import orjson
 import pyarrow as pa
@@ -584,3 +585,28 @@ def _parse(text: bytes) -> object:
         return json.loads(text)
     except (RecursionError, ValueError) as e:  # nesting near Python's limit; an integer of over 4,300 digits
         raise Rejected(Reason.invalid_json, None, f"cannot read its long integers exactly: {e}") from None
+
+
+def split_groups(files: list[str], memory_limit: str) -> str | None:
+    """Why a grouped format's file must be sorted first, where a key comes back after its run ended (its groups
+    were adapted in pieces, so their pairs and aggregates would be wrong): from the runs chunks staged (GROUP_RUNS,
+    one row per run), in DuckDB, so memory stays flat whatever the number of groups. None where every key has one
+    run."""
+    with duckdb.connect(config={"memory_limit": memory_limit, "threads": 1}) as db:
+        found = db.execute(
+            """select source, file, any_value(key_field), any_value(key),
+                      list(first_row || '-' || last_row order by first_row), count(*) over () as keys
+               from read_parquet($files) group by source, file, key_hash having count(*) > 1
+               order by source, file, min(first_row) limit 3""",
+            {"files": files},
+        ).fetchall()
+    if not found:
+        return None
+    source, file, by, key, where, keys = found[0]
+    examples = "; ".join(f"{r[2]} {r[3][:60]} in rows {', '.join(r[4][:4])}" for r in found)
+    return (
+        f"source {source!r}: {file} is not sorted by {by}: the rows of one {by} must be next to each other (they are "
+        f"one group, whose pairs are made together), but {keys} {by} values come back after other rows ({examples}). "
+        f"Sort the file by {by} (e.g. with DuckDB: COPY (SELECT * FROM read_json('{file}') ORDER BY {by}) TO "
+        f"'sorted.jsonl'). Nothing was published."
+    )
