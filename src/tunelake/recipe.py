@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from tunelake.audit import AUDITS
 from tunelake.ingest.adapters import ADAPTERS
+from tunelake.rl.composite import Normalize
 from tunelake.schema import Regime
 from tunelake.shift import OverFilter
 from tunelake.stage import Stage
@@ -196,6 +197,15 @@ class Engine(_Strict):
         return self.workers or os.cpu_count() or 1
 
 
+class RL(_Strict):
+    normalize: dict[str, Normalize] = Field(
+        default_factory=dict,
+        description="Per reward dimension (a composite's part, or a verifier's name): `none` keeps its score in "
+        "[0, 1]; `group` normalises it over a prompt's completions in one step before the weighted sum (GDPO). "
+        "Reward functions read it from the lake's last build.",
+    )
+
+
 # `audits:` holds each audit's settings (when it warns); every audit runs on every build.
 Audits = create_model(
     "Audits",
@@ -210,6 +220,7 @@ class Recipe(_Strict):
     silver: Silver = Field(default_factory=Silver, description="Validation limits.")
     gold: Gold = Field(default_factory=Gold, description="Splits and exports.")
     engine: Engine = Field(default_factory=Engine, description="How row-local stages run.")
+    rl: RL = Field(default_factory=RL, description="How the RL bank's rewards are computed (rl/composite.py).")
     audits: Audits = Field(
         default_factory=Audits, description="When the audits in the build manifest's `audits` warn (see the README)."
     )
@@ -380,6 +391,9 @@ gold:
 
 engine:
   workers: 0                       # 0 = one process per CPU core
+
+# rl:                              # rewards for the RL bank; a composite's dimensions are in verifier_config
+#   normalize: {{format: group}}     # per dimension: none (score in [0, 1]) or group (over a prompt's completions)
 
 # audits:                          # run on every build, in the manifest's `audits`; `tunelake audit preference`
 #   preference: {{max_longer_skew: 0.1, max_position_skew: 0.1, min_pairs: 30}}   # warn beyond 50% +- these

@@ -35,8 +35,9 @@ ROLE_ALIASES = {
     "ipython": "tool",
 }
 
-# Verifier names an RL record may carry (tunelake.rl.verifiers implements them; python_tests comes with the sandbox).
-VERIFIERS = ("exact_match", "numeric", "math", "multiple_choice", "regex", "json_schema", "python_tests")
+# Verifier names an RL record may carry (tunelake.rl.verifiers implements them; composite, several of them with
+# weights, is tunelake.rl.composite).
+VERIFIERS = ("exact_match", "numeric", "math", "multiple_choice", "regex", "json_schema", "python_tests", "composite")
 
 # Tool calls are kept as a JSON string: their argument schemas differ per tool, a fixed struct would lose them.
 MESSAGE = pa.struct(
@@ -243,6 +244,7 @@ class Reason(StrEnum):
     mix_unlisted = "mix_unlisted"  # written as mix_unlisted:<group>: a group gold.mix.ratios gives no share
     language = "language"  # written as language:<code> (outside silver.quality.lang's allow-list) or language:mixed
     unverifiable_gold = "unverifiable_gold"  # an RL record whose gold does not pass its own verifier
+    bad_verifier_config = "bad_verifier_config"  # an RL record's verifier_config its verifier does not accept
     # silver.preference: which pairs a preference set holds.
     judgment_merged = "judgment_merged"  # written as judgment_merged:<id>: another vote on a pair kept as <id>
     low_agreement = "low_agreement"  # a pair's votes agree less than min_agreement

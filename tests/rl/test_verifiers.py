@@ -8,6 +8,8 @@ import pytest
 from tests.conftest import FIXTURES
 from tunelake import schema
 from tunelake.ingest.adapters.rl import gsm8k_answer, last_boxed
+from tunelake.rl.code_verifier import PYTHON_TESTS
+from tunelake.rl.composite import COMPOSITE
 from tunelake.rl.math_verifier import MATH
 from tunelake.rl.text_verifiers import TEXT_VERIFIERS
 from tunelake.rl.verifiers import VERIFIERS, ConfigError, Status, check, config_of
@@ -20,9 +22,9 @@ def real_rows(name: str) -> list[dict]:
 
 
 def test_every_built_in_verifier_is_a_name_records_may_carry():
-    built_in = {verifier.name for verifier in (*TEXT_VERIFIERS, MATH)}
-    assert built_in <= set(VERIFIERS) and built_in <= set(schema.VERIFIERS)
-    assert set(schema.VERIFIERS) - built_in == {"python_tests"}  # built with the sandbox
+    built_in = {verifier.name for verifier in (*TEXT_VERIFIERS, MATH, PYTHON_TESTS)}
+    assert built_in <= set(VERIFIERS)  # beside any a plugin registered
+    assert set(schema.VERIFIERS) == built_in | {COMPOSITE}  # several of them, weighted (rl/composite.py)
     assert all(VERIFIERS[name].version for name in built_in)
 
 

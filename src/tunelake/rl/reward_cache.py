@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -107,7 +108,8 @@ def reward_key(prompt_id: str, verifier: str, verifier_version: str, inputs: Rew
 
 
 class RewardCache:
-    """One process's handle on the reward cache file; open one per process (a connection is not shared)."""
+    """One process's handle on the reward cache file; open one per process (its threads share it: verl scores from
+    a thread pool)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -118,7 +120,8 @@ class RewardCache:
         self.raced = 0  # rewards another writer had stored first (the first writer's value is kept)
         self.disagreed = 0  # of those, how many this handle scored differently: a verifier that is not deterministic
         self.refused = 0  # infra_error results, not stored so that they are retried
-        self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        self._lock = threading.Lock()  # one statement or transaction on the connection at a time
         try:
             self._open()
         except sqlite3.DatabaseError as e:
@@ -211,10 +214,11 @@ class RewardCache:
 
     def get_many(self, keys: Sequence[RewardKey]) -> list[Reward | None]:
         """The stored reward of each key (None where there is none), one query per batch of keys."""
-        found = self._lookup(keys)
-        hits = sum(reward is not None for reward in found)
-        self.hits += hits
-        self.misses += len(found) - hits
+        with self._lock:
+            found = self._lookup(keys)
+            hits = sum(reward is not None for reward in found)
+            self.hits += hits
+            self.misses += len(found) - hits
         return found
 
     def _lookup(self, keys: Sequence[RewardKey]) -> list[Reward | None]:
@@ -244,10 +248,15 @@ class RewardCache:
         """
         entries = list(entries)
         kept = [(key, reward, inputs) for key, reward, inputs in entries if _checked(key, reward, inputs)]
-        self.refused += len(entries) - len(kept)
-        if not kept or self._insert(kept) == len(kept):
-            return [reward for _, reward, _ in entries]  # every one stored by this call, or refused
-        held = iter(self._lookup([key for key, _, _ in kept]))
+        with self._lock:
+            self.refused += len(entries) - len(kept)
+            if not kept or self._insert(kept) == len(kept):
+                return [reward for _, reward, _ in entries]  # every one stored by this call, or refused
+            held = iter(self._lookup([key for key, _, _ in kept]))
+            return self._held(entries, held)
+
+    def _held(self, entries: list[tuple[RewardKey, Reward, RewardInputs]], held: Iterator[Reward]) -> list[Reward]:
+        """Per entry, the reward the cache holds: what another writer stored first where it raced this one."""
         given = []
         for _, reward, _ in entries:
             if reward.status == INFRA_ERROR:

@@ -15,6 +15,7 @@ checked a second time; a verifier that disagrees with itself stops the build, as
 from __future__ import annotations
 
 import atexit
+from dataclasses import replace
 
 import numpy as np
 import orjson
@@ -23,8 +24,10 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from tunelake.gold.split import unit
+from tunelake.rl.composite import Dimension, dimensions
 from tunelake.rl.verdict import Status, Verdict
 from tunelake.rl.verifier_pool import VerifierPool
+from tunelake.rl.verifiers import ConfigError
 from tunelake.schema import Reason, Regime
 from tunelake.stage import Outcome, RowLocalStage, StageConfig
 
@@ -63,12 +66,18 @@ class VerifiedGold(RowLocalStage):
     def process(self, batch: pa.RecordBatch) -> Outcome:
         rl = np.flatnonzero(pc.equal(batch["regime"], Regime.rl.value).fill_null(False).to_numpy(zero_copy_only=False))
         status, reason = [None] * batch.num_rows, [None] * batch.num_rows
+        bad: dict[int, str] = {}  # rows whose verifier_config their verifier does not accept
         if len(rl):
             again = unit(batch["id"].take(pa.array(rl)), 0) < self.config.twice
             rows = batch.take(pa.array(rl)).select(["id", "answer", "verifier", "verifier_config", "meta"])
             for k, row, twice in zip(rl, rows.to_pylist(), again, strict=True):
-                verdict = self._check(row)
-                if twice and (second := self._check(row)) != verdict:
+                try:
+                    dims = dimensions(row["verifier"], row["answer"], row["verifier_config"])
+                except ConfigError as error:
+                    bad[k] = str(error)
+                    continue
+                verdict = self._check(row, dims)
+                if twice and (second := self._check(row, dims)) != verdict:
                     raise VerifierUnreliable(
                         f"verifier {row['verifier']!r} gave two verdicts on the gold of record {row['id']}: "
                         f"{verdict} then {second}; its rewards would be noise"
@@ -78,29 +87,41 @@ class VerifiedGold(RowLocalStage):
             [pa.array(status, pa.string()), pa.array(reason, pa.string())], fields=list(GOLD_CHECK.type)
         )
         failed = np.array([s is not None and s != Status.ok.value for s in status], bool)
-        code = pa.array(np.where(failed, Reason.unverifiable_gold.value, None), pa.string())
+        code = np.where(failed, Reason.unverifiable_gold.value, None)
+        field = np.where(failed, "answer", None)
         verifiers = batch["verifier"].to_pylist()
         detail = [f"{verifiers[k]}: {status[k]}: {reason[k]}" if failed[k] else None for k in range(batch.num_rows)]
+        for k, problem in bad.items():
+            code[k], field[k], detail[k] = Reason.bad_verifier_config.value, "verifier_config", problem
         return Outcome(
             batch.append_column(GOLD_CHECK, checks),
-            quarantine=code,
-            field=pa.array(np.where(failed, "answer", None), pa.string()),
+            quarantine=pa.array(code, pa.string()),
+            field=pa.array(field, pa.string()),
             detail=pa.array(detail, pa.string()),
         )
 
-    def _check(self, row: dict) -> Verdict:
-        """The verdict of the record's verifier on its worked answer against its gold, tried again while its
-        worker dies."""
+    def _check(self, row: dict, dims: list[Dimension]) -> Verdict:
+        """The verdict on the record's worked answer: ok where it passes every dimension it is proved against
+        (a single verifier's gold, a composite's parts but those with `prove: false`), else the first that fails."""
         meta = orjson.loads(row["meta"]) if row["meta"] else {}
         worked = meta.get("solution") if isinstance(meta.get("solution"), str) else row["answer"]
+        verdict = Verdict(1.0, Status.ok, "no dimension to prove")
+        for dim in (d for d in dims if d.prove):
+            verdict = self._verify(row["id"], dim, worked)
+            if verdict.status != Status.ok:
+                return verdict if len(dims) == 1 else replace(verdict, reason=f"{dim.name}: {verdict.reason}")
+        return verdict
+
+    def _verify(self, record_id: str, dim: Dimension, worked: str) -> Verdict:
+        """One dimension's verdict on the worked answer, tried again while its worker dies."""
         for _ in range(1 + RETRIES):
             verdict = _pool(self.config.timeout_s, tuple(self.config.plugins)).verify(
-                row["verifier"], row["answer"], worked, row["verifier_config"]
+                dim.verifier, dim.answer or "", worked, dim.config
             )
             if verdict.status != Status.infra_error:
                 return verdict
         raise VerifierUnreliable(
-            f"verifier {row['verifier']!r} could not check the gold of record {row['id']}: {verdict.reason} "
+            f"verifier {dim.verifier!r} could not check the gold of record {record_id}: {verdict.reason} "
             f"({1 + RETRIES} tries); nothing is scored 0 for it"
         )
 
