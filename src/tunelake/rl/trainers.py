@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tunelake.lake import Lake
 from tunelake.rl.composite import Dimension, combine, dimensions, needs_group
-from tunelake.rl.reward_cache import INFRA_ERROR, Reward, RewardCache, RewardInputs, score_through
+from tunelake.rl.reward_cache import INFRA_ERROR, Reward, RewardCache, RewardInputs, reward_key
 from tunelake.rl.verifier_pool import VerifierPool
 from tunelake.rl.verifiers import VERIFIERS
 
@@ -36,6 +37,7 @@ class Rewards:
         dimension's normalisation (rl/composite.py); by default the recipe's `rl.normalize` of the lake's last
         build."""
         self.pool = VerifierPool(workers=workers, timeout_s=timeout_s, plugins=plugins)
+        self._threads = ThreadPoolExecutor(workers)  # one waiting call per worker: misses are scored side by side
         self.cache = RewardCache.of_lake(lake)
         self.normalize = declared_normalize(lake) if normalize is None else normalize
 
@@ -46,7 +48,8 @@ class Rewards:
         each dimension from the cache or scored now (and kept), then combined. A completion that a dimension could
         not score (infra_error) has no reward and is left out of the group's normalisation."""
         dims = dimensions(verifier, answer, config)
-        scored = [[self._dimension(record_id, dim, completion) for dim in dims] for completion in completions]
+        flat = self._dimensions(record_id, [(dim, completion) for completion in completions for dim in dims])
+        scored = [flat[k : k + len(dims)] for k in range(0, len(flat), len(dims))]
         whole = [k for k, row in enumerate(scored) if all(r.status != INFRA_ERROR for r in row)]
         combined = combine([[r.score for r in scored[k]] for k in whole], dims, self.normalize)
         summed = {k: _summed(dims, scored[k], float(score)) for k, score in zip(whole, combined, strict=True)}
@@ -62,17 +65,27 @@ class Rewards:
             )
         return self.group(record_id, verifier, answer, config, [completion])[0]
 
-    def _dimension(self, record_id: str, dim: Dimension, completion: str) -> Reward:
-        inputs = RewardInputs(completion, dim.answer, dim.config)
-        version = VERIFIERS[dim.verifier].version
-        return score_through(
-            self.cache,
-            record_id,
-            dim.verifier,
-            version,
-            inputs,
-            lambda i: self.pool.verify(dim.verifier, dim.answer or "", i.completion, dim.config),
-        )
+    def _dimensions(self, record_id: str, asks: list[tuple[Dimension, str]]) -> list[Reward]:
+        """Each (dimension, completion)'s reward: the cache's in one lookup, the rest scored now side by side on
+        the pool's workers and stored in one transaction."""
+        inputs = [RewardInputs(completion, dim.answer, dim.config) for dim, completion in asks]
+        keys = [
+            reward_key(record_id, dim.verifier, VERIFIERS[dim.verifier].version, i)
+            for (dim, _), i in zip(asks, inputs, strict=True)
+        ]
+        found = self.cache.get_many(keys)
+        missing = [k for k, reward in enumerate(found) if reward is None]
+
+        def verdict(k: int) -> Reward:
+            dim = asks[k][0]
+            v = self.pool.verify(dim.verifier, dim.answer or "", inputs[k].completion, dim.config)
+            return Reward(float(v.score), str(v.status), v.reason)
+
+        scored = list(self._threads.map(verdict, missing)) if len(missing) > 1 else [verdict(k) for k in missing]
+        stored = self.cache.put_many((keys[k], reward, inputs[k]) for k, reward in zip(missing, scored, strict=True))
+        for k, reward in zip(missing, stored, strict=True):
+            found[k] = reward
+        return found
 
     def trl(self, num_generations: int | None = None) -> Callable[..., list[float | None]]:
         """A reward function with TRL's signature: (prompts, completions, completion_ids, **dataset columns).
@@ -121,13 +134,14 @@ class Rewards:
             for key, before, inputs in batch:
                 hits = self.cache.hits
                 dim = Dimension(verifier, verifier, inputs.answer, inputs.verifier_config, 1.0, True)
-                after = self._dimension(key.prompt_id, dim, inputs.completion)
+                (after,) = self._dimensions(key.prompt_id, [(dim, inputs.completion)])
                 counts["already" if self.cache.hits > hits else "rescored"] += 1
                 counts["changed"] += int(after.status != INFRA_ERROR and after.score != before.score)
                 counts["infra_error"] += int(after.status == INFRA_ERROR)
         return counts
 
     def close(self) -> None:
+        self._threads.shutdown()
         self.pool.close()
         self.cache.close()
 
