@@ -24,7 +24,7 @@ COMPOSITE = json.dumps({"parts": [{"name": "correct", "verifier": "numeric"}, TH
 
 def test_a_records_dimensions_default_to_its_own_gold_and_name_what_is_wrong():
     single = dimensions("numeric", "18", None)
-    assert single == [Dimension("numeric", "numeric", "18", "{}", 1.0, True)]
+    assert single == (Dimension("numeric", "numeric", "18", "{}", 1.0, True),)
     correct, think = dimensions("composite", "18", COMPOSITE)
     assert (correct.name, correct.answer, correct.weight, correct.prove) == ("correct", "18", 1.0, True)
     assert (think.name, think.verifier, think.answer, think.weight, think.prove) == (

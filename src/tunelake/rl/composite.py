@@ -21,6 +21,8 @@ dimension's normalisation, declared in the recipe's `rl.normalize`:
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -75,11 +77,12 @@ class Dimension:
     prove: bool
 
 
-def dimensions(verifier: str, answer: str | None, verifier_config: str | None) -> list[Dimension]:
+@functools.lru_cache(maxsize=4096)  # a trainer asks again for the same records every step
+def dimensions(verifier: str, answer: str | None, verifier_config: str | None) -> tuple[Dimension, ...]:
     """The dimensions of a record's reward; ConfigError for an unknown verifier or a config it does not accept."""
     if verifier != COMPOSITE:
         config_of(verifier, verifier_config)
-        return [Dimension(verifier, verifier, answer, verifier_config or "{}", 1.0, True)]
+        return (Dimension(verifier, verifier, answer, verifier_config or "{}", 1.0, True),)
     try:
         fields = orjson.loads(verifier_config or "{}")
         composite = CompositeConfig.model_validate(fields)
@@ -88,7 +91,7 @@ def dimensions(verifier: str, answer: str | None, verifier_config: str | None) -
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in error.errors())
         raise ConfigError(f"composite: verifier_config {problems}") from None
-    return [
+    return tuple(
         Dimension(
             part.name or part.verifier,
             part.verifier,
@@ -98,15 +101,15 @@ def dimensions(verifier: str, answer: str | None, verifier_config: str | None) -
             part.prove,
         )
         for part in composite.parts
-    ]
+    )
 
 
-def needs_group(dims: list[Dimension], normalize: dict[str, str]) -> bool:
+def needs_group(dims: Sequence[Dimension], normalize: dict[str, str]) -> bool:
     """Whether some dimension is normalised over the prompt's group, so no completion is scored alone."""
     return any(normalize.get(d.name, "none") == "group" for d in dims)
 
 
-def combine(scores: np.ndarray, dims: list[Dimension], normalize: dict[str, str]) -> np.ndarray:
+def combine(scores: np.ndarray, dims: Sequence[Dimension], normalize: dict[str, str]) -> np.ndarray:
     """The rewards of one prompt's completions from their dimension scores (completions x dimensions)."""
     scores = np.asarray(scores, dtype=np.float64).reshape(-1, len(dims))
     weights = np.array([d.weight for d in dims])

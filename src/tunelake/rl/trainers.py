@@ -47,13 +47,7 @@ class Rewards:
         """The rewards of a prompt's completions (sampled in one step, for dimensions normalised over the group):
         each dimension from the cache or scored now (and kept), then combined. A completion that a dimension could
         not score (infra_error) has no reward and is left out of the group's normalisation."""
-        dims = dimensions(verifier, answer, config)
-        flat = self._dimensions(record_id, [(dim, completion) for completion in completions for dim in dims])
-        scored = [flat[k : k + len(dims)] for k in range(0, len(flat), len(dims))]
-        whole = [k for k, row in enumerate(scored) if all(r.status != INFRA_ERROR for r in row)]
-        combined = combine([[r.score for r in scored[k]] for k in whole], dims, self.normalize)
-        summed = {k: _summed(dims, scored[k], float(score)) for k, score in zip(whole, combined, strict=True)}
-        return [summed[k] if k in summed else _failed(dims, row) for k, row in enumerate(scored)]
+        return self._group(record_id, dimensions(verifier, answer, config), completions)
 
     def reward(self, record_id: str, verifier: str, answer: str | None, config: str | None, completion: str) -> Reward:
         """The reward of one completion; refused for a record with a dimension normalised over the group."""
@@ -63,7 +57,15 @@ class Rewards:
                 f"record {record_id}: {grouped} normalised over the group (rl.normalize): a completion has no "
                 "reward alone, score the prompt's completions together (Rewards.group)"
             )
-        return self.group(record_id, verifier, answer, config, [completion])[0]
+        return self._group(record_id, dims, [completion])[0]
+
+    def _group(self, record_id: str, dims: Sequence[Dimension], completions: Sequence[str]) -> list[Reward]:
+        flat = self._dimensions(record_id, [(dim, completion) for completion in completions for dim in dims])
+        scored = [flat[k : k + len(dims)] for k in range(0, len(flat), len(dims))]
+        whole = [k for k, row in enumerate(scored) if all(r.status != INFRA_ERROR for r in row)]
+        combined = combine([[r.score for r in scored[k]] for k in whole], dims, self.normalize)
+        summed = {k: _summed(dims, scored[k], float(score)) for k, score in zip(whole, combined, strict=True)}
+        return [summed[k] if k in summed else _failed(dims, row) for k, row in enumerate(scored)]
 
     def _dimensions(self, record_id: str, asks: list[tuple[Dimension, str]]) -> list[Reward]:
         """Each (dimension, completion)'s reward: the cache's in one lookup, the rest scored now side by side on
@@ -75,6 +77,8 @@ class Rewards:
         ]
         found = self.cache.get_many(keys)
         missing = [k for k, reward in enumerate(found) if reward is None]
+        if not missing:
+            return found
 
         def verdict(k: int) -> Reward:
             dim = asks[k][0]
@@ -159,7 +163,7 @@ def _runs(keys: list[str]) -> list[tuple[int, int]]:
     return list(zip([0, *bounds], [*bounds, len(keys)], strict=True))
 
 
-def _summed(dims: list[Dimension], scored: list[Reward], score: float) -> Reward:
+def _summed(dims: Sequence[Dimension], scored: list[Reward], score: float) -> Reward:
     """A completion's reward from its dimensions' rewards: a single verifier's as it is, a composite's status ok
     where every dimension is ok (else the first other status), its reason each dimension's."""
     if len(dims) == 1:
@@ -173,7 +177,7 @@ def _summed(dims: list[Dimension], scored: list[Reward], score: float) -> Reward
     return Reward(score, off[0] if off else "ok", reason)
 
 
-def _failed(dims: list[Dimension], scored: list[Reward]) -> Reward:
+def _failed(dims: Sequence[Dimension], scored: list[Reward]) -> Reward:
     """The reward of a completion a dimension could not score: infra_error, naming a composite's dimensions."""
     failed = [(d, r) for d, r in zip(dims, scored, strict=True) if r.status == INFRA_ERROR]
     if len(dims) == 1:
