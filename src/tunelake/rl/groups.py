@@ -105,6 +105,7 @@ class Judged:
     group: Group
     decision: Decision
     advantages: tuple[float, ...] | None
+    estimator: Estimator  # the one that computed the advantages (or would have, for a dropped group)
 
 
 def advantages(rewards: np.ndarray, estimator: Estimator) -> np.ndarray:
@@ -169,5 +170,5 @@ def judge(groups: list[Group], config: GroupConfig, current_version: int) -> lis
         if decision.admitted:
             rewards = np.array([r.reward for r in group.rollouts], dtype=np.float64)
             values = tuple(advantages(rewards, config.estimator).tolist())
-        judged.append(Judged(group, decision, values))
+        judged.append(Judged(group, decision, values, config.estimator))
     return judged
