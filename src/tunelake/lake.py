@@ -51,12 +51,15 @@ class Lake:
         self.root = Path(root)
 
     @contextmanager
-    def lock(self) -> Iterator[None]:
-        """Hold the lake for one build; a second build on the same lake fails at once instead of interleaving."""
+    def lock(self, wait: bool = False) -> Iterator[None]:
+        """Hold the lake for one build; a second build on the same lake fails at once instead of interleaving.
+
+        With wait, block until the holder is done instead (a long-running writer, such as an RL run appending
+        rollouts, pauses while a build runs rather than failing mid-run)."""
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.root / ".lock", "w") as f:
             try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(f, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise LakeBusy(f"another tunelake build is running on {self.root}") from None
             yield
@@ -83,11 +86,12 @@ class Lake:
         versions: dict[str, int] = {}
         for manifest in self.manifests():
             versions.update(manifest["tables"])
-        # Committed whole by `tunelake freeze`, outside any build: its newest commit is published. Read from the
-        # log's file names, as every read of the lake asks this.
-        commits = [int(p.stem) for p in (self.path(tables.FROZEN_NAME) / "_delta_log").glob("*.json")]
-        if commits:
-            versions[tables.FROZEN_NAME] = max(commits)
+        # Committed whole outside any build (`tunelake freeze`, the RL data plane): the newest commit is published.
+        # Read from the log's file names, as every read of the lake asks this.
+        for table in tables.OUTSIDE_BUILDS:
+            commits = [int(p.stem) for p in (self.path(table) / "_delta_log").glob("*.json")]
+            if commits:
+                versions[table] = max(commits)
         return versions
 
     def exists(self, table: str) -> bool:

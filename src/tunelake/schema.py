@@ -122,6 +122,38 @@ FROZEN = pa.schema(
     ]
 )
 
+# The RL data plane's `rl/rollouts` table: one row per rollout, with its group's admission (rl/rollouts.py).
+ROLLOUTS = pa.schema(
+    [
+        ("run_id", pa.string()),  # the RL run that sampled it
+        ("step", pa.int64()),
+        ("prompt_id", pa.string()),  # the bank record's id
+        ("group_index", pa.int32()),  # the group's place in its step's batch
+        ("rollout_index", pa.int32()),  # the rollout's place in its group
+        ("policy_version", pa.int64()),  # the policy that generated it
+        ("model", pa.string()),  # the model name the endpoint answered with
+        ("prompt", pa.string()),  # the prompt messages, JSON
+        ("completion_text", pa.string()),
+        # Exactly as sampled (null where the endpoint did not return them): a trainer trains on these, not on a
+        # re-tokenization of the text. Logprobs are float32, as samplers compute them.
+        ("prompt_token_ids", pa.list_(pa.int32())),
+        ("completion_token_ids", pa.list_(pa.int32())),
+        ("logprobs", pa.list_(pa.float32())),
+        ("finish_reason", pa.string()),
+        ("reward", pa.float64()),  # null for a verifier infra_error
+        ("status", pa.string()),  # the verifier's status: ok, wrong, unparsable, timeout, infra_error
+        ("reason", pa.string()),  # the verifier's reason
+        ("verifier", pa.string()),
+        ("verifier_version", pa.string()),
+        ("advantage", pa.float64()),  # null when the group was dropped
+        ("admitted", pa.bool_()),  # the group's admission, the same on each of its rows
+        ("drop_reason", pa.string()),  # groups.DropReason; null when admitted
+        ("drop_detail", pa.string()),
+        ("estimator", pa.string()),  # groups.Estimator of the advantages
+        ("created_at", pa.string()),  # ISO time of the append
+    ]
+)
+
 LEDGER = pa.schema(
     [
         ("id", pa.string()),  # canonical record id; null when the row never became a record

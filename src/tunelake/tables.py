@@ -14,7 +14,7 @@ from enum import StrEnum
 
 import pyarrow as pa
 
-from tunelake.schema import BRONZE, FROZEN, LEDGER, QUARANTINE, TOKENIZE_QUARANTINE, Regime
+from tunelake.schema import BRONZE, FROZEN, LEDGER, QUARANTINE, ROLLOUTS, TOKENIZE_QUARANTINE, Regime
 
 SPLITS = ("train", "validation", "test")
 
@@ -51,6 +51,8 @@ TOKENIZE_QUARANTINED = Table(
 # Written by `tunelake freeze` (each set in one commit, under the lake's lock), never by a build: published as
 # soon as it is committed.
 FROZEN_SETS = Table("frozen", Mode.append, FROZEN, "eval sets pinned by `tunelake freeze`; kept out of train")
+# Appended by the RL data plane (one commit per batch of groups, under the lake's lock), never by a build.
+ROLLOUTS_TABLE = Table("rl/rollouts", Mode.append, ROLLOUTS, "every scored rollout of an RL run and its group's fate")
 STAGING = "_staging"  # the folder of every build's scratch
 STAGED = Table(STAGING + "/{run_id}/{name}", Mode.staging, None, "a build's scratch, read back in the same build")
 TABLES = (
@@ -63,6 +65,7 @@ TABLES = (
     PACKED_TABLE,
     TOKENIZE_QUARANTINED,
     FROZEN_SETS,
+    ROLLOUTS_TABLE,
     STAGED,
 )
 
@@ -71,6 +74,9 @@ RECORDS = SILVER_RECORDS.name()
 QUARANTINED = SILVER_QUARANTINE.name()
 LEDGER_NAME = LEDGER_TABLE.name()
 FROZEN_NAME = FROZEN_SETS.name()
+ROLLOUTS_NAME = ROLLOUTS_TABLE.name()
+# Tables committed outside any build: each one's newest commit is published as soon as it is made.
+OUTSIDE_BUILDS = (FROZEN_NAME, ROLLOUTS_NAME)
 
 
 def bronze(source: str) -> str:
