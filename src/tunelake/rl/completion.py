@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -25,23 +25,3 @@ class Completion:
     completion_token_ids: tuple[int, ...] | None  # exactly the sampled tokens
     logprobs: tuple[float, ...] | None  # the sampler's logprob of each sampled token
     model: str  # the model name the endpoint answered with
-
-    def as_json(self) -> dict:
-        """The completion as JSON values (tuples as lists)."""
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, value: dict) -> Completion:
-        """The completion `as_json` gave."""
-        return cls(
-            text=value["text"],
-            finish_reason=value["finish_reason"],
-            prompt_token_ids=_tuple(value["prompt_token_ids"]),
-            completion_token_ids=_tuple(value["completion_token_ids"]),
-            logprobs=_tuple(value["logprobs"]),
-            model=value["model"],
-        )
-
-
-def _tuple(values: list | None) -> tuple | None:
-    return None if values is None else tuple(values)
