@@ -13,7 +13,8 @@ its logprobs include it): at temperature 1 both finish reasons occur within 16 t
 Test controls, beside the protocol:
 - `POST /_control` {"faults": [...], "token_ids": bool, "delay_s": float, "reset_stats": bool}: `faults` replaces
   the queue of faults the next chat requests meet, in order: {"kind": "status", "status": 500} (an error answer;
-  "retry_after" adds that header), {"kind": "hang", "seconds": s} (no answer for s seconds, then the connection is
+  "retry_after" adds that header), {"kind": "answer", "body": {...}} (HTTP 200 with that body),
+  {"kind": "hang", "seconds": s} (no answer for s seconds, then the connection is
   closed) or {"kind": "drop"} (the connection is closed without an answer). `token_ids: false` leaves the token
   ids out of answers, as an endpoint without `return_token_ids` does; `delay_s` holds each generation that long.
 - `GET /_stats`: {"received", "served", "in_flight", "max_in_flight", "faults_left"}: chat requests received and
@@ -179,6 +180,8 @@ def handler_for(model: TinyChatModel, state: State) -> type[BaseHTTPRequestHandl
                 if fault["kind"] == "status":
                     headers = {"Retry-After": str(fault["retry_after"])} if "retry_after" in fault else {}
                     return self._error(fault["status"], "injected fault", headers)
+                if fault["kind"] == "answer":
+                    return self._send(200, fault["body"])
                 if fault["kind"] == "hang":
                     time.sleep(fault["seconds"])
                 self.close_connection = True  # a hang or a drop: the connection closes with no answer

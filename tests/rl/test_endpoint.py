@@ -153,6 +153,18 @@ def test_a_bad_request_fails_at_once_with_the_servers_message(chat_server):
     assert chat_server.stats()["received"] == 2
 
 
+def test_an_answer_that_is_not_a_chat_completion_fails_at_once(chat_server):
+    two_choices = {"choices": [{"index": i, "message": {"role": "assistant", "content": "4"}} for i in range(2)]}
+    not_chat = {"object": "list"}
+    chat_server.control(faults=[{"kind": "answer", "body": not_chat}, {"kind": "answer", "body": two_choices}])
+    with endpoint(chat_server) as ep:
+        with pytest.raises(EndpointError, match=r"not a chat completion of n=2 choices \(KeyError: 'choices'\)"):
+            ep.complete(PROMPTS[0], SAMPLING, 2)
+        with pytest.raises(EndpointError, match=r"not a chat completion of n=3 choices \(ValueError: 2 choices\)"):
+            ep.complete(PROMPTS[0], SAMPLING, 3)
+    assert chat_server.stats()["received"] == 2
+
+
 def test_requests_in_flight_are_bounded(chat_server):
     chat_server.control(delay_s=0.3)  # each generation lasts long enough for requests to overlap
     asks = [(PROMPTS[i % len(PROMPTS)], SAMPLING, k, "") for i, k in enumerate(range(1, 7))]

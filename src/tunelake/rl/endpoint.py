@@ -134,15 +134,14 @@ class Endpoint:
         }
         if sampling.seed is not None:
             body["seed"] = sampling.seed
-        answer = self._post(orjson.dumps(body))
-        return self._completions(answer, k)
+        return self._post(orjson.dumps(body), k)
 
-    def _post(self, content: bytes) -> dict:
-        """The endpoint's JSON answer, trying again while a fault passes."""
+    def _post(self, content: bytes, k: int) -> list[Completion]:
+        """The completions the endpoint answered, trying again while a fault passes."""
         for attempt in range(self.retries + 1):
             try:
                 with self._slots:
-                    answer = self._try(content, attempt + 1)
+                    answer = self._try(content, attempt + 1, k)
                 with self._counts:
                     self.requests += 1
                 return answer
@@ -159,7 +158,7 @@ class Endpoint:
                 time.sleep(self._wait_s(attempt, fault.wait_s))
         raise AssertionError("unreachable: the last try returns or raises")
 
-    def _try(self, content: bytes, tries: int) -> dict:
+    def _try(self, content: bytes, tries: int, k: int) -> list[Completion]:
         try:
             response = self._client.post(self.url, content=content, headers={"Content-Type": "application/json"})
         except httpx.TimeoutException as e:
@@ -180,10 +179,11 @@ class Endpoint:
                 tries=tries,
             )
         try:
-            return orjson.loads(response.content)
-        except orjson.JSONDecodeError:
+            return _completions(orjson.loads(response.content), k, self.model)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise EndpointError(
-                f"POST {self.url} answered HTTP 200 with a body that is not JSON: {response.text[:200]!r}",
+                f"POST {self.url} answered HTTP 200 with what is not a chat completion of n={k} choices "
+                f"({type(e).__name__}: {e}): {response.text[:200]!r}",
                 url=self.url,
                 status=status,
                 tries=tries,
@@ -195,32 +195,28 @@ class Endpoint:
         wait = backoff / 2 + random.uniform(0, backoff / 2)
         return min(RETRY_AFTER_CAP_S, max(wait, retry_after_s or 0.0))
 
-    def _completions(self, answer: dict, k: int) -> list[Completion]:
-        """The k completions of a chat-completions answer, in choice order."""
-        choices = sorted(answer.get("choices") or [], key=lambda choice: choice["index"])
-        if len(choices) != k:
-            raise EndpointError(
-                f"POST {self.url} answered {len(choices)} choices when asked for n={k}",
-                url=self.url,
-                status=200,
-                tries=1,
+
+def _completions(answer: dict, k: int, asked_model: str) -> list[Completion]:
+    """The k completions of a chat-completions answer, in choice order."""
+    choices = sorted(answer["choices"], key=lambda choice: choice["index"])
+    if len(choices) != k:
+        raise ValueError(f"{len(choices)} choices")
+    prompt_ids = _ids(answer.get("prompt_token_ids"))
+    model = answer.get("model") or asked_model
+    completions = []
+    for choice in choices:
+        content = (choice.get("logprobs") or {}).get("content")
+        completions.append(
+            Completion(
+                text=choice["message"].get("content") or "",
+                finish_reason=choice.get("finish_reason") or "",
+                prompt_token_ids=prompt_ids,
+                completion_token_ids=_ids(choice.get("token_ids")),
+                logprobs=None if content is None else tuple(float(token["logprob"]) for token in content),
+                model=model,
             )
-        prompt_ids = _ids(answer.get("prompt_token_ids"))
-        model = answer.get("model") or self.model
-        completions = []
-        for choice in choices:
-            content = (choice.get("logprobs") or {}).get("content")
-            completions.append(
-                Completion(
-                    text=choice["message"].get("content") or "",
-                    finish_reason=choice.get("finish_reason") or "",
-                    prompt_token_ids=prompt_ids,
-                    completion_token_ids=_ids(choice.get("token_ids")),
-                    logprobs=None if content is None else tuple(float(token["logprob"]) for token in content),
-                    model=model,
-                )
-            )
-        return completions
+        )
+    return completions
 
 
 def _ids(values: list | None) -> tuple[int, ...] | None:
