@@ -160,13 +160,13 @@ def test_a_rescore_reads_back_every_input(tmp_path):
 def test_a_file_that_is_not_a_cache_is_named(tmp_path):
     corrupt = tmp_path / "corrupt.sqlite"
     corrupt.write_bytes(b"this is not a database, " * 100)
-    with pytest.raises(RewardCacheError, match=f"{corrupt}.*not a readable tunelake reward cache"):
+    with pytest.raises(RewardCacheError, match=f"{corrupt}.*not a readable tunelake.reward_cache file"):
         RewardCache(corrupt)
     foreign = tmp_path / "foreign.sqlite"
     with sqlite3.connect(foreign) as db:
         db.execute("CREATE TABLE users (name TEXT)")
     db.close()
-    with pytest.raises(RewardCacheError, match=f"{foreign} is an SQLite file but not a tunelake reward cache"):
+    with pytest.raises(RewardCacheError, match=f"{foreign} is an SQLite file but not a tunelake.reward_cache file"):
         RewardCache(foreign)
     with sqlite3.connect(foreign) as db:  # left as it was: not switched to WAL, no table added
         assert db.execute("PRAGMA journal_mode").fetchone() == ("delete",)

@@ -18,12 +18,13 @@ import hashlib
 import math
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
 import orjson
+
+from tunelake.rl.sqlite_file import open_versioned
 
 LAKE_PATH = "_rl/rewards.sqlite"
 SCHEMA_NAME = "tunelake.reward_cache"
@@ -31,14 +32,10 @@ SCHEMA_VERSION = 1  # bump when a table's layout or a key's meaning changes, so 
 # Statuses a verifier returns (tunelake.rl.verifiers.Status); kept as text so this module stands alone.
 STATUSES = frozenset({"ok", "wrong", "unparsable", "timeout", "infra_error"})
 INFRA_ERROR = "infra_error"
-BUSY_TIMEOUT_S = 60.0  # a writer holds the lock for one batch; waiting this long means something is stuck
-CHECKPOINT_PAGES = 10_000  # of 4 KiB: the WAL grows to about 40 MiB before it is folded into the file
-CACHE_KIB = 32 * 1024  # SQLite's page cache per handle: a bound, whatever the file's size
 KEY_COLUMNS = ("prompt_id", "completion_sha256", "verifier", "verifier_version", "config_sha256")
 _KEY_COLUMNS = ", ".join(KEY_COLUMNS)
 
 _SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS schema_version (name TEXT PRIMARY KEY, version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS rewards (
     prompt_id TEXT NOT NULL, completion_sha256 TEXT NOT NULL, verifier TEXT NOT NULL,
     verifier_version TEXT NOT NULL, config_sha256 TEXT NOT NULL,
@@ -113,23 +110,14 @@ class RewardCache:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.hits = 0
         self.misses = 0
         self.stored = 0  # rewards this handle inserted
         self.raced = 0  # rewards another writer had stored first (the first writer's value is kept)
         self.disagreed = 0  # of those, how many this handle scored differently: a verifier that is not deterministic
         self.refused = 0  # infra_error results, not stored so that they are retried
-        self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        self._db = open_versioned(self.path, SCHEMA_NAME, SCHEMA_VERSION, _SCHEMA, RewardCacheError, threads=True)
         self._lock = threading.Lock()  # one statement or transaction on the connection at a time
-        try:
-            self._open()
-        except sqlite3.DatabaseError as e:
-            self._db.close()
-            raise RewardCacheError(f"{self.path} is not a readable tunelake reward cache: {e}") from e
-        except RewardCacheError:
-            self._db.close()
-            raise
         # Row values in a batch query: 6 per key (its place and its five parts), within SQLite's variable limit.
         self._batch = min(4096, self._db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 6)
 
@@ -137,54 +125,6 @@ class RewardCache:
     def of_lake(cls, lake_root: str | Path) -> RewardCache:
         """The reward cache of the lake at `lake_root`."""
         return cls(Path(lake_root) / LAKE_PATH)
-
-    def _open(self) -> None:
-        db = self._db
-        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if tables and "schema_version" not in tables:  # checked first: a foreign file is left as it was
-            raise RewardCacheError(
-                f"{self.path} is an SQLite file but not a tunelake reward cache (no schema_version table; "
-                f"tables: {', '.join(sorted(tables))})"
-            )
-        # WAL: readers never block the writer nor it them. NORMAL: a commit is not synced, so a power cut may lose
-        # the last rewards, which are then scored again; the file itself stays intact.
-        self._wal()
-        db.execute("PRAGMA synchronous=NORMAL")
-        # Keys are hashes, so a batch's inserts land on pages all over the tables: checkpointing every 40 MiB of WAL
-        # (not SQLite's 4 MiB) and a 32 MiB page cache (not 2) doubled put_many at 100k keys (bench/reward_cache.py).
-        db.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
-        db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
-        if not tables:
-            # IMMEDIATE: processes opening a new file at once create it one after another.
-            db.execute("BEGIN IMMEDIATE")
-            for statement in _SCHEMA.split(";")[:-1]:  # not executescript: it would commit first
-                db.execute(statement)
-            db.execute(
-                "INSERT INTO schema_version VALUES (?, ?) ON CONFLICT DO NOTHING", (SCHEMA_NAME, SCHEMA_VERSION)
-            )
-            db.execute("COMMIT")
-        row = db.execute("SELECT version FROM schema_version WHERE name = ?", (SCHEMA_NAME,)).fetchone()
-        if row is None:
-            raise RewardCacheError(f"{self.path} is not a tunelake reward cache (no {SCHEMA_NAME} schema version)")
-        if row[0] != SCHEMA_VERSION:
-            raise RewardCacheError(
-                f"{self.path} is a reward cache of schema version {row[0]}; this tunelake reads version "
-                f"{SCHEMA_VERSION} (move the file aside to start a new cache)"
-            )
-
-    def _wal(self) -> None:
-        """Switch the file to WAL, waiting while another process holds it (as when several create it at once)."""
-        # SQLite answers a journal mode change on a locked file at once, without its busy handler; WAL is kept in
-        # the file, so this waits only while a new file is being made.
-        deadline = time.monotonic() + BUSY_TIMEOUT_S
-        while True:
-            try:
-                self._db.execute("PRAGMA journal_mode=WAL")
-                return
-            except sqlite3.OperationalError as e:
-                if "locked" not in str(e) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.01)
 
     def close(self) -> None:
         self._db.close()
