@@ -4,10 +4,14 @@ programs/s beside a bare subprocess per program; all in one run, on real data fr
 1. Gold acceptance: each reference solution against its own gold with the verifier and config its adapter gives the
    record (as silver.verified_gold checks it): GSM8K test (`numeric`), MATH test (`math`), HumanEval and MBPP
    (`python_tests`, in the sandbox). Every miss is listed with its reason.
-2. `math`: the first --calls MATH solutions scored through `Rewards` (reward cache + a one-worker verifier pool),
-   called from a thread that is not the main one: cold (a fresh cache, every call a miss), then cached (the same
-   calls again, every one a hit); beside math-verify called directly (parse the boxed gold, parse the solution,
-   verify), which must run on the main thread (its timeouts are SIGALRM-based). Median of --repeats, interleaved.
+2. `math`: groups of 8 completions of a MATH problem (its own reference solution and 7 other problems', so most
+   are wrong, as in RL; every text distinct, as a policy's are), --calls completions in all, scored through
+   `Rewards.group` (reward cache + a verifier pool of 2 workers, one per core), called from a thread that is not
+   the main one: cold (a fresh cache, every call a miss), then cached (the same calls again, every one a hit);
+   beside math-verify called directly on the same pairs as TRL's and open-r1's accuracy rewards call it (per
+   completion: parse the boxed gold, parse the completion, verify), which must run on the main thread (its
+   timeouts are SIGALRM-based) and so runs one at a time. Each repeat takes problems of its own, so no side sees a
+   text twice (math-verify caches the parses of texts it has seen); median of --repeats.
 3. `python_tests`: MBPP's and HumanEval's canonical solutions through `Rewards` (its verifier worker runs the
    sandbox with every limit on), beside a bare `subprocess.run([python, file])` per program (no limits, no
    isolation), one program at a time, interleaved, median of --repeats.
@@ -38,6 +42,7 @@ from tunelake.rl.trainers import Rewards
 from tunelake.schema import Regime
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+K = 8  # completions per prompt, as a GRPO step scores them
 
 
 def rows(path: Path) -> list[dict]:
@@ -115,29 +120,42 @@ def main() -> None:
             acceptance(rewards, name, cases)
         rewards.close()
 
-    math_cases = sets["math"][: args.calls]
     sides: dict[str, list[float]] = {"direct": [], "cold": [], "cached": []}
+    verify(parse("\\boxed{1}"), parse("1"))  # math-verify's first call loads its LaTeX grammar: not a call's cost
+    groups = args.calls // K
     for repeat in range(args.repeats):
+        # Each completion is a distinct text, as a policy's are, and each repeat takes problems of its own: no side
+        # sees a text twice (math-verify caches the parses of texts it has seen).
+        problems = sets["math"][repeat * groups * K : (repeat + 1) * groups * K]
+        asks = [
+            (
+                problems[g * K][0],
+                problems[g * K][1]["answer"],
+                [worked for _, _, worked in problems[g * K : (g + 1) * K]],
+            )
+            for g in range(groups)
+        ]
         with tempfile.TemporaryDirectory() as lake:
-            rewards = Rewards(lake, workers=1, timeout_s=30, normalize={})
-            rewards.reward("warm", "numeric", "1", None, "1")  # the worker's start is not a call's cost
+            rewards = Rewards(lake, workers=2, timeout_s=30, normalize={})
+            rewards.group("warm", "math", "1", None, ["1", "2"])  # each worker's start is not a call's cost
 
-            def ours(rewards: Rewards = rewards, repeat: int = repeat) -> None:
-                for key, record, worked in math_cases:
-                    rewards.reward(f"{repeat}/{key}", "math", record["answer"], None, worked)
+            def ours(rewards: Rewards = rewards, asks: list = asks) -> None:
+                for key, answer, completions in asks:
+                    rewards.group(key, "math", answer, None, completions)
 
-            sides["cold"].append(len(math_cases) / timed(ours, thread))
-            sides["cached"].append(len(math_cases) / timed(ours, thread))
-            assert rewards.cache.figures()["hits"] == len(math_cases)  # the second pass ran no verifier
+            sides["cold"].append(groups * K / timed(ours, thread))
+            sides["cached"].append(groups * K / timed(ours, thread))
+            assert rewards.cache.figures()["hits"] == groups * K  # the second pass ran no verifier
             rewards.close()
 
-        def direct() -> None:
-            for _, record, worked in math_cases:
-                verify(parse(f"\\boxed{{{record['answer']}}}"), parse(worked))
+        def direct(asks: list = asks) -> None:  # per completion, as TRL's and open-r1's accuracy rewards call it
+            for _, answer, completions in asks:
+                for completion in completions:
+                    verify(parse(f"\\boxed{{{answer}}}"), parse(completion))
 
-        sides["direct"].append(len(math_cases) / timed(direct))
+        sides["direct"].append(groups * K / timed(direct))
     rate = {side: statistics.median(values) for side, values in sides.items()}
-    print(f"math: {len(math_cases):,} MATH solutions, median of {args.repeats} (verifications/s):")
+    print(f"math: {groups:,} MATH problems x {K} completions, median of {args.repeats} (verifications/s):")
     for side, values in sides.items():
         print(f"  {side:8} {rate[side]:10,.0f}/s  (runs: {', '.join(f'{v:,.0f}' for v in values)})")
     print(f"  cold   {rate['cold'] / rate['direct']:.2f}x math-verify direct (target >= 1.0x)")

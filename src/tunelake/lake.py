@@ -22,7 +22,7 @@ from deltalake import DeltaTable, Schema
 from deltalake.transaction import AddAction, CommitProperties, create_table_with_add_actions
 
 from tunelake import tables
-from tunelake.engine.parts import Part
+from tunelake.engine.parts import Part, part_name, write_part
 
 _last_stamp = 0  # microseconds since the epoch of the last id this process made
 
@@ -157,6 +157,16 @@ class Lake:
                 uri, Schema.from_arrow(schema), actions, mode="error", commit_properties=props
             )
         return DeltaTable(uri).version()
+
+    def append(self, table: str, schema: pa.Schema, rows: pa.Table) -> int | None:
+        """Add rows to a table written outside builds (tables.OUTSIDE_BUILDS) in one commit, published at once; the
+        table's new version (None without rows). Waits for a running build rather than failing mid-run."""
+        if not rows.num_rows:
+            return None
+        commit_id = new_run_id()  # names the part: parts sort in the order they were appended
+        with self.lock(wait=True):
+            part = write_part(self.root, table, part_name(commit_id, 0, 0), rows)
+            return self.commit(table, schema, [part], commit_id, append=True)
 
     def replace_exports(self, new: Path) -> None:
         """Swap in a build's exports: the old ones stay whole until the new ones are complete."""

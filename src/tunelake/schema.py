@@ -154,6 +154,22 @@ ROLLOUTS = pa.schema(
     ]
 )
 
+CALIBRATION = pa.schema(
+    [
+        ("calibration_id", pa.string()),  # one `tunelake rl calibrate` run
+        ("prompt_id", pa.string()),  # the bank record's id
+        ("split", pa.string()),  # the gold split the prompt is in
+        ("model", pa.string()),  # the policy that was sampled, as the endpoint named it
+        ("k", pa.int32()),  # completions sampled
+        ("sampling", pa.string()),  # the sampling settings, JSON
+        ("passed", pa.int32()),  # completions its verifier passed (status ok)
+        ("scored", pa.int32()),  # completions with a verdict (all but infra_error)
+        ("pass_rate", pa.float64()),  # passed / scored; null when none was scored
+        ("difficulty", pa.float64()),  # 1 - pass_rate
+        ("measured_at", pa.string()),  # ISO time
+    ]
+)
+
 LEDGER = pa.schema(
     [
         ("id", pa.string()),  # canonical record id; null when the row never became a record

@@ -14,7 +14,7 @@ from enum import StrEnum
 
 import pyarrow as pa
 
-from tunelake.schema import BRONZE, FROZEN, LEDGER, QUARANTINE, ROLLOUTS, TOKENIZE_QUARANTINE, Regime
+from tunelake.schema import BRONZE, CALIBRATION, FROZEN, LEDGER, QUARANTINE, ROLLOUTS, TOKENIZE_QUARANTINE, Regime
 
 SPLITS = ("train", "validation", "test")
 
@@ -51,7 +51,10 @@ TOKENIZE_QUARANTINED = Table(
 # Written by `tunelake freeze` (each set in one commit, under the lake's lock), never by a build: published as
 # soon as it is committed.
 FROZEN_SETS = Table("frozen", Mode.append, FROZEN, "eval sets pinned by `tunelake freeze`; kept out of train")
-# Appended by the RL data plane (one commit per batch of groups, under the lake's lock), never by a build.
+# Appended by the RL data plane (Lake.append: one commit per batch of groups or per calibration), never by a build.
+CALIBRATION_TABLE = Table(
+    "rl/calibration", Mode.append, CALIBRATION, "prompts' pass rates under a policy, one commit per calibration"
+)
 ROLLOUTS_TABLE = Table("rl/rollouts", Mode.append, ROLLOUTS, "every scored rollout of an RL run and its group's fate")
 STAGING = "_staging"  # the folder of every build's scratch
 STAGED = Table(STAGING + "/{run_id}/{name}", Mode.staging, None, "a build's scratch, read back in the same build")
@@ -66,6 +69,7 @@ TABLES = (
     TOKENIZE_QUARANTINED,
     FROZEN_SETS,
     ROLLOUTS_TABLE,
+    CALIBRATION_TABLE,
     STAGED,
 )
 
@@ -75,8 +79,9 @@ QUARANTINED = SILVER_QUARANTINE.name()
 LEDGER_NAME = LEDGER_TABLE.name()
 FROZEN_NAME = FROZEN_SETS.name()
 ROLLOUTS_NAME = ROLLOUTS_TABLE.name()
+CALIBRATION_NAME = CALIBRATION_TABLE.name()
 # Tables committed outside any build: each one's newest commit is published as soon as it is made.
-OUTSIDE_BUILDS = (FROZEN_NAME, ROLLOUTS_NAME)
+OUTSIDE_BUILDS = (FROZEN_NAME, ROLLOUTS_NAME, CALIBRATION_NAME)
 
 
 def bronze(source: str) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from math_verify import parse, verify
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -18,10 +20,15 @@ class MathConfig(BaseModel):
     )
 
 
-def math(gold: str, completion: str, config: MathConfig) -> Verdict:
+@functools.lru_cache(maxsize=1024)  # a group's completions share their gold: it is parsed once per worker
+def _target(gold: str) -> list:
     # A bare gold ("\frac{\sqrt3}{3}", as MATH's last \boxed{} leaves it) has no delimiters for math-verify's LaTeX
     # extraction to find: boxing it makes it read as the gold it is.
-    target = parse(gold if "\\boxed" in gold else f"\\boxed{{{gold}}}", parsing_timeout=None)
+    return parse(gold if "\\boxed" in gold else f"\\boxed{{{gold}}}", parsing_timeout=None)
+
+
+def math(gold: str, completion: str, config: MathConfig) -> Verdict:
+    target = _target(gold)
     if not target:
         return unparsable(f"math-verify cannot read the gold {shown(gold)}")
     answer = parse(completion, parsing_timeout=None)

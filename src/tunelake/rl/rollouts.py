@@ -15,8 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tunelake import tables
-from tunelake.engine.parts import part_name, write_part
-from tunelake.lake import Lake, new_run_id
+from tunelake.lake import Lake
 from tunelake.rl.groups import Judged
 from tunelake.schema import ROLLOUTS
 
@@ -71,13 +70,7 @@ def append_rollouts(
 ) -> int | None:
     """Append the judged groups' rollouts to `rl/rollouts` in one commit; the table's new version (None if there
     were no rollouts). Waits for a running build to finish rather than failing mid-run."""
-    rows = rollout_rows(run_id, judged, verifiers)
-    if not rows.num_rows:
-        return None
-    commit_id = new_run_id()  # names the part: parts sort in the order they were appended
-    with lake.lock(wait=True):
-        part = write_part(lake.root, tables.ROLLOUTS_NAME, part_name(commit_id, 0, 0), rows)
-        return lake.commit(tables.ROLLOUTS_NAME, ROLLOUTS, [part], commit_id, append=True)
+    return lake.append(tables.ROLLOUTS_NAME, ROLLOUTS, rollout_rows(run_id, judged, verifiers))
 
 
 def read_rollouts(lake: Lake, columns: list[str] | None = None, run_id: str | None = None) -> pa.Table:
