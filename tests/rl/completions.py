@@ -1,21 +1,9 @@
-"""Completions and groups for the data plane's tests, without an endpoint: `Completion` as the issue's contract
-fixes it (tunelake.rl.endpoint owns the real one; groups.py reads only these fields)."""
+"""Completions and groups for the data plane's tests, without an endpoint."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from tunelake.rl.completion import Completion
 from tunelake.rl.groups import Group, Rollout
-
-
-@dataclass(frozen=True)
-class Completion:
-    text: str
-    finish_reason: str
-    prompt_token_ids: tuple[int, ...] | None
-    completion_token_ids: tuple[int, ...] | None
-    logprobs: tuple[float, ...] | None
-    model: str
 
 
 def rollout(

@@ -59,6 +59,19 @@ class Rewards:
             )
         return self._group(record_id, dims, [completion])[0]
 
+    def passes(
+        self, record_id: str, verifier: str, answer: str | None, config: str | None, completions: Sequence[str]
+    ) -> list[bool | None]:
+        """Whether each completion passes its verifier alone: every dimension its gold is proved against, none of a
+        composite's `prove: false` ones (a format, a length). None where a dimension could not score."""
+        dims = dimensions(verifier, answer, config)
+        proved = [dim for dim in dims if dim.prove] or list(dims)
+        flat = self._dimensions(record_id, [(dim, completion) for completion in completions for dim in proved])
+        rows = [flat[k : k + len(proved)] for k in range(0, len(flat), len(proved))]
+        return [
+            None if any(r.status == INFRA_ERROR for r in row) else all(r.status == "ok" for r in row) for row in rows
+        ]
+
     def _group(self, record_id: str, dims: Sequence[Dimension], completions: Sequence[str]) -> list[Reward]:
         flat = self._dimensions(record_id, [(dim, completion) for completion in completions for dim in dims])
         scored = [flat[k : k + len(dims)] for k in range(0, len(flat), len(dims))]
