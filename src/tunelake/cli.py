@@ -39,7 +39,10 @@ audit_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(audit_app, name="audit")
-rl_app = typer.Typer(help="The RL prompt bank's rewards: the reward cache and its verifiers.", no_args_is_help=True)
+rl_app = typer.Typer(
+    help="RL: the prompt bank's rewards, calibration, and the online data plane (run, serve, reverify, assemble).",
+    no_args_is_help=True,
+)
 app.add_typer(rl_app, name="rl")
 console = Console(stderr=True)
 out = Console()
@@ -534,3 +537,197 @@ def rl_rescore(
         f"{verifier} {from_version} -> {VERIFIERS[verifier].version}: {counts['rescored']:,} rescored, "
         f"{counts['already']:,} already scored, {counts['changed']:,} changed, {counts['infra_error']:,} infra_error"
     )
+
+
+EndpointOption = Annotated[
+    str, typer.Option("--endpoint", help="An OpenAI-compatible endpoint's base URL, e.g. http://127.0.0.1:8000/v1.")
+]
+ModelOption = Annotated[str, typer.Option("--model", help="The model name the endpoint serves (the policy).")]
+LoopOption = Annotated[
+    Path | None, typer.Option("--config", help="A YAML file of the loop's settings (README: The RL data plane).")
+]
+RunOption = Annotated[str | None, typer.Option("--run-id", help="Resume this run (its state is in the lake).")]
+
+
+def _endpoint(lake: Path, url: str, model: str, concurrency: int = 8):
+    """The policy's endpoint, through the lake's request cache (an ask answered before is never paid again)."""
+    import os
+
+    from tunelake.rl.endpoint import Endpoint, RequestCache
+
+    key = os.environ.get("OPENAI_API_KEY")
+    return Endpoint(url, model, api_key=key, concurrency=concurrency, cache=RequestCache.of_lake(lake))
+
+
+def _plane(lake: Path, endpoint: str, model: str, config: Path | None, run_id: str | None):
+    """The data plane for a run, or an exit with the reason it cannot start."""
+    import yaml
+
+    from tunelake.rl.bank import BankError
+    from tunelake.rl.curriculum import EmptyWindow
+    from tunelake.rl.dataplane import DataPlane, LoopConfig
+
+    try:
+        settings = LoopConfig.model_validate(yaml.safe_load(config.read_text()) or {} if config else {})
+        return DataPlane(Lake(lake), _endpoint(lake, endpoint, model), settings, run_id=run_id)
+    except ValidationError as e:
+        console.print(f"[red]{config}: {e}[/red]")
+        raise typer.Exit(2) from None
+    except (BankError, EmptyWindow, ValueError) as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(1) from None
+
+
+@rl_app.command("calibrate")
+def rl_calibrate(
+    lake: LakeOption,
+    endpoint: EndpointOption,
+    model: ModelOption,
+    k: Annotated[int, typer.Option(min=1, help="Completions sampled per prompt.")] = 8,
+    split: Annotated[str, typer.Option(help="The gold split whose RL prompts are measured.")] = "train",
+    temperature: Annotated[float, typer.Option(min=0.0)] = 1.0,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
+    max_tokens: Annotated[int, typer.Option(min=1)] = 1024,
+    seed: Annotated[int | None, typer.Option(help="The endpoint's sampling seed.")] = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight at once.")] = 8,
+) -> None:
+    """Sample K completions of every bank prompt from the policy, score them through the reward cache, and append
+    each prompt's pass rate and difficulty, with the policy and sampling that measured them, to rl/calibration."""
+    from tunelake.rl.bank import Bank, BankError
+    from tunelake.rl.calibrate import calibrate
+    from tunelake.rl.completion import Sampling
+    from tunelake.rl.endpoint import EndpointError
+    from tunelake.rl.trainers import Rewards
+
+    the_lake = Lake(lake)
+    try:
+        total = len(Bank(the_lake, split))
+    except BankError as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(1) from None
+    progress, rewards = _RichProgress(), Rewards(lake)
+    policy = _endpoint(lake, endpoint, model, concurrency)
+    progress.start("calibrate", total)
+    try:
+        result = calibrate(
+            the_lake,
+            policy,
+            rewards,
+            k,
+            Sampling(temperature, top_p, max_tokens, seed),
+            split,
+            progress=progress.advance,
+        )
+    except EndpointError as e:
+        console.print(f"[red]{e}[/red]\nRun the same command again: what was answered is not paid twice.")
+        raise typer.Exit(1) from None
+    finally:
+        progress.finish()
+        rewards.close()
+        policy.close()
+    mean = "none" if result.mean_pass_rate is None else f"{result.mean_pass_rate:.3f}"
+    out.print(
+        f"calibration {result.calibration_id}: {result.prompts:,} prompts, mean pass rate {mean}; "
+        f"{result.solved:,} always solved, {result.unsolved:,} never solved, {result.unscored:,} unscored; "
+        f"{result.prompts - result.solved - result.unsolved - result.unscored:,} inside 0 < p < 1"
+    )
+
+
+@rl_app.command("run")
+def rl_run(
+    lake: LakeOption,
+    endpoint: EndpointOption,
+    model: ModelOption,
+    steps: Annotated[int, typer.Option(min=1, help="Steps to run.")],
+    config: LoopOption = None,
+    run_id: RunOption = None,
+    policy_version: Annotated[int, typer.Option(help="The policy's version, recorded on each rollout.")] = 0,
+) -> None:
+    """Run the data plane for STEPS steps against the endpoint: GRPO groups into rl/rollouts, one line per step."""
+    from tunelake.rl.dataplane import RewardHacking
+    from tunelake.rl.endpoint import EndpointError
+
+    plane = _plane(lake, endpoint, model, config, run_id)
+    console.print(f"run {plane.run_id}: {len(plane.curriculum.prompt_ids):,} prompts")
+    try:
+        for step in plane.run(steps, policy_version):
+            dropped = ", ".join(f"{reason} {n}" for reason, n in sorted(step.dropped.items())) or "none"
+            reward = "-" if step.training_reward is None else f"{step.training_reward:.3f}"
+            out.print(f"step {step.number}: {len(step.admitted)} groups admitted, dropped: {dropped}; reward {reward}")
+            if step.alarm:
+                console.print(f"[yellow]{step.alarm}[/yellow]")
+    except (EndpointError, RewardHacking) as e:
+        console.print(f"[red]{e}[/red]\nResume with --run-id {plane.run_id}: nothing is paid or scored twice.")
+        raise typer.Exit(1) from None
+    finally:
+        plane.rewards.close()
+
+
+@rl_app.command("serve")
+def rl_serve(
+    lake: LakeOption,
+    endpoint: EndpointOption,
+    model: ModelOption,
+    config: LoopOption = None,
+    run_id: RunOption = None,
+    host: Annotated[str, typer.Option(help="The address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="The port to listen on (0: any free one).")] = 8100,
+    ahead: Annotated[int, typer.Option(min=0, help="Steps sampled ahead while the trainer trains (0: on pull).")] = 1,
+) -> None:
+    """Serve GRPO batches to a trainer: GET /batch?policy_version=V gives the next step's admitted groups (exact
+    token ids, logprobs, rewards, advantages); GET /stats the figures. Every step is kept in rl/rollouts."""
+    from tunelake.rl.serve import Service, serve
+
+    plane = _plane(lake, endpoint, model, config, run_id)
+    service = Service(plane, ahead=ahead)
+    server = serve(service, host, port)
+    console.print(f"run {plane.run_id}: serving on http://{host}:{server.server_address[1]}/batch", soft_wrap=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        service.close()
+        plane.rewards.close()
+
+
+@rl_app.command("reverify")
+def rl_reverify(
+    lake: LakeOption, run: Annotated[str, typer.Option("--run", help="The run whose rollouts are scored again.")]
+) -> None:
+    """Score a run's rollouts again with today's verifiers, from the rollouts table alone (no model call); the
+    rescored run is appended as <run>.reverified-<id>."""
+    from tunelake.rl.reverify import reverify
+    from tunelake.rl.trainers import Rewards
+
+    rewards = Rewards(lake)
+    try:
+        result = reverify(Lake(lake), run, rewards)
+    except ValueError as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(1) from None
+    finally:
+        rewards.close()
+    out.print(
+        f"{result.run_id}: {result.rollouts:,} rollouts, {result.changed:,} changed; groups admitted "
+        f"{result.admitted_before:,} -> {result.admitted_after:,}"
+    )
+
+
+@rl_app.command("assemble")
+def rl_assemble(
+    lake: LakeOption,
+    run: Annotated[str, typer.Option("--run", help="The run whose rollouts become SFT and preference data.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Where sft.jsonl and preference.jsonl are written.")],
+) -> None:
+    """Rejection sampling (the best verified completion per prompt -> SFT) and verified-vs-failed preference pairs
+    from a run's rollouts, as JSONL files a recipe's sources can name."""
+    from tunelake.rl.assemble import assemble
+
+    try:
+        result = assemble(Lake(lake), run, out_dir)
+    except (FileNotFoundError, ValueError) as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(1) from None
+    out.print(f"{result.examples:,} SFT examples in {result.sft}; {result.pairs:,} pairs in {result.preference}")

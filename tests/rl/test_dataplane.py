@@ -160,10 +160,15 @@ def test_endpoint_faults_are_retried_and_a_persistent_one_stops_the_step_with_no
     with pytest.raises(EndpointError, match="failed 4 times"):
         plane.step()
     chat_server.control(faults=[])
-    assert plane.curriculum.step == 2  # the failed step's prompts were drawn ...
+    assert plane.step().number == 1  # the failed step is asked again, not skipped
+    plane.step()
+    with pytest.raises(EndpointError):  # killed by a persistent fault while asking step 3 ...
+        chat_server.control(faults=[{"status": 503}] * 20)
+        plane.step()
+    chat_server.control(faults=[])
     resumed = DataPlane(lake, endpoint, config, run_id="faults", rewards=Rewards(lake.root, workers=1))
-    assert resumed.curriculum.step == 1  # ... but a resume asks for that step again
-    assert resumed.step().number == 1
+    assert resumed.step().number == 3  # ... a resumed run asks it first, then goes on
+    assert resumed.step().number == 4
 
 
 def test_calibration_writes_pass_rates_and_the_window_keeps_the_prompts_worth_training_on(tmp_path):

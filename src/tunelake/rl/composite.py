@@ -30,7 +30,7 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tunelake.rl.verifiers import ConfigError, config_of
+from tunelake.rl.verifiers import VERIFIERS, ConfigError, config_of
 
 COMPOSITE = "composite"
 Normalize = Literal["none", "group"]
@@ -101,6 +101,15 @@ def dimensions(verifier: str, answer: str | None, verifier_config: str | None) -
             part.prove,
         )
         for part in composite.parts
+    )
+
+
+def version_of(verifier: str, verifier_config: str | None) -> str:
+    """The version a record's reward is scored under: a verifier's, or each of a composite's verifiers' versions."""
+    if verifier != COMPOSITE:
+        return VERIFIERS[verifier].version
+    return "+".join(
+        f"{d.verifier}@{VERIFIERS[d.verifier].version}" for d in dimensions(verifier, None, verifier_config)
     )
 
 
