@@ -64,25 +64,26 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     server = ChatServer()
-    loop_times, alone_times, score_times = [], [], []
+    loop_times, alone_times, score_times, write_times = [], [], [], []
     try:
         with tempfile.TemporaryDirectory() as folder:
             lake = bank(Path(folder), args.prompts)
-            config = LoopConfig(
-                k=K, prompts_per_step=args.per_step, sampling={"max_tokens": args.max_tokens, "seed": 11}
-            )
             rewards = Rewards(lake.root, workers=2)
             for repeat in range(args.repeats):
+                # A seed per repeat: new completions, so the reward cache scores each repeat's afresh.
+                sampling = {"max_tokens": args.max_tokens, "seed": 11 + repeat}
+                config = LoopConfig(k=K, prompts_per_step=args.per_step, sampling=sampling)
                 endpoint = Endpoint(server.base_url, server.model, cache=RequestCache.of_lake(lake.root))
                 plane = DataPlane(lake, endpoint, config, run_id=f"bench-{repeat}", rewards=rewards)
-                started, scored = time.perf_counter(), 0.0
+                started, scored, written = time.perf_counter(), 0.0, 0.0
                 asked = []
                 for _ in range(args.steps):
                     step = plane.step()
-                    scored += step.seconds["score"]
+                    scored, written = scored + step.seconds["score"], written + step.seconds["write"]
                     asked.append([plane.bank.prompt(j.group.prompt_id).messages for j in step.judged])
                 loop_times.append(time.perf_counter() - started)
                 score_times.append(scored)
+                write_times.append(written)
                 bare = Endpoint(server.base_url, server.model)  # no cache: the endpoint's own time
                 sampling = config.sampling.sampling()
                 started = time.perf_counter()
@@ -95,7 +96,7 @@ def main() -> None:
             figures = rewards.cache.figures()
     finally:
         server.stop()
-    loop, alone, score = (statistics.median(v) for v in (loop_times, alone_times, score_times))
+    loop, alone, score, write = (statistics.median(v) for v in (loop_times, alone_times, score_times, write_times))
     groups = args.steps * args.per_step
     shape = f"{args.steps} steps x {args.per_step} prompts x K={K}, max_tokens {args.max_tokens}"
     print(f"{shape}; median of {args.repeats}")
@@ -103,10 +104,10 @@ def main() -> None:
     print(f"  whole loop      {loop:7.2f} s  (runs: {', '.join(f'{t:.2f}' for t in loop_times)})")
     print(f"  loop: {groups / loop:.1f} groups/s, {groups * K / loop:.1f} completions scored/s")
     overhead = loop - alone
-    print(
-        f"  data plane adds {overhead:+.2f} s = {overhead / alone:+.1%} of the endpoint's time (target <= 5%); "
-        f"of which scoring (verifiers + reward cache) {score:.2f} s"
-    )
+    print(f"  data plane adds {overhead:+.2f} s = {overhead / alone:+.1%} of the endpoint's time (target <= 5%)")
+    per_step = {"scoring (verifiers + reward cache)": score, "rollouts append, state and log": write}
+    for what, seconds in per_step.items():
+        print(f"    {what}: {seconds / args.steps * 1e3:.1f} ms a step ({seconds / alone:.2%} of the endpoint's time)")
     print(f"  reward cache: {figures}")
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024

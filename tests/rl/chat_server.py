@@ -84,7 +84,8 @@ class TinyChatModel:
         logprobs: list[list[float]] = [[] for _ in range(n)]
         done = [False] * n
         with torch.no_grad():
-            out = self.model(input_ids=torch.tensor([prompt_ids] * n), use_cache=True)
+            # Logits of the last position only: all of them (n x prompt x 152k vocabulary) took GBs per request.
+            out = self.model(input_ids=torch.tensor([prompt_ids] * n), use_cache=True, logits_to_keep=1)
             for _ in range(max_tokens):
                 logits = out.logits[:, -1].float()
                 logits[:, self.stop_id] += STOP_BONUS

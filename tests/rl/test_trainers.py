@@ -6,11 +6,9 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import FIXTURES, run_build, write_recipe
 from tunelake.cli import app
 from tunelake.rl.trainers import Rewards
 
@@ -37,17 +35,8 @@ def _grpo_rewards(reward_func, inputs: list[dict], completions: list) -> list[fl
     return GRPOTrainer._calculate_rewards(trainer, inputs, prompts, completions, ids)[:, 0].tolist()
 
 
-def test_trl_scores_the_rl_export_through_the_verifiers_and_the_cache(tmp_path):
-    source = {
-        "name": "gsm8k",
-        "path": str(FIXTURES / "real" / "gsm8k_test_sample.jsonl"),
-        "format": "gsm8k",
-        "license": "mit",
-        "origin": "human",
-    }
-    gold = {"split": {"validation": 0.0, "test": 0.0}, "export": ["parquet"]}
-    run_build(write_recipe(tmp_path, [source], gold=gold))
-    inputs = pq.read_table(tmp_path / "lake/exports/rl/train.parquet").to_pylist()
+def test_trl_scores_the_rl_export_through_the_verifiers_and_the_cache(tmp_path, gsm8k_rl_export):
+    inputs = gsm8k_rl_export
     answers = [row["extra_info"]["answer"] for row in inputs]
     right = [[{"role": "assistant", "content": f"Step by step... #### {a}"}] for a in answers]
     wrong = [[{"role": "assistant", "content": f"The answer is {int(a) + 1}."}] for a in answers]

@@ -12,10 +12,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
-import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import FIXTURES, run_build, write_recipe
 from tunelake.rl import verl_reward
 
 
@@ -47,21 +45,8 @@ def _verl_scores(compute_score, rows: list[dict], responses: list[str]) -> list:
         return list(pool.map(score, rows, responses))
 
 
-@pytest.fixture
-def bank(tmp_path) -> list[dict]:
-    source = {
-        "name": "gsm8k",
-        "path": str(FIXTURES / "real" / "gsm8k_test_sample.jsonl"),
-        "format": "gsm8k",
-        "license": "mit",
-        "origin": "human",
-    }
-    gold = {"split": {"validation": 0.0, "test": 0.0}, "export": ["parquet"]}
-    run_build(write_recipe(tmp_path, [source], gold=gold))
-    return pq.read_table(tmp_path / "lake/exports/rl/train.parquet").to_pylist()
-
-
-def test_verl_scores_the_rl_export_through_the_verifiers_and_the_cache(tmp_path, bank):
+def test_verl_scores_the_rl_export_through_the_verifiers_and_the_cache(tmp_path, gsm8k_rl_export):
+    bank = gsm8k_rl_export
     loaded = _load_like_verl("compute_score")
     compute_score = partial(_call_with_kwargs, loaded, {"lake": str(tmp_path / "lake")})
     answers = [row["extra_info"]["answer"] for row in bank]
@@ -75,7 +60,8 @@ def test_verl_scores_the_rl_export_through_the_verifiers_and_the_cache(tmp_path,
     assert rewards.cache.figures()["stored"] == 3 * len(bank) and rewards.cache.figures()["hits"] == hits
 
 
-def test_a_response_no_worker_can_score_stops_verl_rather_than_scoring_0(tmp_path, bank):
+def test_a_response_no_worker_can_score_stops_verl_rather_than_scoring_0(tmp_path, gsm8k_rl_export):
+    bank = gsm8k_rl_export
     kwargs = {"lake": str(tmp_path / "lake"), "plugins": ["tests.rl.worker_plugins"], "workers": 1}
     compute_score = partial(_call_with_kwargs, _load_like_verl("compute_score"), kwargs)
     info = {**bank[0]["extra_info"], "verifier": "test_exits_worker", "verifier_config": None}
@@ -83,7 +69,10 @@ def test_a_response_no_worker_can_score_stops_verl_rather_than_scoring_0(tmp_pat
         compute_score(data_source="gsm8k", solution_str="#### 1", ground_truth="1", extra_info=info)
 
 
-def test_a_dimension_normalised_over_the_group_is_refused_as_verl_scores_one_response_at_a_time(tmp_path, bank):
+def test_a_dimension_normalised_over_the_group_is_refused_as_verl_scores_one_response_at_a_time(
+    tmp_path, gsm8k_rl_export
+):
+    bank = gsm8k_rl_export
     loaded = _load_like_verl("compute_score")
     compute_score = partial(_call_with_kwargs, loaded, {"lake": str(tmp_path / "lake")})
     config = json.dumps({"parts": [{"verifier": "numeric"}, {"name": "exact", "verifier": "exact_match"}]})

@@ -12,16 +12,14 @@ one answer.
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections.abc import Sequence
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import orjson
 
 from tunelake.rl.completion import Completion, Sampling
-from tunelake.rl.sqlite_file import open_versioned
+from tunelake.rl.sqlite_file import SharedFile
 
 LAKE_PATH = "_rl/requests.sqlite"
 SCHEMA_NAME = "tunelake.request_cache"
@@ -55,42 +53,10 @@ def request_key(request: bytes) -> str:
     return hashlib.sha256(request).hexdigest()
 
 
-class RequestCache:
+class RequestCache(SharedFile):
     """One process's handle on the request cache file; its threads may share it (uses are serialised)."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.hits = 0
-        self.misses = 0
-        self.stored = 0  # answers this handle inserted
-        self.raced = 0  # answers another writer had stored first (the first writer's are kept and given)
-        self._lock = threading.Lock()
-        self._db = open_versioned(self.path, SCHEMA_NAME, SCHEMA_VERSION, _SCHEMA, RequestCacheError, threads=True)
-
-    @classmethod
-    def of_lake(cls, lake_root: str | Path) -> RequestCache:
-        """The request cache of the lake at `lake_root`."""
-        return cls(Path(lake_root) / LAKE_PATH)
-
-    def close(self) -> None:
-        self._db.close()
-
-    def __enter__(self) -> RequestCache:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def figures(self) -> dict[str, int | float]:
-        """This handle's counts: hits, misses, hit rate, answers stored and raced."""
-        looked_up = self.hits + self.misses
-        return {
-            "hits": self.hits,
-            "misses": self.misses,
-            "hit_rate": self.hits / looked_up if looked_up else 0.0,
-            "stored": self.stored,
-            "raced": self.raced,
-        }
+    LAKE_PATH, NAME, VERSION, SCHEMA, Error = LAKE_PATH, SCHEMA_NAME, SCHEMA_VERSION, _SCHEMA, RequestCacheError
 
     def get(self, request: bytes) -> list[Completion] | None:
         """The stored completions of a request (its canonical JSON, `request_json`), or None."""

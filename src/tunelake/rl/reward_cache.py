@@ -17,14 +17,13 @@ from __future__ import annotations
 import hashlib
 import math
 import sqlite3
-import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
 import orjson
 
-from tunelake.rl.sqlite_file import open_versioned
+from tunelake.rl.sqlite_file import SharedFile
 
 LAKE_PATH = "_rl/rewards.sqlite"
 SCHEMA_NAME = "tunelake.reward_cache"
@@ -104,49 +103,22 @@ def reward_key(prompt_id: str, verifier: str, verifier_version: str, inputs: Rew
     )
 
 
-class RewardCache:
+class RewardCache(SharedFile):
     """One process's handle on the reward cache file; open one per process (its threads share it: verl scores from
     a thread pool)."""
 
+    LAKE_PATH, NAME, VERSION, SCHEMA, Error = LAKE_PATH, SCHEMA_NAME, SCHEMA_VERSION, _SCHEMA, RewardCacheError
+
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.hits = 0
-        self.misses = 0
-        self.stored = 0  # rewards this handle inserted
-        self.raced = 0  # rewards another writer had stored first (the first writer's value is kept)
-        self.disagreed = 0  # of those, how many this handle scored differently: a verifier that is not deterministic
+        super().__init__(path)
+        self.disagreed = 0  # of the raced, how many this handle scored differently: a verifier not deterministic
         self.refused = 0  # infra_error results, not stored so that they are retried
-        self._db = open_versioned(self.path, SCHEMA_NAME, SCHEMA_VERSION, _SCHEMA, RewardCacheError, threads=True)
-        self._lock = threading.Lock()  # one statement or transaction on the connection at a time
         # Row values in a batch query: 6 per key (its place and its five parts), within SQLite's variable limit.
         self._batch = min(4096, self._db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 6)
 
-    @classmethod
-    def of_lake(cls, lake_root: str | Path) -> RewardCache:
-        """The reward cache of the lake at `lake_root`."""
-        return cls(Path(lake_root) / LAKE_PATH)
-
-    def close(self) -> None:
-        self._db.close()
-
-    def __enter__(self) -> RewardCache:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     def figures(self) -> dict[str, int | float]:
         """This handle's counts: hits, misses, hit rate, rewards stored, raced, disagreed and refused."""
-        looked_up = self.hits + self.misses
-        return {
-            "hits": self.hits,
-            "misses": self.misses,
-            "hit_rate": self.hits / looked_up if looked_up else 0.0,
-            "stored": self.stored,
-            "raced": self.raced,
-            "disagreed": self.disagreed,
-            "refused": self.refused,
-        }
+        return {**super().figures(), "disagreed": self.disagreed, "refused": self.refused}
 
     def get(self, key: RewardKey) -> Reward | None:
         """The stored reward of `key`, or None."""

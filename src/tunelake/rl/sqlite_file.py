@@ -8,8 +8,10 @@ SQLite file that is something else, is refused with an error naming the path ins
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from pathlib import Path
+from typing import ClassVar, Self
 
 BUSY_TIMEOUT_S = 60.0  # a writer holds the lock for one short transaction; waiting this long means something is stuck
 CHECKPOINT_PAGES = 10_000  # of 4 KiB: the WAL grows to about 40 MiB before it is folded into the file
@@ -88,3 +90,48 @@ def _wal(db: sqlite3.Connection) -> None:
             if "locked" not in str(e) or time.monotonic() > deadline:
                 raise
             time.sleep(0.01)
+
+
+class SharedFile:
+    """A process's handle on one of the lake's RL SQLite files (its threads share it, one statement or transaction
+    at a time under `_lock`), with what it looked up and stored counted."""
+
+    LAKE_PATH: ClassVar[str]  # the file's place in the lake
+    NAME: ClassVar[str]  # the schema's name, recorded in the file
+    VERSION: ClassVar[int]
+    SCHEMA: ClassVar[str]
+    Error: ClassVar[type[Exception]]
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.hits = 0
+        self.misses = 0
+        self.stored = 0  # entries this handle inserted
+        self.raced = 0  # entries another writer had stored first (the first writer's are kept and given)
+        self._lock = threading.Lock()
+        self._db = open_versioned(self.path, self.NAME, self.VERSION, self.SCHEMA, self.Error, threads=True)
+
+    @classmethod
+    def of_lake(cls, lake_root: str | Path) -> Self:
+        """The file of the lake at `lake_root`."""
+        return cls(Path(lake_root) / cls.LAKE_PATH)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def figures(self) -> dict[str, int | float]:
+        """This handle's counts: hits, misses, hit rate, entries stored and raced."""
+        looked_up = self.hits + self.misses
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "hit_rate": self.hits / looked_up if looked_up else 0.0,
+            "stored": self.stored,
+            "raced": self.raced,
+        }
