@@ -23,7 +23,7 @@ from tunelake.gold.freeze import FreezeError
 from tunelake.gold.freeze import freeze as freeze_table
 from tunelake.gold.leakage import find_leaks
 from tunelake.gold.tokenize.show import legend, token_text
-from tunelake.lake import Lake, LakeBusy
+from tunelake.lake import Lake, LakeBusy, new_run_id
 from tunelake.recipe import RecipeError, example_recipe, load_recipe
 from tunelake.schema import Reason
 from tunelake.silver.lsh import MinHashConfig
@@ -569,10 +569,11 @@ def _plane(lake: Path, endpoint: str, model: str, config: Path | None, run_id: s
 
     try:
         settings = LoopConfig.model_validate(yaml.safe_load(config.read_text()) or {} if config else {})
-        return DataPlane(Lake(lake), _endpoint(lake, endpoint, model), settings, run_id=run_id)
-    except ValidationError as e:
-        console.print(f"[red]{config}: {e}[/red]")
+    except (OSError, yaml.YAMLError, ValidationError) as e:
+        console.print(f"{config}: {e}", style="red", markup=False)
         raise typer.Exit(2) from None
+    try:
+        return DataPlane(Lake(lake), _endpoint(lake, endpoint, model), settings, run_id=run_id)
     except (BankError, EmptyWindow, ValueError) as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(1) from None
@@ -590,6 +591,9 @@ def rl_calibrate(
     max_tokens: Annotated[int, typer.Option(min=1)] = 1024,
     seed: Annotated[int | None, typer.Option(help="The endpoint's sampling seed.")] = None,
     concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight at once.")] = 8,
+    resume: Annotated[
+        str | None, typer.Option(help="A calibration id that did not finish: what it asked is not paid again.")
+    ] = None,
 ) -> None:
     """Sample K completions of every bank prompt from the policy, score them through the reward cache, and append
     each prompt's pass rate and difficulty, with the policy and sampling that measured them, to rl/calibration."""
@@ -605,7 +609,7 @@ def rl_calibrate(
     except BankError as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(1) from None
-    progress, rewards = _RichProgress(), Rewards(lake)
+    progress, rewards, calibration_id = _RichProgress(), Rewards(lake), resume or new_run_id()
     policy = _endpoint(lake, endpoint, model, concurrency)
     progress.start("calibrate", total)
     try:
@@ -617,9 +621,10 @@ def rl_calibrate(
             Sampling(temperature, top_p, max_tokens, seed),
             split,
             progress=progress.advance,
+            calibration_id=calibration_id,
         )
     except EndpointError as e:
-        console.print(f"[red]{e}[/red]\nRun the same command again: what was answered is not paid twice.")
+        console.print(f"[red]{e}[/red]\nRun it again with --resume {calibration_id}: nothing answered is paid twice.")
         raise typer.Exit(1) from None
     finally:
         progress.finish()

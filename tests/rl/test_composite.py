@@ -42,6 +42,7 @@ def test_a_records_dimensions_default_to_its_own_gold_and_name_what_is_wrong():
         ({"parts": [{"verifier": "composite"}]}, "cannot be a composite"),
         ({"parts": [{"verifier": "numeric", "weight": 0}]}, "weight"),
         ({"parts": [{"verifier": "numeric", "config": {"tolerance": "x"}}]}, "tolerance"),
+        ({"parts": [{"verifier": "numeric", "prove": False}]}, "every part has prove: false"),
     ]
     for config, expected in bad:
         with pytest.raises(ConfigError, match=expected):

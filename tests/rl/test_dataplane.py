@@ -20,6 +20,7 @@ from tunelake.rl.dataplane import DataPlane, LoopConfig, RewardHacking, Sampling
 from tunelake.rl.endpoint import Endpoint, EndpointError, RequestCache
 from tunelake.rl.groups import GroupConfig
 from tunelake.rl.rollouts import read_rollouts
+from tunelake.rl.serve import Service, Stopped
 from tunelake.rl.trainers import Rewards
 
 REAL = FIXTURES / "real"
@@ -200,34 +201,75 @@ def test_groups_generated_by_a_policy_too_old_are_dropped_as_stale(tmp_path):
     assert len(fresh.admitted) == 2
 
 
-def test_the_alarm_goes_off_when_the_reward_rises_and_held_out_accuracy_does_not(tmp_path):
+FORMAT = {"pattern": r"<think>[\s\S]+</think>[\s\S]*", "extract": False}  # reasoning before the answer
+
+
+def composite_bank(tmp_path, parts: list[dict]) -> Lake:
+    """Real GSM8K questions whose reward is a composite of `parts`."""
     rows = [json.loads(line) for line in (REAL / BANKS["gsm8k"]).read_text().splitlines()]
-    fmt = {"pattern": r"<think>[\s\S]+</think>[\s\S]*", "extract": False}
-    parts = {"parts": [{"name": "correct", "verifier": "numeric"}, {"name": "format", "verifier": "regex",
-             "config": fmt, "prove": False}]}  # fmt: skip
+    config = json.dumps({"parts": parts})
     bank = tmp_path / "bank.jsonl"
     bank.write_text(
         "".join(
-            json.dumps({"prompt": r["question"], "answer": gsm8k_answer(r["answer"]),
-                        "verifier": "composite", "verifier_config": json.dumps(parts)}) + "\n"
+            json.dumps({"prompt": r["question"], "answer": gsm8k_answer(r["answer"]), "verifier": "composite",
+                        "verifier_config": config}) + "\n"
             for r in rows
         )
     )  # fmt: skip
     source = {"name": "bank", "path": str(bank), "format": "rl", "license": "mit", "origin": "human"}
     gold = {"split": {"validation": 0.0, "test": 0.0}, "export": []}
-    lake = run_build(write_recipe(tmp_path, [source], gold=gold))[1]
+    return run_build(write_recipe(tmp_path, [source], gold=gold))[1]
 
-    class Hacker(Student):  # learns the format step by step, never the answers: 1 right of 4 throughout
-        def __call__(self, messages, sampling, k):
-            self.think = min(self.calls // 5, k)
-            return super().__call__(messages, sampling, k)
 
-    alarm = AlarmConfig(every=1, window=4, min_rise=0.1, stop=True)
-    config = LoopConfig(k=4, prompts_per_step=5, alarm=alarm, held_out_split="train", held_out_prompts=2)
-    plane = DataPlane(lake, Hacker(lake, right=1), config, run_id="hack")
+class Hacker(Student):
+    """Learns the format step by step, never the answers: 1 right of 4 throughout."""
+
+    def __call__(self, messages, sampling, k):
+        self.think = min(self.calls // 5, k)
+        return super().__call__(messages, sampling, k)
+
+
+HACKABLE = [{"name": "correct", "verifier": "numeric"}, {"name": "format", "verifier": "regex", "config": FORMAT,
+            "prove": False}]  # fmt: skip
+ALARM = AlarmConfig(every=1, window=4, min_rise=0.1, stop=True)
+
+
+@pytest.mark.parametrize("normalize", [{}, {"format": "group"}], ids=["format as it is", "format over the group"])
+def test_the_alarm_goes_off_when_the_reward_rises_and_held_out_accuracy_does_not(tmp_path, normalize):
+    lake = composite_bank(tmp_path, HACKABLE)
+    config = LoopConfig(k=4, prompts_per_step=5, alarm=ALARM, held_out_split="train", held_out_prompts=2)
+    rewards = Rewards(lake.root, workers=1, normalize=normalize)
+    plane = DataPlane(lake, Hacker(lake, right=1), config, run_id="hack", rewards=rewards)
     with pytest.raises(RewardHacking, match="training reward rose .* while the held-out verifier-only reward"):
         for _ in range(10):
             plane.step()
     log = [orjson.loads(line) for line in (lake.root / "_rl/runs/hack.jsonl").read_bytes().splitlines()]
     assert log[-1]["alarm"] and all(entry["held_out"] == 0.25 for entry in log)  # the two curves, in the log
+    # The curve is the reward before normalisation: a dimension centred on 0 in every group would never rise.
     assert log[-1]["training_reward"] > log[0]["training_reward"]
+    # Served, the alarm stops the service: this pull and every later one are refused with its message.
+    service = Service(DataPlane(lake, Hacker(lake, right=1), config, run_id="served", rewards=rewards), ahead=1)
+    try:
+        with pytest.raises(Stopped, match="reward hacking suspected"):
+            for _ in range(10):
+                service.batch(policy_version=0)
+        with pytest.raises(Stopped, match="reward hacking suspected"):
+            service.batch(policy_version=0)
+    finally:
+        service.close()
+
+
+def test_a_verifier_that_cannot_score_leaves_no_reward_and_drops_its_group_never_a_0(tmp_path):
+    lake = composite_bank(tmp_path, [{"verifier": "numeric"}, {"name": "dies", "verifier": "test_exits_worker"}])
+    rewards = Rewards(lake.root, workers=1, plugins=["tests.rl.worker_plugins"], normalize={})
+    plane = DataPlane(
+        lake, Student(lake, right=1), LoopConfig(k=2, prompts_per_step=1), run_id="down", rewards=rewards
+    )
+    step = plane.step()
+    (judged,) = step.judged
+    assert [r.reward for r in judged.group.rollouts] == [None, None]
+    assert judged.decision.reason.value == "infra_error" and "re-verify" in judged.decision.detail
+    rows = read_rollouts(lake, ["reward", "status", "admitted"], run_id="down").to_pylist()
+    assert rows == [{"reward": None, "status": "infra_error", "admitted": False}] * 2
+    assert plane.curriculum.pass_rate(judged.group.prompt_id) is None  # no verdict is no measurement
+    assert rewards.cache.figures()["refused"] == 2  # and nothing of it was cached

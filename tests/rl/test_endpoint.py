@@ -156,13 +156,20 @@ def test_a_bad_request_fails_at_once_with_the_servers_message(chat_server):
 def test_an_answer_that_is_not_a_chat_completion_fails_at_once(chat_server):
     two_choices = {"choices": [{"index": i, "message": {"role": "assistant", "content": "4"}} for i in range(2)]}
     not_chat = {"object": "list"}
-    chat_server.control(faults=[{"kind": "answer", "body": not_chat}, {"kind": "answer", "body": two_choices}])
+    # Token ids and logprobs that do not line up: each logprob would be stored against another token.
+    logprob = {"token": "4", "logprob": -0.5}
+    misaligned = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "4"}, "token_ids": [19, 151645],
+                               "logprobs": {"content": [logprob]}, "finish_reason": "stop"}]}  # fmt: skip
+    faults = [{"kind": "answer", "body": body} for body in (not_chat, two_choices, misaligned)]
+    chat_server.control(faults=faults)
     with endpoint(chat_server) as ep:
         with pytest.raises(EndpointError, match=r"not a chat completion of n=2 choices \(KeyError: 'choices'\)"):
             ep.complete(PROMPTS[0], SAMPLING, 2)
         with pytest.raises(EndpointError, match=r"not a chat completion of n=3 choices \(ValueError: 2 choices\)"):
             ep.complete(PROMPTS[0], SAMPLING, 3)
-    assert chat_server.stats()["received"] == 2
+        with pytest.raises(EndpointError, match=r"choice 0: 2 token ids but 1 logprobs"):
+            ep.complete(PROMPTS[0], SAMPLING, 1)
+    assert chat_server.stats()["received"] == 3
 
 
 def test_requests_in_flight_are_bounded(chat_server):

@@ -70,11 +70,21 @@ def test_run_reverify_assemble_and_calibrate_through_the_cli(lake, tmp_path, cha
     assert len(sft) == len(verified) > 0 and f"{len(sft)} SFT examples" in said  # one per prompt with a verified one
     assert all(len(example["messages"][-1]["content"].strip()) <= 20 for example in sft)  # verified: short
 
+    served = chat_server.stats()["served"]
     said = cli("calibrate", *where, "--k", 4, "--max-tokens", 8, "--seed", 1)
-    assert "5 prompts, mean pass rate" in said
+    assert "5 prompts, mean pass rate" in said and chat_server.stats()["served"] == served + 5
     calibration = lake.read("rl/calibration").to_pylist()
     assert len(calibration) == 5 and {r["model"] for r in calibration} == {"tiny-qwen2"}
     assert all(r["scored"] == 4 and r["pass_rate"] == r["passed"] / 4 for r in calibration)
+
+    # A new calibration asks afresh (another checkpoint may answer under the same name); a resumed one pays nothing
+    # for what it asked.
+    first = calibration[0]["calibration_id"]
+    cli("calibrate", *where, "--k", 4, "--max-tokens", 8, "--seed", 1)
+    assert chat_server.stats()["served"] == served + 10
+    cli("calibrate", *where, "--k", 4, "--max-tokens", 8, "--seed", 1, "--resume", first)
+    assert chat_server.stats()["served"] == served + 10
+    assert len({r["calibration_id"] for r in lake.read("rl/calibration").to_pylist()}) == 2
 
 
 def test_a_trainer_pulls_token_exact_batches_and_a_step_sampled_for_an_old_policy_is_dropped_stale(lake, chat_server):
@@ -101,6 +111,27 @@ def test_a_trainer_pulls_token_exact_batches_and_a_step_sampled_for_an_old_polic
         stats = httpx.get(f"{url}/stats", timeout=10).json()
         assert stats["steps"] == 2 and stats["dropped_stale"] == 3 and stats["policy_version"] == 2
         assert httpx.get(f"{url}/nowhere", timeout=10).status_code == 404
+    finally:
+        server.shutdown()
+        service.close()
+
+
+def test_a_served_loop_answers_a_persistent_fault_with_503_and_asks_the_step_again_once_the_endpoint_is_back(
+    lake, chat_server
+):
+    endpoint = Endpoint(chat_server.base_url, chat_server.model, retries=1, backoff_s=0.01, timeout_s=30)
+    plane = DataPlane(lake, endpoint, LoopConfig.model_validate(LOOP), run_id="down", rewards=Rewards(lake.root))
+    service = Service(plane, ahead=1)
+    server = serve(service, port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        chat_server.control(faults=[{"status": 503}] * 2)
+        answer = httpx.get(f"{url}/batch", params={"policy_version": 0}, timeout=60)
+        assert answer.status_code == 503 and "failed 2 times" in answer.json()["error"]
+        answer = httpx.get(f"{url}/batch", params={"policy_version": 0}, timeout=60)
+        assert answer.status_code == 200 and answer.json()["step"] == 0  # the failed step, asked again
+        assert httpx.get(f"{url}/batch", params={"policy_version": 0}, timeout=60).json()["step"] == 1
     finally:
         server.shutdown()
         service.close()

@@ -2,8 +2,9 @@
 pass rate (the share its verifier passed) and difficulty (1 - pass rate) appended to `rl/calibration` with the
 policy and the sampling settings that measured them.
 
-Asks are tagged "calibrate", so a calibration run again with the same policy and settings (after a crash, or to
-add prompts) pays only for what it has not asked yet; its verdicts come from the reward cache.
+Asks are tagged with the calibration's id: a new calibration asks afresh (a new checkpoint served under the same
+model name is measured, never its predecessor's cached answers), while one resumed by its id (after a crash) pays
+only for what it had not asked yet, its verdicts from the reward cache.
 """
 
 from __future__ import annotations
@@ -25,8 +26,6 @@ from tunelake.rl.reward_cache import INFRA_ERROR
 from tunelake.rl.trainers import Rewards
 from tunelake.schema import CALIBRATION
 
-TAG = "calibrate"
-
 
 @dataclass(frozen=True)
 class Calibration:
@@ -47,14 +46,18 @@ def calibrate(
     split: str = "train",
     batch: int = 32,
     progress: Callable[[int], None] = lambda done: None,
+    calibration_id: str | None = None,
 ) -> Calibration:
-    """Measure every prompt of the split's bank; one commit of `rl/calibration` at the end."""
-    bank, calibration_id, model, sampling = Bank(lake, split), new_run_id(), model_of(policy), sampling or Sampling()
+    """Measure every prompt of the split's bank; one commit of `rl/calibration` at the end. `calibration_id`
+    resumes a calibration that did not finish (with the same policy and settings)."""
+    bank, model, sampling = Bank(lake, split), model_of(policy), sampling or Sampling()
+    calibration_id = calibration_id or new_run_id()
+    tag = f"calibrate/{calibration_id}"
     settings = orjson.dumps(asdict(sampling), option=orjson.OPT_SORT_KEYS).decode()
     rows: dict[str, list] = {name: [] for name in CALIBRATION.names}
     for start in range(0, len(bank), batch):
         prompts = [bank.prompt(prompt_id) for prompt_id in bank.ids[start : start + batch]]
-        answers = ask_many(policy, [(p.messages, sampling, k, TAG) for p in prompts])
+        answers = ask_many(policy, [(p.messages, sampling, k, tag) for p in prompts])
         for prompt, completions in zip(prompts, answers, strict=True):
             statuses = [r.status for r in rewards.group(*prompt.record, [c.text for c in completions])]
             scored = sum(status != INFRA_ERROR for status in statuses)

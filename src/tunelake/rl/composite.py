@@ -58,6 +58,8 @@ class CompositeConfig(BaseModel):
         names = [part.name or part.verifier for part in self.parts]
         if repeated := sorted({n for n in names if names.count(n) > 1}):
             raise ValueError(f"dimension names must be unique: {', '.join(repeated)} named twice")
+        if not any(part.prove for part in self.parts):
+            raise ValueError("every part has prove: false: at least one must be the verifier its gold is proved by")
         for part in self.parts:
             if part.verifier == COMPOSITE:
                 raise ValueError("a composite's part cannot be a composite")

@@ -85,7 +85,7 @@ class Step:
     policy_version: int
     judged: list[Judged]
     seconds: dict[str, float]  # generate, score, write
-    training_reward: float | None  # the mean reward of its scored rollouts
+    training_reward: float | None  # the mean reward of its scored rollouts, before normalisation over a group
     held_out: float | None = None  # the held-out verifier-only pass rate, on the steps the alarm measures
     alarm: str | None = None
     dropped: Counter = field(default_factory=Counter)
@@ -194,36 +194,56 @@ class DataPlane:
         """Judge the step's groups against the trainer's current policy version, append every rollout, learn the
         prompts' pass rates, and save the run's state."""
         judged = judge(groups, self.config.groups, current_version)
-        started = time.perf_counter()
-        if number not in self._written:
-            append_rollouts(self.lake, self.run_id, judged, self._verifiers)
-        rewards = [r.reward for g in groups for r in g.rollouts if r.reward is not None]
-        step = Step(
-            number,
-            current_version,
-            judged,
-            {**seconds, "write": time.perf_counter() - started},
-            float(np.mean(rewards)) if rewards else None,
-            dropped=Counter(j.decision.reason.value for j in judged if not j.decision.admitted),
-        )
-        if self.alarm and number % self.alarm.config.every == 0 and step.training_reward is not None:
-            step.held_out = self._held_out_pass_rate(current_version, number)
-            step.alarm = self.alarm.observe(number, step.training_reward, step.held_out)
+        dropped = Counter(j.decision.reason.value for j in judged if not j.decision.admitted)
+        step = Step(number, current_version, judged, seconds, self._training_reward(groups), dropped=dropped)
+        try:
+            measure = self.alarm and number % self.alarm.config.every == 0 and step.training_reward is not None
+            if measure:  # before the append: a fault here leaves the step to be admitted again, whole
+                step.held_out = self._held_out_pass_rate(current_version, number)
+            started = time.perf_counter()
+            if number not in self._written:
+                append_rollouts(self.lake, self.run_id, judged, self._verifiers)
+                self._written.add(number)
+            step.seconds = {**seconds, "write": time.perf_counter() - started}
+        except BaseException:
+            with self._lock:
+                self._taken.discard(number)
+            raise
         with self._lock:
+            if step.held_out is not None:
+                step.alarm = self.alarm.observe(number, step.training_reward, step.held_out)
             for group in groups:
                 self.curriculum.observe(group)
             del self._pending[number]
             self._taken.discard(number)
+            self._written.discard(number)
             self._save(step)
         if step.alarm and self.alarm.config.stop:
             raise RewardHacking(step.alarm)
         return step
 
+    def _training_reward(self, groups: list[Group]) -> float | None:
+        """The step's mean reward as the policy is paid it, before any normalisation over a group (which centres a
+        dimension on 0 in every group, so its rise would not show)."""
+        if not any(d != "none" for d in self.rewards.normalize.values()):
+            rewards = [r.reward for g in groups for r in g.rollouts if r.reward is not None]
+            return float(np.mean(rewards)) if rewards else None
+        plain = [
+            reward.score
+            for group in groups
+            for reward in self.rewards.group(
+                *self.bank.prompt(group.prompt_id).record, [r.completion.text for r in group.rollouts], normalize={}
+            )
+            if reward.status != INFRA_ERROR
+        ]
+        return float(np.mean(plain)) if plain else None
+
     def _batch(self) -> int:
         return min(self.config.prompts_per_step, len(self.curriculum.prompt_ids))
 
-    def _held_out_pass_rate(self, policy_version: int, number: int) -> float:
-        """The share of held-out completions that pass their verifier alone (no soft dimension)."""
+    def _held_out_pass_rate(self, policy_version: int, number: int) -> float | None:
+        """The share of held-out completions that pass their verifier alone (no soft dimension); None where none
+        could be scored (a verifier's workers down is no measurement, least of all a 0)."""
         prompts = [self._held_bank.prompt(i) for i in self.held_out]
         tag = f"{self.run_id}/held_out/{number}/{policy_version}"
         sampling = self.config.sampling.sampling()
@@ -234,7 +254,7 @@ class DataPlane:
             for passed in self.rewards.passes(*prompt.record, [c.text for c in completions])
             if passed is not None
         ]
-        return float(np.mean(verdicts)) if verdicts else 0.0
+        return float(np.mean(verdicts)) if verdicts else None
 
     def _save_state(self) -> None:
         state = {

@@ -206,13 +206,17 @@ def _completions(answer: dict, k: int, asked_model: str) -> list[Completion]:
     completions = []
     for choice in choices:
         content = (choice.get("logprobs") or {}).get("content")
+        ids = _ids(choice.get("token_ids"))
+        logprobs = None if content is None else tuple(float(token["logprob"]) for token in content)
+        if ids is not None and logprobs is not None and len(ids) != len(logprobs):  # each would be another's
+            raise ValueError(f"choice {choice['index']}: {len(ids)} token ids but {len(logprobs)} logprobs")
         completions.append(
             Completion(
                 text=choice["message"].get("content") or "",
                 finish_reason=choice.get("finish_reason") or "",
                 prompt_token_ids=prompt_ids,
-                completion_token_ids=_ids(choice.get("token_ids")),
-                logprobs=None if content is None else tuple(float(token["logprob"]) for token in content),
+                completion_token_ids=ids,
+                logprobs=logprobs,
                 model=model,
             )
         )

@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlparse
 
 import orjson
 
-from tunelake.rl.dataplane import DataPlane, Step
+from tunelake.rl.dataplane import DataPlane, RewardHacking, Step
 from tunelake.rl.endpoint import Endpoint
 
 
@@ -60,6 +60,10 @@ def step_json(step: Step) -> dict:
     }
 
 
+class Stopped(RuntimeError):
+    """The service stopped handing out batches: the reward-hacking alarm went off with `alarm.stop`."""
+
+
 class Service:
     """Hands out the data plane's steps; with `ahead`, samples them ahead on a producer thread."""
 
@@ -67,10 +71,15 @@ class Service:
         self.plane, self.ahead = plane, ahead
         self.version = 0  # the newest policy version a trainer has reported
         self.figures = Counter()
+        self.stopped: str | None = None  # why batches are no longer handed out
         self._ready: queue.Queue = queue.Queue(maxsize=max(ahead, 1))
         self._serving = threading.Lock()  # one batch handed out at a time
         self._stop = threading.Event()
-        if ahead:
+        self._producer: threading.Thread | None = None
+
+    def _start(self) -> None:
+        """A producer, unless one runs: after a fault it ended, and the step it failed on is asked for again."""
+        if self.ahead and not (self._producer and self._producer.is_alive()) and not self._stop.is_set():
             self._producer = threading.Thread(target=self._produce, name="rl-producer", daemon=True)
             self._producer.start()
 
@@ -78,7 +87,7 @@ class Service:
         while not self._stop.is_set():
             try:
                 sampled = self.plane.sample(self.version)
-            except Exception as error:  # handed to the next puller, who sees why
+            except Exception as error:  # handed to the next puller, who sees why; the step stays pending
                 sampled = error
             while not self._stop.is_set():
                 try:
@@ -89,17 +98,34 @@ class Service:
             if isinstance(sampled, Exception):
                 return
 
+    def _next(self) -> tuple | Exception:
+        """The producer's next step (or the fault it met), starting one again where the last ended."""
+        while True:
+            self._start()
+            try:
+                return self._ready.get(timeout=0.1)
+            except queue.Empty:
+                if self._stop.is_set():
+                    raise Stopped(self.stopped or "the service is closed") from None
+
     def batch(self, policy_version: int) -> dict:
         with self._serving:
+            if self.stopped:
+                raise Stopped(self.stopped)
             self.version = max(self.version, policy_version)
-            sampled = self._ready.get() if self.ahead else self.plane.sample(policy_version)
+            sampled = self._next() if self.ahead else self.plane.sample(policy_version)
             if isinstance(sampled, Exception):
                 raise sampled
-            step = self.plane.admit(*sampled[:2], policy_version, sampled[2])
-        self.figures["steps"] += 1
-        self.figures["admitted"] += len(step.admitted)
-        for reason, count in step.dropped.items():
-            self.figures[f"dropped_{reason}"] += count
+            try:
+                step = self.plane.admit(*sampled[:2], policy_version, sampled[2])
+            except RewardHacking as alarm:  # the trainer is told, now and at every later pull
+                self.stopped = str(alarm)
+                self._stop.set()
+                raise Stopped(self.stopped) from None
+            self.figures["steps"] += 1
+            self.figures["admitted"] += len(step.admitted)
+            for reason, count in step.dropped.items():
+                self.figures[f"dropped_{reason}"] += count
         return step_json(step)
 
     def stats(self) -> dict:
@@ -111,7 +137,7 @@ class Service:
     def close(self) -> None:
         """Stop sampling ahead; a step being sampled is finished (and stays pending in the run's state)."""
         self._stop.set()
-        if self.ahead:
+        if self._producer:
             self._producer.join()
 
 
@@ -129,6 +155,8 @@ def serve(service: Service, host: str = "127.0.0.1", port: int = 8100) -> Thread
                     self._reply(200, service.stats())
                 else:
                     self._reply(404, {"error": f"no route {url.path}: GET /batch?policy_version=V or GET /stats"})
+            except Stopped as stopped:
+                self._reply(409, {"error": f"stopped: {stopped}"})
             except ValueError as error:
                 self._reply(400, {"error": str(error)})
             except Exception as error:  # the loop's fault (an endpoint that keeps failing): the trainer sees it

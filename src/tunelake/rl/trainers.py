@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tunelake.lake import Lake
 from tunelake.rl.composite import Dimension, combine, dimensions, needs_group
-from tunelake.rl.reward_cache import INFRA_ERROR, Reward, RewardCache, RewardInputs, reward_key
+from tunelake.rl.reward_cache import INFRA_ERROR, Reward, RewardCache, RewardInputs, RewardKey, reward_key
 from tunelake.rl.verifier_pool import VerifierPool
 from tunelake.rl.verifiers import VERIFIERS
 
@@ -42,12 +42,20 @@ class Rewards:
         self.normalize = declared_normalize(lake) if normalize is None else normalize
 
     def group(
-        self, record_id: str, verifier: str, answer: str | None, config: str | None, completions: Sequence[str]
+        self,
+        record_id: str,
+        verifier: str,
+        answer: str | None,
+        config: str | None,
+        completions: Sequence[str],
+        normalize: dict[str, str] | None = None,
     ) -> list[Reward]:
         """The rewards of a prompt's completions (sampled in one step, for dimensions normalised over the group):
         each dimension from the cache or scored now (and kept), then combined. A completion that a dimension could
-        not score (infra_error) has no reward and is left out of the group's normalisation."""
-        return self._group(record_id, dimensions(verifier, answer, config), completions)
+        not score (infra_error) has no reward and is left out of the group's normalisation. `normalize` overrides
+        the recipe's ({} gives the plain weighted mean of the scores)."""
+        dims = dimensions(verifier, answer, config)
+        return self._group(record_id, dims, completions, self.normalize if normalize is None else normalize)
 
     def reward(self, record_id: str, verifier: str, answer: str | None, config: str | None, completion: str) -> Reward:
         """The reward of one completion; refused for a record with a dimension normalised over the group."""
@@ -57,7 +65,7 @@ class Rewards:
                 f"record {record_id}: {grouped} normalised over the group (rl.normalize): a completion has no "
                 "reward alone, score the prompt's completions together (Rewards.group)"
             )
-        return self._group(record_id, dims, [completion])[0]
+        return self._group(record_id, dims, [completion], self.normalize)[0]
 
     def passes(
         self, record_id: str, verifier: str, answer: str | None, config: str | None, completions: Sequence[str]
@@ -65,18 +73,20 @@ class Rewards:
         """Whether each completion passes its verifier alone: every dimension its gold is proved against, none of a
         composite's `prove: false` ones (a format, a length). None where a dimension could not score."""
         dims = dimensions(verifier, answer, config)
-        proved = [dim for dim in dims if dim.prove] or list(dims)
+        proved = [dim for dim in dims if dim.prove]  # a composite has one at least (CompositeConfig)
         flat = self._dimensions(record_id, [(dim, completion) for completion in completions for dim in proved])
         rows = [flat[k : k + len(proved)] for k in range(0, len(flat), len(proved))]
         return [
             None if any(r.status == INFRA_ERROR for r in row) else all(r.status == "ok" for r in row) for row in rows
         ]
 
-    def _group(self, record_id: str, dims: Sequence[Dimension], completions: Sequence[str]) -> list[Reward]:
+    def _group(
+        self, record_id: str, dims: Sequence[Dimension], completions: Sequence[str], normalize: dict[str, str]
+    ) -> list[Reward]:
         flat = self._dimensions(record_id, [(dim, completion) for completion in completions for dim in dims])
         scored = [flat[k : k + len(dims)] for k in range(0, len(flat), len(dims))]
         whole = [k for k, row in enumerate(scored) if all(r.status != INFRA_ERROR for r in row)]
-        combined = combine([[r.score for r in scored[k]] for k in whole], dims, self.normalize)
+        combined = combine([[r.score for r in scored[k]] for k in whole], dims, normalize)
         summed = {k: _summed(dims, scored[k], float(score)) for k, score in zip(whole, combined, strict=True)}
         return [summed[k] if k in summed else _failed(dims, row) for k, row in enumerate(scored)]
 
@@ -89,7 +99,11 @@ class Rewards:
             for (dim, _), i in zip(asks, inputs, strict=True)
         ]
         found = self.cache.get_many(keys)
-        missing = [k for k, reward in enumerate(found) if reward is None]
+        first: dict[RewardKey, int] = {}  # a completion a group holds twice is scored once
+        for k, reward in enumerate(found):
+            if reward is None:
+                first.setdefault(keys[k], k)
+        missing = list(first.values())
         if not missing:
             return found
 
@@ -100,9 +114,8 @@ class Rewards:
 
         scored = list(self._threads.map(verdict, missing)) if len(missing) > 1 else [verdict(k) for k in missing]
         stored = self.cache.put_many((keys[k], reward, inputs[k]) for k, reward in zip(missing, scored, strict=True))
-        for k, reward in zip(missing, stored, strict=True):
-            found[k] = reward
-        return found
+        held = dict(zip([keys[k] for k in missing], stored, strict=True))
+        return [held[key] if reward is None else reward for key, reward in zip(keys, found, strict=True)]
 
     def trl(self, num_generations: int | None = None) -> Callable[..., list[float | None]]:
         """A reward function with TRL's signature: (prompts, completions, completion_ids, **dataset columns).
