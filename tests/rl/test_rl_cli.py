@@ -126,9 +126,10 @@ def test_a_served_loop_answers_a_persistent_fault_with_503_and_asks_the_step_aga
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
     try:
-        chat_server.control(faults=[{"status": 503}] * 2)
+        chat_server.control(faults=[{"status": 503}] * 50)  # more than the step's asks and retries can use
         answer = httpx.get(f"{url}/batch", params={"policy_version": 0}, timeout=60)
         assert answer.status_code == 503 and "failed 2 times" in answer.json()["error"]
+        chat_server.control(faults=[])  # the endpoint is back
         answer = httpx.get(f"{url}/batch", params={"policy_version": 0}, timeout=60)
         assert answer.status_code == 200 and answer.json()["step"] == 0  # the failed step, asked again
         assert httpx.get(f"{url}/batch", params={"policy_version": 0}, timeout=60).json()["step"] == 1
