@@ -96,7 +96,8 @@ class Step:
 
 
 class DataPlane:
-    """One RL run over a lake's bank; not thread-safe (one step at a time)."""
+    """One RL run over a lake's bank. sample() may run on one thread while admit() runs on another (rl/serve.py);
+    neither is called by two threads at once."""
 
     def __init__(
         self,
@@ -115,7 +116,7 @@ class DataPlane:
         runs.mkdir(parents=True, exist_ok=True)
         self._state_path, self._log_path = runs / f"{self.run_id}.json", runs / f"{self.run_id}.jsonl"
         self.alarm = HackingAlarm(self.config.alarm) if self.config.alarm else None
-        self._written: set[int] = set()  # steps whose rollouts a killed run appended before it saved its state
+        self._written: set[int] = set()  # pending steps whose rollouts are appended already (a kill came between)
         # Steps drawn but not admitted yet: (prompt ids, policy version). Saved with the state, so a resumed run asks
         # them again (answered by the caches) before it draws anything new.
         self._pending: dict[int, tuple[list[str], int]] = {}
