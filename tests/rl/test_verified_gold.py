@@ -5,6 +5,8 @@ unverifiable_gold; a verifier that disagrees with itself, or whose workers keep 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pyarrow as pa
 import pytest
@@ -14,6 +16,7 @@ from tunelake.schema import RECORD
 from tunelake.silver.verified_gold import VerifiedGold, VerifiedGoldConfig, VerifierUnreliable
 
 REAL = FIXTURES / "real"
+ROOT = FIXTURES.parents[1]  # the repository: the child process imports tests.rl.* from it
 SOURCES = [
     ("gsm8k", "gsm8k_test_sample.jsonl", "gsm8k"),
     ("math", "math_test_sample.jsonl", "math"),
@@ -86,3 +89,22 @@ def test_a_verifier_whose_workers_keep_dying_stops_the_build_and_scores_nothing_
     stage = VerifiedGold(VerifiedGoldConfig(twice=0.0, plugins=["tests.rl.worker_plugins"]))
     with pytest.raises(VerifierUnreliable, match="could not check the gold"):
         stage.process(_rl_batch("test_exits_worker", 1))
+
+
+def test_a_composites_plugin_part_is_known_from_the_first_record_a_fresh_process_checks():
+    # In a fresh interpreter, where no test has imported the plugin module: the stage imports it before it reads the
+    # first record's config, so a part naming a plugin verifier is checked, not refused as unknown.
+    program = """
+import orjson, pyarrow as pa
+from tests.rl.test_verified_gold import _rl_batch
+from tunelake.silver.verified_gold import VerifiedGold, VerifiedGoldConfig
+batch = _rl_batch("composite", 1)
+config = orjson.dumps({"parts": [{"verifier": "exact_match"}, {"name": "p", "verifier": "test_flaky"}]}).decode()
+batch = batch.set_column(batch.schema.get_field_index("verifier_config"), "verifier_config", pa.array([config]))
+batch = batch.set_column(batch.schema.get_field_index("meta"), "meta", pa.array(['{"solution": "1"}']))
+outcome = VerifiedGold(VerifiedGoldConfig(twice=0.0, plugins=["tests.rl.worker_plugins"])).process(batch)
+print(outcome.quarantine.to_pylist(), outcome.rows["gold_check"].to_pylist())
+"""
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[None] [{'status': 'ok', 'reason': 'matches the gold answer'}]"

@@ -68,6 +68,7 @@ class VerifiedGold(RowLocalStage):
         status, reason = [None] * batch.num_rows, [None] * batch.num_rows
         bad: dict[int, str] = {}  # rows whose verifier_config their verifier does not accept
         if len(rl):
+            _pool(self.config.timeout_s, tuple(self.config.plugins))  # imports the plugins: their configs validate
             again = unit(batch["id"].take(pa.array(rl)), 0) < self.config.twice
             rows = batch.take(pa.array(rl)).select(["id", "answer", "verifier", "verifier_config", "meta"])
             for k, row, twice in zip(rl, rows.to_pylist(), again, strict=True):
