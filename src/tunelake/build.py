@@ -17,7 +17,6 @@ previous version, and re-running it gives the same result.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import resource
 import time
@@ -47,9 +46,9 @@ from tunelake.gold.project import gold_schema
 from tunelake.gold.tokenize.pack import PackStats, pack_windows, part_size
 from tunelake.gold.tokenize.stage import PACKED, TOKENIZED, TokenizePlan, plan_tokenize
 from tunelake.gold.tokenize.template import TemplateError
-from tunelake.ingest.adapters import ADAPTERS, FormatError, detect_format, line_group_key
+from tunelake.ingest.adapters import ADAPTERS, FormatError, detect_format, whole_groups
 from tunelake.ingest.adapters.pairs import ratings_policy
-from tunelake.ingest.readers import FileReport, RawChunk, expand, grouped_chunks, read_chunks
+from tunelake.ingest.readers import FileReport, RawChunk, expand, read_chunks
 from tunelake.lake import Lake, new_run_id
 from tunelake.publish_cache import (
     CachedPublish,
@@ -72,7 +71,7 @@ from tunelake.schema import (
     quarantine_ledger,
     table_of,
 )
-from tunelake.silver.canonicalize import FilePlan, SourcePlan, split_groups
+from tunelake.silver.canonicalize import FilePlan, SourcePlan, refuse_split_groups
 from tunelake.stage import DECISIONS, Decisions, GlobalStage, Stage, StagedRows
 from tunelake.tables import SPLITS
 from tunelake.tasks import (
@@ -111,10 +110,6 @@ DETECT_SAMPLE = 200  # rows parsed from the start of a file to detect its format
 PUBLISH_ROWS = 16_384
 PUBLISH_CHUNKS = 4
 GLOBAL_MEMORY = "256MB"  # DuckDB's working memory in a global step, in one worker
-
-
-class UnsortedGroups(RuntimeError):
-    """A file of a grouped format (rated_rows) whose rows of one key are not all next to each other."""
 
 
 class QuarantineRateExceeded(RuntimeError):
@@ -325,9 +320,8 @@ def _chunks(
     file_plan = _file_plan(plan, file_index, source.format, first)
     run.formats[path] = file_plan.adapter or file_plan.format_error[0].value
     chunks = itertools.chain([first], chunks)
-    adapter = ADAPTERS[file_plan.adapter] if file_plan.adapter else None
-    if adapter and adapter.group_by:  # the rows of one group are adapted together: never cut between them
-        chunks = grouped_chunks(chunks, functools.partial(line_group_key, adapter))
+    if file_plan.adapter:
+        chunks = whole_groups(ADAPTERS[file_plan.adapter], chunks)
     for chunk in chunks:
         yield chunk, file_plan
 
@@ -365,7 +359,8 @@ def _ingest(run: _Run, engine: Engine, segment: Segment) -> list[Staged]:
         if done.fresh:
             run.fresh[done.file].append(done)
     run.progress.finish()
-    _refuse_split_groups(run)
+    if files := run.staged_files(group_runs_table(run.run_id)):  # a grouped format's file must be sorted by key
+        refuse_split_groups(files, GLOBAL_MEMORY)
     run.shas = {path: run.shas[path] or run.reports[path].sha256 for path in run.shas}
     _keys(run, segment, run.shas)
     for part, (file, chunk) in zip(staged, origins, strict=True):
@@ -377,13 +372,6 @@ def _ingest(run: _Run, engine: Engine, segment: Segment) -> list[Staged]:
     run.will_commit(tables.QUARANTINED, QUARANTINE)
     run.timed("canonicalize", sum(c["bronze"] for c in run.counts.values()), started)
     return staged
-
-
-def _refuse_split_groups(run: _Run) -> None:
-    """A grouped format's file that is not sorted by its key fails the build (see canonicalize.split_groups)."""
-    files = run.staged_files(group_runs_table(run.run_id))
-    if files and (problem := split_groups(files, GLOBAL_MEMORY)):
-        raise UnsortedGroups(problem)
 
 
 def _cache_keys(run: _Run, segment: Segment) -> None:

@@ -14,10 +14,10 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import FIXTURES, run_build, write_recipe
-from tunelake.build import UnsortedGroups
 from tunelake.cli import app
 from tunelake.ingest.adapters import ADAPTERS, line_group_key
 from tunelake.ingest.readers import RawChunk, grouped_chunks
+from tunelake.silver.canonicalize import UnsortedGroups
 
 REAL = FIXTURES / "real"
 WIDE, LONG = REAL / "ultrafeedback_shape_sample.jsonl", REAL / "ultrafeedback_long_form_sample.jsonl"

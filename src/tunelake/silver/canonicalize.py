@@ -49,6 +49,7 @@ from tunelake.silver.identify import encode_lists, prompt_ids, record_ids
 from tunelake.silver.normalize import normalize
 from tunelake.silver.turns import MESSAGE_LISTS
 from tunelake.silver.validate import validate
+from tunelake.stage import BuildRefused
 
 # Candidate records carry their input position so dedup can keep the first occurrence of each duplicate.
 CANDIDATE = RECORD.append(pa.field("_ord", pa.int64(), nullable=False))
@@ -587,11 +588,14 @@ def _parse(text: bytes) -> object:
         raise Rejected(Reason.invalid_json, None, f"cannot read its long integers exactly: {e}") from None
 
 
-def split_groups(files: list[str], memory_limit: str) -> str | None:
-    """Why a grouped format's file must be sorted first, where a key comes back after its run ended (its groups
-    were adapted in pieces, so their pairs and aggregates would be wrong): from the runs chunks staged (GROUP_RUNS,
-    one row per run), in DuckDB, so memory stays flat whatever the number of groups. None where every key has one
-    run."""
+class UnsortedGroups(BuildRefused):
+    """A file of a grouped format (rated_rows) whose rows of one key are not all next to each other."""
+
+
+def refuse_split_groups(files: list[str], memory_limit: str) -> None:
+    """UnsortedGroups, saying why the file must be sorted first, where a grouped format's key comes back after its
+    run ended (its groups were adapted in pieces, so their pairs and aggregates would be wrong): from the runs chunks
+    staged (GROUP_RUNS, one row per run), in DuckDB, so memory stays flat whatever the number of groups."""
     with duckdb.connect(config={"memory_limit": memory_limit, "threads": 1}) as db:
         found = db.execute(
             """select source, file, any_value(key_field), any_value(key),
@@ -601,10 +605,10 @@ def split_groups(files: list[str], memory_limit: str) -> str | None:
             {"files": files},
         ).fetchall()
     if not found:
-        return None
+        return
     source, file, by, key, where, keys = found[0]
     examples = "; ".join(f"{r[2]} {r[3][:60]} in rows {', '.join(r[4][:4])}" for r in found)
-    return (
+    raise UnsortedGroups(
         f"source {source!r}: {file} is not sorted by {by}: the rows of one {by} must be next to each other (they are "
         f"one group, whose pairs are made together), but {keys} {by} values come back after other rows ({examples}). "
         f"Sort the file by {by} (e.g. with DuckDB: COPY (SELECT * FROM read_json('{file}') ORDER BY {by}) TO "

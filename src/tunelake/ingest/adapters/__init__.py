@@ -6,12 +6,14 @@ their values (to tell apart formats with the same field names), and the regimes 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import orjson
 
 from tunelake.ingest.adapters.arrow import Columnar
+from tunelake.ingest.readers import RawChunk, grouped_chunks
 from tunelake.schema import Reason, Regime, Rejected
 
 
@@ -51,6 +53,14 @@ def line_group_key(adapter: Adapter, line: bytes) -> bytes | None:
         return None
     found = group_key(adapter, row) if isinstance(row, dict) else None
     return None if found is None else found[1]
+
+
+def whole_groups(adapter: Adapter, chunks: Iterator[RawChunk]) -> Iterator[RawChunk]:
+    """A file's chunks as its adapter must see them: a grouped format's cut only between groups (its rows of one
+    group are adapted together), any other's as read."""
+    if not adapter.group_by:
+        return chunks
+    return grouped_chunks(chunks, functools.partial(line_group_key, adapter))
 
 
 def _registry() -> dict[str, Adapter]:
